@@ -1,0 +1,158 @@
+//! Poseidon2-16 over BabyBear, exactly Plonky3 0.8.0's `default_babybear_poseidon2_16()`
+//! (width 16, S-box x^7, 4+4 full and 13 partial rounds, Horizen Labs RC16 constants), which
+//! is also OpenVM's memory hasher.
+//!
+//! - `compress(l, r) = perm(l ‖ r)[0..8]`: Plonky3's `TruncatedPermutation<_, 2, 8, 16>`.
+//! - `leaf_hash(cells) = compress(cells, [0; 8])`: Plonky3's `PaddingFreeSponge<_, 16, 8, 8>`
+//!   on 8 elements.
+//!
+//! The scalar functions hash one input; the `*_many` functions run [`LANES`] permutations at
+//! once on p3's packed field (AVX2 with `target-cpu=x86-64-v3`, see `.cargo/config.toml`).
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use p3_baby_bear::{default_babybear_poseidon2_16, BabyBear, Poseidon2BabyBear};
+use p3_field::{Field, PackedValue, PrimeCharacteristicRing, PrimeField32};
+use p3_symmetric::Permutation;
+
+/// The BabyBear field, p = 2^31 − 2^27 + 1.
+pub type F = BabyBear;
+/// p3's packed BabyBear for this build target.
+pub type Packed = <F as Field>::Packing;
+/// Permutations computed together by one packed permutation call.
+pub const LANES: usize = <Packed as PackedValue>::WIDTH;
+/// The permutation's state width, in field elements.
+pub const WIDTH: usize = 16;
+/// Field elements in a digest.
+pub const DIGEST_ELEMS: usize = 8;
+/// Bytes a digest takes in memory (8 × 4), host or device.
+pub const DIGEST_BYTES: u64 = 32;
+/// The BabyBear modulus.
+pub const P: u32 = 0x7800_0001;
+
+static PERM: LazyLock<Poseidon2BabyBear<WIDTH>> = LazyLock::new(default_babybear_poseidon2_16);
+
+/// The shared permutation instance (built once; its constants are p3 0.8.0's).
+pub fn permutation() -> &'static Poseidon2BabyBear<WIDTH> {
+    &PERM
+}
+
+/// A Merkle digest: 8 BabyBear elements. Compared and hashed by value; shown and serialised
+/// as canonical integers (never Montgomery form).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct Digest(pub [F; DIGEST_ELEMS]);
+
+impl Digest {
+    /// The all-zero digest.
+    pub const ZERO: Digest = Digest([F::ZERO; DIGEST_ELEMS]);
+
+    /// The canonical integers (each `< p`).
+    pub fn to_canonical(&self) -> [u32; DIGEST_ELEMS] {
+        self.0.map(|x| x.as_canonical_u32())
+    }
+
+    /// Parses canonical integers. Returns `None` if any value is `>= p`.
+    pub fn from_canonical(values: [u32; DIGEST_ELEMS]) -> Option<Digest> {
+        values
+            .iter()
+            .all(|&v| v < P)
+            .then(|| Digest(values.map(F::new)))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_canonical())
+    }
+}
+
+/// Applies the Poseidon2-16 permutation to one state.
+pub fn permute(state: [F; WIDTH]) -> [F; WIDTH] {
+    PERM.permute(state)
+}
+
+/// `compress(left, right) = perm(left ‖ right)[0..8]`, no feed-forward.
+pub fn compress(left: &Digest, right: &Digest) -> Digest {
+    let mut state = [F::ZERO; WIDTH];
+    state[..DIGEST_ELEMS].copy_from_slice(&left.0);
+    state[DIGEST_ELEMS..].copy_from_slice(&right.0);
+    truncate(&PERM.permute(state))
+}
+
+/// `leaf_hash(cells) = compress(cells, [0; 8])`: the digest of one block of 8 cells.
+pub fn leaf_hash(cells: &[F; DIGEST_ELEMS]) -> Digest {
+    compress(&Digest(*cells), &Digest::ZERO)
+}
+
+fn truncate(state: &[F; WIDTH]) -> Digest {
+    let mut d = [F::ZERO; DIGEST_ELEMS];
+    d.copy_from_slice(&state[..DIGEST_ELEMS]);
+    Digest(d)
+}
+
+/// Runs `out.len()` truncated permutations: `out[i] = perm(state_i)[0..8]`, where
+/// `fill(i, &mut state_i)` writes input `i` into a zeroed state. Full groups of [`LANES`]
+/// go through the packed permutation, the remainder through the scalar one.
+#[inline]
+pub fn permute_many(out: &mut [Digest], fill: impl Fn(usize, &mut [F; WIDTH])) {
+    let full = out.len() / LANES * LANES;
+    let mut lanes = [[F::ZERO; WIDTH]; LANES];
+    for (g, group) in out[..full].chunks_exact_mut(LANES).enumerate() {
+        for (lane, state) in lanes.iter_mut().enumerate() {
+            *state = [F::ZERO; WIDTH];
+            fill(g * LANES + lane, state);
+        }
+        let mut packed: [Packed; WIDTH] =
+            core::array::from_fn(|j| Packed::from_fn(|l| lanes[l][j]));
+        PERM.permute_mut(&mut packed);
+        for (lane, d) in group.iter_mut().enumerate() {
+            d.0 = core::array::from_fn(|j| packed[j].as_slice()[lane]);
+        }
+    }
+    for (i, d) in out.iter_mut().enumerate().skip(full) {
+        let mut state = [F::ZERO; WIDTH];
+        fill(i, &mut state);
+        *d = truncate(&PERM.permute(state));
+    }
+}
+
+/// Compresses adjacent pairs: `out[i] = compress(children[2i], children[2i+1])`.
+///
+/// # Panics
+/// If `children.len() != 2 * out.len()` (a caller bug, never input-dependent).
+pub fn compress_pairs(children: &[Digest], out: &mut [Digest]) {
+    assert_eq!(children.len(), 2 * out.len(), "compress_pairs: shape");
+    permute_many(out, |i, s| {
+        s[..DIGEST_ELEMS].copy_from_slice(&children[2 * i].0);
+        s[DIGEST_ELEMS..].copy_from_slice(&children[2 * i + 1].0);
+    });
+}
+
+/// Leaf-hashes blocks: `out[i] = leaf_hash(blocks[i])`.
+///
+/// # Panics
+/// If the lengths differ (a caller bug).
+pub fn leaf_hash_many(blocks: &[[F; DIGEST_ELEMS]], out: &mut [Digest]) {
+    assert_eq!(blocks.len(), out.len(), "leaf_hash_many: shape");
+    permute_many(out, |i, s| s[..DIGEST_ELEMS].copy_from_slice(&blocks[i]));
+}
+
+/// Zero hashes `zero[0..=MAX_ZERO_HEIGHT]`: `zero[0] = leaf_hash([0; 8])` and
+/// `zero[h+1] = compress(zero[h], zero[h])`. `zero[h]` is the root of an all-zero subtree of
+/// height `h` (OpenVM's convention for untouched memory).
+pub fn zero_hashes() -> &'static [Digest] {
+    static ZERO: LazyLock<Vec<Digest>> = LazyLock::new(|| {
+        let mut z = vec![leaf_hash(&[F::ZERO; DIGEST_ELEMS])];
+        for h in 0..MAX_ZERO_HEIGHT {
+            let next = compress(&z[h], &z[h]);
+            z.push(next);
+        }
+        z
+    });
+    &ZERO
+}
+
+/// The highest level with a precomputed zero hash; covers any valid layout's full height.
+pub const MAX_ZERO_HEIGHT: usize = 64;

@@ -1,0 +1,367 @@
+//! The `MemoryTree` trait and what every backend shares: touched blocks and batch
+//! validation, openings and [`verify_opening`], zero hashes, and the memory-size formulas.
+//!
+//! Tree shape (DESIGN.md Part 1): each slot has a subtree of height `address_height` whose
+//! leftmost `num_cells / 8` leaves are the slot's blocks (the rest zero); the root is a
+//! binary tree of height `address_space_height` over the slot roots. Leaf index of block
+//! `b` in slot `s` is therefore `(s << address_height) | b` in one tree of height
+//! `address_space_height + address_height`.
+
+pub mod cpu;
+pub mod reference;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::{compress, leaf_hash, zero_hashes, DIGEST_BYTES, F};
+use crate::image::MemoryImage;
+use crate::layout::{check_cell, MemoryLayout, BLOCK_CELLS};
+
+pub use crate::hash::Digest;
+
+/// The largest `omitted_levels` accepted: recomputing one level-k node costs 2^k leaf
+/// hashes, so larger values only waste time.
+pub const MAX_OMITTED_LEVELS: u32 = 20;
+/// `omitted_levels` when none is given (OpenVM's GPU tree default).
+pub const DEFAULT_OMITTED_LEVELS: u32 = 3;
+
+/// One touched block of an update batch: the block's new 8 cells as canonical integers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TouchedBlock {
+    /// Address-space slot (index into `address_spaces`).
+    pub slot: u32,
+    /// Block index within the slot: cells `8·block .. 8·block + 7`.
+    pub block: u64,
+    /// The block's new cell values.
+    pub cells: [u32; BLOCK_CELLS],
+}
+
+/// Checks a whole batch before anything changes (DESIGN.md "Update semantics"): the slot
+/// exists, the block is in range, each cell fits its type, and no `(slot, block)` repeats.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the first bad entry, e.g. `blocks[3].block`.
+pub fn validate_batch(layout: &MemoryLayout, blocks: &[TouchedBlock]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(blocks.len());
+    for (i, b) in blocks.iter().enumerate() {
+        check_position(layout, b.slot, b.block, || format!("blocks[{i}]"))?;
+        let cell = layout.address_spaces()[b.slot as usize].cell;
+        for (j, &v) in b.cells.iter().enumerate() {
+            check_cell(cell, v, || format!("blocks[{i}].cells[{j}]"))?;
+        }
+        if !seen.insert((b.slot, b.block)) {
+            return Err(Error::invalid(
+                format!("blocks[{i}]"),
+                format!(
+                    "(slot {}, block {}) appears more than once in the batch",
+                    b.slot, b.block
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `(slot, block)` names a real block of `layout`; `what` names the entry
+/// (e.g. `blocks[3]`) in the error.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for `<what>.slot` or `<what>.block`.
+pub fn check_position(
+    layout: &MemoryLayout,
+    slot: u32,
+    block: u64,
+    what: impl Fn() -> String,
+) -> Result<()> {
+    let space = layout.space(slot, || format!("{}.slot", what()))?;
+    if block >= space.num_blocks() {
+        return Err(Error::invalid(
+            format!("{}.block", what()),
+            format!(
+                "block {block} is out of range (slot {slot} has {} blocks)",
+                space.num_blocks()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A Merkle opening of one block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opening {
+    /// Address-space slot.
+    pub slot: u32,
+    /// Block index in the slot.
+    pub block: u64,
+    /// The block's 8 cells, canonical.
+    pub cells: [u32; BLOCK_CELLS],
+    /// `address_height` digests inside the slot's subtree (leaf level first), then
+    /// `address_space_height` digests in the top tree.
+    pub siblings: Vec<Digest>,
+}
+
+/// Recomputes the root from `opening` and compares it with `root`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if the opening's shape does not fit `layout` (position, cell
+/// values, sibling count) or the recomputed root differs from `root`.
+pub fn verify_opening(root: &Digest, layout: &MemoryLayout, opening: &Opening) -> Result<()> {
+    check_position(layout, opening.slot, opening.block, || "opening".into())?;
+    let cell = layout.address_spaces()[opening.slot as usize].cell;
+    for (j, &v) in opening.cells.iter().enumerate() {
+        check_cell(cell, v, || format!("opening.cells[{j}]"))?;
+    }
+    if opening.siblings.len() != layout.opening_len() {
+        return Err(Error::invalid(
+            "opening.siblings",
+            format!(
+                "{} digests, expected address_height + address_space_height = {}",
+                opening.siblings.len(),
+                layout.opening_len()
+            ),
+        ));
+    }
+    let index = ((opening.slot as u64) << layout.address_height()) | opening.block;
+    let computed = fold_path(
+        leaf_hash(&opening.cells.map(F::new)),
+        index,
+        &opening.siblings,
+    );
+    if computed != *root {
+        return Err(Error::invalid(
+            "opening",
+            format!(
+                "recomputed root {computed:?} differs from {root:?} (slot {}, block {})",
+                opening.slot, opening.block
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Folds `node` at leaf `index` up through `siblings` (lowest first): at level `i` the node
+/// is the left child when bit `i` of `index` is 0.
+pub fn fold_path(mut node: Digest, index: u64, siblings: &[Digest]) -> Digest {
+    for (i, s) in siblings.iter().enumerate() {
+        node = if (index >> i) & 1 == 0 {
+            compress(&node, s)
+        } else {
+            compress(s, &node)
+        };
+    }
+    node
+}
+
+/// Bytes of memory a tree holds, split into Merkle nodes and raw memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryUsage {
+    /// Host bytes of stored digests.
+    pub host_node_bytes: u64,
+    /// Host bytes of raw memory (the `Arc`-held image).
+    pub host_raw_bytes: u64,
+    /// Device bytes of stored digests (0 on CPU backends).
+    pub device_node_bytes: u64,
+    /// Device bytes of raw memory (0 on CPU backends).
+    pub device_raw_bytes: u64,
+}
+
+impl MemoryUsage {
+    /// All four parts added up, in bytes.
+    pub fn total(&self) -> u64 {
+        self.host_node_bytes + self.host_raw_bytes + self.device_node_bytes + self.device_raw_bytes
+    }
+}
+
+/// The level at which a slot of real height `h` is stored from: `k` when `h > k`, else 0
+/// (a slot no taller than `k` is stored in full).
+pub fn stored_base_level(h: u32, k: u32) -> u32 {
+    if h > k {
+        k
+    } else {
+        0
+    }
+}
+
+/// Digests stored for one slot with `omitted_levels = k` (DESIGN.md "The tree and its
+/// memory"): `2^(h−b+1) − 1` at levels `b..=h` (`b` = [`stored_base_level`]) plus
+/// `address_height − h` on the vertical path; 0 for an empty slot.
+pub fn slot_stored_digests(num_cells: u64, address_height: u32, k: u32) -> u64 {
+    if num_cells == 0 {
+        return 0;
+    }
+    let h = (num_cells / BLOCK_CELLS as u64).trailing_zeros();
+    let b = stored_base_level(h, k);
+    (1u64 << (h - b + 1)) - 1 + u64::from(address_height - h)
+}
+
+/// Bytes of digests a tree stores for `layout` at `omitted_levels = k`: every slot's
+/// [`slot_stored_digests`] plus the dense top tree's `2^(ash+1) − 1`, at 32 bytes each.
+pub fn node_bytes(layout: &MemoryLayout, k: u32) -> u64 {
+    let slots: u64 = layout
+        .address_spaces()
+        .iter()
+        .map(|s| slot_stored_digests(s.num_cells, layout.address_height(), k))
+        .sum();
+    let top = (1u64 << (layout.address_space_height() + 1)) - 1;
+    (slots + top) * DIGEST_BYTES
+}
+
+/// Checks `omitted_levels` against [`MAX_OMITTED_LEVELS`].
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `omitted_levels`.
+pub fn check_omitted_levels(k: u32) -> Result<()> {
+    if k > MAX_OMITTED_LEVELS {
+        return Err(Error::invalid(
+            "omitted_levels",
+            format!("{k} exceeds the maximum {MAX_OMITTED_LEVELS}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Root of an empty slot (0 cells, or past the end of the list): `zero[address_height]`.
+pub fn empty_slot_root(layout: &MemoryLayout) -> Digest {
+    zero_hashes()[layout.address_height() as usize]
+}
+
+/// The backends a tree can be built on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// CUDA when a device is usable, else CPU.
+    Auto,
+    /// The production CPU backend ([`cpu::CpuTree`]).
+    Cpu,
+    /// The CUDA device backend (feature `cuda`).
+    Cuda,
+    /// The sparse reference ([`reference::ReferenceTree`]): slow, for checking.
+    Reference,
+}
+
+impl Backend {
+    /// The name used on the CLI and in the proto.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+            Backend::Reference => "reference",
+        }
+    }
+
+    /// Parses a backend name; the empty string means `auto`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `backend`.
+    pub fn parse(name: &str) -> Result<Backend> {
+        match name {
+            "" | "auto" => Ok(Backend::Auto),
+            "cpu" => Ok(Backend::Cpu),
+            "cuda" => Ok(Backend::Cuda),
+            "reference" => Ok(Backend::Reference),
+            other => Err(Error::invalid(
+                "backend",
+                format!("{other:?} is not one of auto, cpu, cuda, reference"),
+            )),
+        }
+    }
+
+    /// The concrete backend `self` stands for on this machine: `auto` becomes `cpu` (with
+    /// the reason logged) until the CUDA backend exists.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] for `cuda` when no usable device backend is compiled in.
+    pub fn resolve(self) -> Result<Backend> {
+        match self {
+            Backend::Auto => {
+                tracing::info!("backend auto: using cpu (this build has no CUDA backend)");
+                Ok(Backend::Cpu)
+            }
+            Backend::Cuda => Err(Error::Unavailable(
+                "backend cuda: this build has no CUDA backend (build with --features cuda)".into(),
+            )),
+            b => Ok(b),
+        }
+    }
+}
+
+/// A Merkle tree over one memory image. Implemented by every backend; all must give the
+/// same roots and openings as [`reference::ReferenceTree`].
+pub trait MemoryTree: Send + Sync {
+    /// The concrete backend (never `Auto`).
+    fn backend(&self) -> Backend;
+    /// The layout the tree was built for.
+    fn layout(&self) -> &MemoryLayout;
+    /// Levels left out at the bottom of each slot subtree (`k`).
+    fn omitted_levels(&self) -> u32;
+    /// The current root.
+    fn root(&self) -> Digest;
+    /// The raw memory the tree commits to.
+    fn image(&self) -> &Arc<MemoryImage>;
+    /// Applies one batch atomically and returns the new root. An empty batch returns the
+    /// current root.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] from [`validate_batch`]; the tree is then unchanged.
+    fn update(&mut self, blocks: &[TouchedBlock]) -> Result<Digest>;
+    /// Openings of `(slot, block)` positions against the current root, in request order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `positions[i]` for a position outside the layout.
+    fn openings(&self, positions: &[(u32, u64)]) -> Result<Vec<Opening>>;
+    /// Bytes held, from the real allocations.
+    fn memory_usage(&self) -> MemoryUsage;
+}
+
+/// Builds a tree for `layout` over `image` on `backend`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a bad `omitted_levels` or an image that does not match
+/// the layout; [`Error::Unavailable`] when the backend cannot run here;
+/// [`Error::ResourceExhausted`] when memory runs out.
+pub fn build(
+    backend: Backend,
+    layout: MemoryLayout,
+    image: Arc<MemoryImage>,
+    omitted_levels: u32,
+) -> Result<Box<dyn MemoryTree>> {
+    check_omitted_levels(omitted_levels)?;
+    check_image(&layout, &image)?;
+    Ok(match backend.resolve()? {
+        Backend::Cpu => Box::new(cpu::CpuTree::build(layout, image, omitted_levels)?),
+        Backend::Reference => Box::new(reference::ReferenceTree::build(
+            layout,
+            image,
+            omitted_levels,
+        )),
+        b => return Err(Error::Unavailable(format!("backend {}", b.name()))),
+    })
+}
+
+fn check_image(layout: &MemoryLayout, image: &MemoryImage) -> Result<()> {
+    let ok = image.cell_types().len() == layout.address_spaces().len()
+        && layout.address_spaces().iter().enumerate().all(|(i, s)| {
+            image.cell_types()[i] == s.cell
+                && image.slot_bytes(i as u32).len() as u64 == s.raw_bytes()
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("image", "does not match the layout"))
+    }
+}
+
+/// Positions validated against `layout`, shared by every backend's `openings`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `positions[i]`.
+pub fn check_positions(layout: &MemoryLayout, positions: &[(u32, u64)]) -> Result<()> {
+    for (i, &(slot, block)) in positions.iter().enumerate() {
+        check_position(layout, slot, block, || format!("positions[{i}]"))?;
+    }
+    Ok(())
+}
