@@ -62,6 +62,22 @@ impl Digest {
     }
 }
 
+/// Digest JSON (DESIGN.md Part 1): an array of 8 canonical integers.
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_canonical().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let values = <[u32; DIGEST_ELEMS]>::deserialize(d)?;
+        Digest::from_canonical(values).ok_or_else(|| {
+            serde::de::Error::custom(format!("digest {values:?} has a value >= p = {P}"))
+        })
+    }
+}
+
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.to_canonical())

@@ -9,3 +9,5 @@ pub mod layout;
 pub mod tree;
 
 pub use error::{Error, Result};
+pub mod service;
+pub mod trace;

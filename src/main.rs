@@ -1,1 +1,10 @@
-fn main() {}
+//! The `memcommit` command line: `serve`, `root`, `replay`, `record` (DESIGN.md "CLI
+//! contracts").
+
+mod cli;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    cli::main(cli::Cli::parse())
+}

@@ -1,0 +1,54 @@
+//! clap definitions and dispatch. Each command lives in its own module with an `Args`
+//! struct and a `run` function.
+
+mod record;
+mod replay;
+mod root;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Poseidon2/BabyBear Merkle commitments to zkVM memory, on the CPU or a GPU, over gRPC.
+#[derive(Parser, Debug)]
+#[command(name = "memcommit", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gRPC server.
+    Serve(serve::Args),
+    /// Print the root of a memory image as one JSON line: {"root": [...]}.
+    Root(root::Args),
+    /// Drive a memcommit server through a trace file, checking every expect_root.
+    Replay(replay::Args),
+    /// Convert `valgrind --tool=lackey --trace-mem=yes` output into a trace file.
+    Record(record::Args),
+}
+
+/// Runs the parsed command. Logs go to stderr (`RUST_LOG` sets the filter, default
+/// `info`); stdout carries only the command's output.
+pub fn main(cli: Cli) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Root(a) => root::run(a),
+        Command::Replay(a) => replay::run(a),
+        Command::Record(a) => record::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Trace files (JSON Lines, optionally zstd). Filled in by the trace work.
