@@ -1,0 +1,238 @@
+//! Layer 3: the CPU tree against the reference, for every `omitted_levels`, on random
+//! layouts (mixed cell types, empty slots, small slots with vertical paths) and random
+//! batches, invalid ones included.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{four_spaces, image_with};
+use memcommit::image::MemoryImage;
+use memcommit::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout};
+use memcommit::tree::{self, verify_opening, Backend, MemoryTree, TouchedBlock};
+use memcommit::Error;
+use proptest::prelude::*;
+
+fn cell_type() -> impl Strategy<Value = CellType> {
+    prop_oneof![
+        Just(CellType::U8),
+        Just(CellType::U16),
+        Just(CellType::Field)
+    ]
+}
+
+/// 1–5 address spaces of 0 or 2^3..2^12 cells; heights at their minimum or up to 2 above.
+fn layout() -> impl Strategy<Value = MemoryLayout> {
+    (
+        prop::collection::vec((cell_type(), prop_oneof![Just(0u32), 3u32..=12]), 1..=5),
+        0u32..=2,
+        0u32..=1,
+    )
+        .prop_map(|(spaces, extra_h, extra_top)| {
+            let address_spaces: Vec<AddressSpace> = spaces
+                .into_iter()
+                .map(|(cell, log)| AddressSpace {
+                    cell,
+                    num_cells: if log == 0 { 0 } else { 1 << log },
+                })
+                .collect();
+            let base = MemoryLayout::new(LayoutSpec {
+                address_spaces: address_spaces.clone(),
+                address_space_height: None,
+                address_height: None,
+            })
+            .expect("valid by construction");
+            MemoryLayout::new(LayoutSpec {
+                address_spaces,
+                address_space_height: Some(base.address_space_height() + extra_top),
+                address_height: Some(base.address_height() + extra_h),
+            })
+            .expect("valid by construction")
+        })
+}
+
+/// A cell value that fits `cell`, biased towards the edges.
+fn fitting(cell: CellType, seed: u64) -> u32 {
+    let max = u64::from(cell.max_value());
+    match seed % 4 {
+        0 => 0,
+        1 => max as u32,
+        _ => (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as u32 % (max as u32 + 1),
+    }
+}
+
+/// Up to `n` distinct valid touched blocks derived from `seeds`.
+fn batch_from(layout: &MemoryLayout, seeds: &[u64]) -> Vec<TouchedBlock> {
+    let live: Vec<(u32, &AddressSpace)> = layout
+        .address_spaces()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.num_cells > 0)
+        .map(|(i, s)| (i as u32, s))
+        .collect();
+    let mut out: Vec<TouchedBlock> = Vec::new();
+    if live.is_empty() {
+        return out;
+    }
+    for &seed in seeds {
+        let (slot, space) = live[(seed % live.len() as u64) as usize];
+        let block = (seed >> 8) % space.num_blocks();
+        if out.iter().any(|b| b.slot == slot && b.block == block) {
+            continue;
+        }
+        let cells = core::array::from_fn(|j| fitting(space.cell, seed ^ (j as u64 * 0x1234_5678)));
+        out.push(TouchedBlock { slot, block, cells });
+    }
+    out
+}
+
+/// Breaks a valid non-empty batch in one of the ways DESIGN.md lists.
+fn corrupt(layout: &MemoryLayout, batch: &mut Vec<TouchedBlock>, how: u8) {
+    let last = batch.len() - 1;
+    match how % 4 {
+        0 => batch[last].slot = layout.address_spaces().len() as u32 + 3,
+        1 => {
+            let s = &layout.address_spaces()[batch[last].slot as usize];
+            batch[last].block = s.num_blocks();
+        }
+        2 => {
+            let s = &layout.address_spaces()[batch[last].slot as usize];
+            batch[last].cells[7] = s.cell.max_value() + 1;
+        }
+        _ => batch.push(batch[0]),
+    }
+}
+
+fn check_openings(
+    layout: &MemoryLayout,
+    cpu: &dyn MemoryTree,
+    reference: &dyn MemoryTree,
+    positions: &[(u32, u64)],
+) {
+    let a = cpu.openings(positions).expect("cpu openings");
+    let b = reference.openings(positions).expect("reference openings");
+    assert_eq!(a, b);
+    for o in &a {
+        verify_opening(&cpu.root(), layout, o).expect("opening verifies");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cpu_tree_equals_reference(
+        layout in layout(),
+        k in 0u32..=6,
+        image_seeds in prop::collection::vec(any::<u64>(), 0..40),
+        batches in prop::collection::vec(
+            (prop::collection::vec(any::<u64>(), 0..40), any::<bool>(), any::<u8>()), 1..6),
+    ) {
+        let image = image_with(&layout, &batch_from(&layout, &image_seeds));
+        let mut cpu = tree::build(Backend::Cpu, layout.clone(), image.clone(), k).expect("cpu");
+        let mut reference = tree::build(Backend::Reference, layout.clone(), image, k).expect("ref");
+        prop_assert_eq!(cpu.root(), reference.root());
+        for (seeds, invalid, how) in batches {
+            let mut batch = batch_from(&layout, &seeds);
+            if invalid && !batch.is_empty() {
+                corrupt(&layout, &mut batch, how);
+                let before = cpu.root();
+                let image_before = cpu.image().clone();
+                let err = cpu.update(&batch).expect_err("invalid batch rejected");
+                prop_assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+                prop_assert!(reference.update(&batch).is_err());
+                prop_assert_eq!(cpu.root(), before);
+                prop_assert_eq!(cpu.image(), &image_before);
+                continue;
+            }
+            let new_root = cpu.update(&batch).expect("valid batch");
+            prop_assert_eq!(new_root, reference.update(&batch).expect("valid batch"));
+            prop_assert_eq!(cpu.root(), reference.root());
+            let positions: Vec<_> = batch.iter().map(|b| (b.slot, b.block)).collect();
+            check_openings(&layout, cpu.as_ref(), reference.as_ref(), &positions);
+        }
+    }
+}
+
+#[test]
+fn four_spaces_vector_at_every_k() {
+    let (layout, leaves, root) = four_spaces();
+    for k in 0..=11 {
+        let cpu = tree::build(
+            Backend::Cpu,
+            layout.clone(),
+            image_with(&layout, &leaves),
+            k,
+        )
+        .expect("build");
+        assert_eq!(cpu.root(), root, "k = {k}");
+        // Stored digests match the DESIGN formula, and k = 3 stores ~1/8 of k = 0.
+        assert_eq!(
+            cpu.memory_usage().host_node_bytes,
+            tree::node_bytes(&layout, k),
+            "k = {k}"
+        );
+    }
+    // By hand: slot 0 (16 blocks, h=4) 31+6 → 3+6; slot 1 (1024 blocks, h=10) 2047 → 255;
+    // slots 2 and 3 (h ≤ 3) stored in full, 7+8 and 15+7; top tree 15.
+    assert_eq!(tree::slot_stored_digests(8192, 10, 0), 2047);
+    assert_eq!(tree::slot_stored_digests(8192, 10, 3), 255);
+    assert_eq!(tree::node_bytes(&layout, 0), 2136 * 32);
+    assert_eq!(tree::node_bytes(&layout, 3), 316 * 32);
+}
+
+#[test]
+fn updates_reach_the_four_spaces_root_from_zero() {
+    // Building from zero memory and writing the vector's leaves as one batch gives its root.
+    let (layout, leaves, root) = four_spaces();
+    for k in [0, 3] {
+        let image = Arc::new(MemoryImage::zeroed(&layout).expect("image"));
+        let mut cpu = tree::build(Backend::Cpu, layout.clone(), image, k).expect("build");
+        assert_eq!(cpu.update(&[]).expect("empty batch"), cpu.root());
+        assert_eq!(cpu.update(&leaves).expect("update"), root, "k = {k}");
+    }
+}
+
+#[test]
+fn openings_reject_positions_outside_the_layout() {
+    let (layout, leaves, _) = four_spaces();
+    let cpu = tree::build(
+        Backend::Cpu,
+        layout.clone(),
+        image_with(&layout, &leaves),
+        3,
+    )
+    .expect("build");
+    let err = cpu
+        .openings(&[(0, 0), (2, 4)])
+        .expect_err("block 4 of a 4-block slot");
+    assert_eq!(
+        err.to_string(),
+        "invalid positions[1].block: block 4 is out of range (slot 2 has 4 blocks)"
+    );
+    let err = cpu.openings(&[(9, 0)]).expect_err("slot 9");
+    assert!(err
+        .to_string()
+        .starts_with("invalid positions[0].slot: slot 9 does not exist"));
+}
+
+#[test]
+fn tampered_opening_fails_verification() {
+    let (layout, leaves, root) = four_spaces();
+    let cpu = tree::build(
+        Backend::Cpu,
+        layout.clone(),
+        image_with(&layout, &leaves),
+        3,
+    )
+    .expect("build");
+    let mut o = cpu.openings(&[(1, 1023)]).expect("opening").remove(0);
+    assert_eq!(o.cells, [9; 8]);
+    verify_opening(&root, &layout, &o).expect("genuine opening verifies");
+    o.cells[0] = 8;
+    assert!(verify_opening(&root, &layout, &o).is_err());
+    o.cells[0] = 9;
+    o.siblings.pop();
+    let err = verify_opening(&root, &layout, &o).expect_err("short");
+    assert!(err.to_string().contains("12 digests, expected"), "{err}");
+}
