@@ -1,11 +1,71 @@
-//! `memcommit root`. Stub until its work lands.
+//! `memcommit root`: the root of a memory image, computed in-process.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use memcommit::image::MemoryImage;
+use memcommit::layout::MemoryLayout;
+use memcommit::tree::{self, Backend, DEFAULT_OMITTED_LEVELS};
 
 /// Arguments of `memcommit root`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+#[command(
+    after_help = "Prints one JSON line: {\"root\": [8 canonical integers]}.\n\n\
+Example:\n  memcommit root --layout layout.json --image 0=regs.bin --image 1=ram.bin"
+)]
+pub struct Args {
+    /// Layout JSON file (DESIGN.md "Layout JSON"); both heights optional.
+    #[arg(long, value_name = "L.json")]
+    layout: PathBuf,
+    /// Raw little-endian cells for one slot, as SLOT=FILE. A short file is zero-padded; a
+    /// longer file than the slot is an error. Slots without --image are zero.
+    #[arg(long = "image", value_name = "SLOT=FILE", value_parser = parse_image)]
+    images: Vec<(u32, PathBuf)>,
+    /// Tree backend: auto uses CUDA when a device is usable, else CPU.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: Backend,
+    /// Bottom levels of each slot subtree left out of storage. Never changes the root, only
+    /// memory and time.
+    #[arg(long, value_name = "K", default_value_t = DEFAULT_OMITTED_LEVELS)]
+    omitted_levels: u32,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("memcommit root is not implemented yet")
+fn parse_image(s: &str) -> Result<(u32, PathBuf), String> {
+    let (slot, file) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not SLOT=FILE"))?;
+    let slot = slot
+        .parse()
+        .map_err(|_| format!("slot {slot:?} in {s:?} is not a non-negative integer"))?;
+    Ok((slot, PathBuf::from(file)))
+}
+
+/// Loads the layout and images, builds the tree, prints `{"root": [...]}`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.layout)
+        .with_context(|| format!("reading layout {}", args.layout.display()))?;
+    let layout = MemoryLayout::from_json(&text)
+        .with_context(|| format!("layout {}", args.layout.display()))?;
+    let mut image = MemoryImage::zeroed(&layout)?;
+    for (slot, file) in &args.images {
+        let data =
+            std::fs::read(file).with_context(|| format!("reading image {}", file.display()))?;
+        let capacity = layout.space(*slot, || "--image SLOT".into())?.raw_bytes();
+        if data.len() as u64 > capacity {
+            bail!(
+                "--image {slot}={}: {} bytes is longer than slot {slot} ({capacity} bytes)",
+                file.display(),
+                data.len()
+            );
+        }
+        image
+            .write(*slot, 0, &data)
+            .with_context(|| format!("--image {slot}={}", file.display()))?;
+    }
+    let tree = tree::build(args.backend, layout, Arc::new(image), args.omitted_levels)?;
+    println!("{}", serde_json::json!({ "root": tree.root() }));
+    Ok(ExitCode::SUCCESS)
 }
