@@ -73,11 +73,25 @@ impl CellType {
         bytes[..self.bytes()].copy_from_slice(&le[..self.bytes()]);
     }
 
+    /// Reads one block (`8 × bytes()` raw bytes) as 8 canonical cell values; one arm
+    /// per type so each compiles to plain loads.
+    #[inline(always)]
+    pub fn read_block(self, raw: &[u8]) -> [u32; BLOCK_CELLS] {
+        match self {
+            CellType::U8 => core::array::from_fn(|i| raw[i] as u32),
+            CellType::U16 => {
+                core::array::from_fn(|i| u16::from_le_bytes([raw[2 * i], raw[2 * i + 1]]) as u32)
+            }
+            CellType::Field => core::array::from_fn(|i| {
+                u32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]])
+            }),
+        }
+    }
+
     /// Decodes one block (`8 × bytes()` raw bytes) into its 8 field elements.
     #[inline(always)]
     pub fn decode_block(self, raw: &[u8]) -> [F; BLOCK_CELLS] {
-        let w = self.bytes();
-        core::array::from_fn(|i| F::new(self.read(&raw[i * w..])))
+        self.read_block(raw).map(F::new)
     }
 }
 

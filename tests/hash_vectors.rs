@@ -88,3 +88,25 @@ fn digest_canonical_round_trip_rejects_non_canonical() {
     assert!(Digest::from_canonical([0, 0, 0, 0, 0, 0, 0, 2013265921]).is_none());
     assert_eq!(Digest::ZERO.0[0], F::ZERO);
 }
+
+#[test]
+fn canonical_leaf_hashing_equals_converted_leaf_hashing() {
+    // Lane-count edge cases again, with values up to p - 1 so the Montgomery fix-up sees
+    // the whole canonical range.
+    for n in [1, LANES, LANES + 5, 3 * LANES] {
+        let cells: Vec<[u32; 8]> = (0..n)
+            .map(|i| core::array::from_fn(|j| 2013265920 - (i * 8 + j) as u32 * 104729))
+            .collect();
+        let mut out = vec![Digest::ZERO; n];
+        memcommit::hash::leaf_hash_many_canonical(&mut out, |i, c| *c = cells[i]);
+        for (c, d) in cells.iter().zip(&out) {
+            assert_eq!(*d, leaf_hash(&c.map(F::new)));
+        }
+    }
+    let v = vectors();
+    let mut out = [Digest::ZERO; 1];
+    memcommit::hash::leaf_hash_many_canonical(&mut out, |_, c| {
+        *c = core::array::from_fn(|j| j as u32)
+    });
+    assert_eq!(out[0], digest(&v["leaf_hash_0_to_7"]));
+}

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::hash::{compress, compress_pairs, permute_many, zero_hashes, Digest, DIGEST_BYTES};
+use crate::hash::{
+    compress, compress_pairs, leaf_hash_many_canonical, permute_many, zero_hashes, Digest,
+    DIGEST_BYTES,
+};
 use crate::image::MemoryImage;
 use crate::layout::{MemoryLayout, BLOCK_CELLS};
 use crate::tree::{
@@ -105,18 +108,17 @@ fn hash_from_raw(
         || (Vec::new(), Vec::new()),
         |(cur, next), (t, out)| {
             let first = t * per_task;
-            let fill = |j: usize, state: &mut [crate::hash::F; 16]| {
+            let fill = |j: usize, cells: &mut [u32; BLOCK_CELLS]| {
                 let block = (node(first + (j >> b)) << b) | (j as u64 & mask);
                 let at = block as usize * block_bytes;
-                state[..BLOCK_CELLS]
-                    .copy_from_slice(&cell.decode_block(&raw[at..at + block_bytes]));
+                *cells = cell.read_block(&raw[at..at + block_bytes]);
             };
             if b == 0 {
-                permute_many(out, fill);
+                leaf_hash_many_canonical(out, fill);
                 return;
             }
             cur.resize(out.len() << b, Digest::ZERO);
-            permute_many(cur, fill);
+            leaf_hash_many_canonical(cur, fill);
             for _ in 1..b {
                 next.resize(cur.len() / 2, Digest::ZERO);
                 compress_pairs(cur, next);
