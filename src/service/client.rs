@@ -1,0 +1,294 @@
+//! A thin typed client over the generated one: takes and returns the core types
+//! ([`MemoryLayout`], [`TouchedBlock`], [`Digest`], [`Opening`]) and does the packing.
+
+use prost::bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::error::Error;
+use crate::hash::Digest;
+use crate::layout::MemoryLayout;
+use crate::tree::{Backend, Opening, TouchedBlock};
+
+use super::codec;
+use super::proto;
+use super::proto::mem_commit_client::MemCommitClient;
+
+/// Largest `WriteMemory` chunk the client sends, in bytes: well under the server's default
+/// 256 MiB message limit, and a multiple of every cell size.
+pub const WRITE_CHUNK_BYTES: usize = 4 << 20;
+
+/// The client's own message limit in both directions, in bytes: gRPC frames cannot exceed
+/// 4 GiB, and the server enforces its own limit.
+const CLIENT_MAX_MESSAGE_BYTES: usize = u32::MAX as usize;
+
+/// A connection to a memcommit server. Cloning is cheap and clones share the connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: MemCommitClient<Channel>,
+}
+
+/// What `CreateTree` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedTree {
+    /// The id naming the tree in later calls.
+    pub tree_id: String,
+    /// The omitted levels chosen (the default when none was asked for).
+    pub omitted_levels: u32,
+    /// Estimated bytes of stored digests ([`crate::tree::node_bytes`]).
+    pub node_bytes: u64,
+    /// Bytes of raw memory ([`MemoryLayout::raw_bytes`]).
+    pub raw_bytes: u64,
+}
+
+/// What `UpdateBlocks` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateResult {
+    /// The root before the batch.
+    pub old_root: Digest,
+    /// The root after the batch.
+    pub new_root: Digest,
+    /// Openings of the batch's blocks against `new_root`, in batch order (empty unless
+    /// asked for).
+    pub openings: Vec<Opening>,
+}
+
+/// A malformed response from the server.
+fn bad_response(e: Error) -> Status {
+    Status::internal(format!("malformed server response: {e}"))
+}
+
+/// A request-side encoding error (e.g. a block index ≥ 2^32).
+fn bad_request(e: Error) -> Status {
+    Status::from(e)
+}
+
+fn openings_from(openings: &[proto::Opening]) -> Result<Vec<Opening>, Status> {
+    openings
+        .iter()
+        .enumerate()
+        .map(|(i, o)| codec::opening_from_proto(o, &format!("openings[{i}]")))
+        .collect::<Result<_, _>>()
+        .map_err(bad_response)
+}
+
+impl Client {
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`), with message limits of 4 GiB each
+    /// way.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for a malformed URL; `UNAVAILABLE` if the server cannot be
+    /// reached.
+    pub async fn connect(url: &str) -> Result<Client, Status> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| Status::invalid_argument(format!("invalid url {url:?}: {e}")))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot connect to {url}: {e}")))?;
+        Ok(Client {
+            inner: MemCommitClient::new(channel)
+                .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES),
+        })
+    }
+
+    /// The generated client, for calls this wrapper does not cover.
+    pub fn raw(&mut self) -> &mut MemCommitClient<Channel> {
+        &mut self.inner
+    }
+
+    /// Creates a zeroed tree for `layout`.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` (layout, omitted_levels), `UNAVAILABLE` (backend cannot run on the
+    /// server), `RESOURCE_EXHAUSTED` (a server limit).
+    pub async fn create_tree(
+        &mut self,
+        layout: &MemoryLayout,
+        omitted_levels: Option<u32>,
+        backend: Backend,
+    ) -> Result<CreatedTree, Status> {
+        let r = self
+            .inner
+            .create_tree(proto::CreateTreeRequest {
+                layout: Some(codec::layout_to_proto(layout)),
+                omitted_levels,
+                backend: backend.name().into(),
+            })
+            .await?
+            .into_inner();
+        Ok(CreatedTree {
+            tree_id: r.tree_id,
+            omitted_levels: r.omitted_levels,
+            node_bytes: r.node_bytes,
+            raw_bytes: r.raw_bytes,
+        })
+    }
+
+    /// Writes `data` (raw little-endian cells) at `byte_offset` of `slot` in the initial
+    /// image, as one stream of chunks of at most [`WRITE_CHUNK_BYTES`]. Returns the bytes
+    /// written. Empty data still sends one chunk, so the tree and slot are checked.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` (slot, offset, length, field cell ≥ p), `NOT_FOUND`,
+    /// `FAILED_PRECONDITION` (already built). Chunks before a failing one stay written.
+    pub async fn write_memory(
+        &mut self,
+        tree_id: &str,
+        slot: u32,
+        byte_offset: u64,
+        data: &[u8],
+    ) -> Result<u64, Status> {
+        // One copy into a shared buffer; each chunk is then a cheap slice of it.
+        let data = Bytes::copy_from_slice(data);
+        let starts: Vec<usize> = if data.is_empty() {
+            vec![0]
+        } else {
+            (0..data.len()).step_by(WRITE_CHUNK_BYTES).collect()
+        };
+        let tree_id = tree_id.to_string();
+        let chunks = starts.into_iter().enumerate().map(move |(i, start)| {
+            let end = (start + WRITE_CHUNK_BYTES).min(data.len());
+            proto::WriteMemoryChunk {
+                // The server takes the tree from the first chunk.
+                tree_id: if i == 0 {
+                    tree_id.clone()
+                } else {
+                    String::new()
+                },
+                slot,
+                byte_offset: byte_offset + start as u64,
+                data: data.slice(start..end),
+            }
+        });
+        let r = self
+            .inner
+            .write_memory(tokio_stream::iter(chunks))
+            .await?
+            .into_inner();
+        Ok(r.bytes_written)
+    }
+
+    /// Builds the tree over the image written so far; returns root step 0.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `FAILED_PRECONDITION` (already built), `RESOURCE_EXHAUSTED`,
+    /// `UNAVAILABLE`.
+    pub async fn build_tree(&mut self, tree_id: &str) -> Result<Digest, Status> {
+        let r = self
+            .inner
+            .build_tree(proto::BuildTreeRequest {
+                tree_id: tree_id.into(),
+            })
+            .await?
+            .into_inner();
+        codec::digest_from_proto(r.root.as_ref(), "root").map_err(bad_response)
+    }
+
+    /// Applies one batch atomically; with `return_openings`, also opens every block of the
+    /// batch against the new root.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` (a bad batch; the tree is unchanged), `NOT_FOUND`,
+    /// `FAILED_PRECONDITION` (not built), `RESOURCE_EXHAUSTED` (message size).
+    pub async fn update_blocks(
+        &mut self,
+        tree_id: &str,
+        blocks: &[TouchedBlock],
+        return_openings: bool,
+    ) -> Result<UpdateResult, Status> {
+        let packed = codec::encode_blocks(blocks).map_err(bad_request)?;
+        let r = self
+            .inner
+            .update_blocks(proto::UpdateBlocksRequest {
+                tree_id: tree_id.into(),
+                blocks: Some(packed),
+                return_openings,
+            })
+            .await?
+            .into_inner();
+        Ok(UpdateResult {
+            old_root: codec::digest_from_proto(r.old_root.as_ref(), "old_root")
+                .map_err(bad_response)?,
+            new_root: codec::digest_from_proto(r.new_root.as_ref(), "new_root")
+                .map_err(bad_response)?,
+            openings: openings_from(&r.openings)?,
+        })
+    }
+
+    /// The current root.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `FAILED_PRECONDITION` (not built).
+    pub async fn get_root(&mut self, tree_id: &str) -> Result<Digest, Status> {
+        let r = self
+            .inner
+            .get_root(proto::GetRootRequest {
+                tree_id: tree_id.into(),
+            })
+            .await?
+            .into_inner();
+        codec::digest_from_proto(r.root.as_ref(), "root").map_err(bad_response)
+    }
+
+    /// Openings of `(slot, block)` positions against the current root, in request order.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` (a position outside the layout), `NOT_FOUND`,
+    /// `FAILED_PRECONDITION` (not built), `RESOURCE_EXHAUSTED` (response size).
+    pub async fn get_openings(
+        &mut self,
+        tree_id: &str,
+        positions: &[(u32, u64)],
+    ) -> Result<Vec<Opening>, Status> {
+        let packed = codec::encode_positions(positions).map_err(bad_request)?;
+        let r = self
+            .inner
+            .get_openings(proto::GetOpeningsRequest {
+                tree_id: tree_id.into(),
+                positions: Some(packed),
+            })
+            .await?
+            .into_inner();
+        openings_from(&r.openings)
+    }
+
+    /// Drops the tree and releases its memory.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`.
+    pub async fn drop_tree(&mut self, tree_id: &str) -> Result<(), Status> {
+        self.inner
+            .drop_tree(proto::DropTreeRequest {
+                tree_id: tree_id.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Every tree on the server, ordered by id.
+    ///
+    /// # Errors
+    /// Transport errors only.
+    pub async fn list_trees(&mut self) -> Result<Vec<proto::TreeInfo>, Status> {
+        Ok(self
+            .inner
+            .list_trees(proto::ListTreesRequest {})
+            .await?
+            .into_inner()
+            .trees)
+    }
+
+    /// The server's backend, device, limits, trees and memory totals.
+    ///
+    /// # Errors
+    /// Transport errors only.
+    pub async fn server_info(&mut self) -> Result<proto::GetServerInfoResponse, Status> {
+        Ok(self
+            .inner
+            .get_server_info(proto::GetServerInfoRequest {})
+            .await?
+            .into_inner())
+    }
+}

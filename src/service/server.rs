@@ -1,0 +1,434 @@
+//! The `MemCommit` tonic service: request handling on top of the registry and the trees.
+//!
+//! CPU-heavy work (writes, build, update, openings and the packed decodes) runs in
+//! `spawn_blocking` holding the tree's owned mutex guard, so the reactor stays free and
+//! calls on one tree stay serialised.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::tree::{self, Backend, MemoryTree};
+
+use super::codec;
+use super::limits::Limits;
+use super::proto;
+use super::proto::mem_commit_server::MemCommit;
+use super::registry::{not_found, Registry, State, Summary, TreeHandle};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// Bytes allowed for the non-opening fields of a response (two roots and framing).
+const RESPONSE_OVERHEAD: u64 = 256;
+
+/// The service state shared by every call.
+pub(crate) struct MemCommitService {
+    registry: Registry,
+    limits: Limits,
+    /// What `auto` resolves to on this server.
+    default_backend: Backend,
+}
+
+impl MemCommitService {
+    pub fn new(limits: Limits, default_backend: Backend) -> Self {
+        MemCommitService {
+            registry: Registry::new(limits),
+            limits,
+            default_backend,
+        }
+    }
+}
+
+/// Turns tonic's "message length too large" (`OUT_OF_RANGE`) into `RESOURCE_EXHAUSTED`
+/// naming the limit; any other status passes through.
+pub(crate) fn message_limit_status(s: Status, max_message_bytes: usize) -> Status {
+    if is_message_too_large(&s) {
+        Status::resource_exhausted(format!(
+            "max_message_bytes = {max_message_bytes}: {}",
+            s.message()
+        ))
+    } else {
+        s
+    }
+}
+
+/// Whether `s` is tonic's rejection of a message over its size limit.
+pub(crate) fn is_message_too_large(s: &Status) -> bool {
+    s.code() == Code::OutOfRange && s.message().contains("message length too large")
+}
+
+/// Puts `prefix.` in front of an `InvalidArgument`'s field (e.g. `chunks[2].byte_offset`).
+fn within(e: Error, prefix: &str) -> Error {
+    match e {
+        Error::InvalidArgument { field, message } => Error::InvalidArgument {
+            field: format!("{prefix}.{field}"),
+            message,
+        },
+        e => e,
+    }
+}
+
+/// The status for a call that needs a built tree but found `state`.
+fn not_built(t: &TreeHandle, state: &State) -> Status {
+    match state {
+        State::Created { .. } => Error::FailedPrecondition(format!(
+            "tree {} is not built yet: call BuildTree first",
+            t.id
+        ))
+        .into(),
+        State::Dropped => not_found(&t.id).into(),
+        State::Poisoned | State::Built(_) => poisoned(t),
+    }
+}
+
+fn poisoned(t: &TreeHandle) -> Status {
+    Status::internal(format!(
+        "tree {} is unusable after an internal panic; drop it",
+        t.id
+    ))
+}
+
+/// The built tree in `state`, or the status saying why there is none.
+fn built<'a>(t: &TreeHandle, state: &'a mut State) -> Result<&'a mut dyn MemoryTree, Status> {
+    match state {
+        State::Built(tree) => Ok(tree.as_mut()),
+        other => Err(not_built(t, other)),
+    }
+}
+
+/// Refuses a response of `n` openings that could not be sent under the message limit,
+/// before anything changes.
+fn check_openings_fit(n: usize, t: &TreeHandle, limits: &Limits) -> Result<(), Status> {
+    let bound = codec::openings_encoded_bound(n, t.layout.opening_len()) + RESPONSE_OVERHEAD;
+    if bound > limits.max_message_bytes as u64 {
+        return Err(Error::ResourceExhausted(format!(
+            "max_message_bytes = {}: {n} openings need up to {bound} bytes; ask for fewer",
+            limits.max_message_bytes
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Runs `f` on the tree's state in a blocking thread, holding the tree's mutex.
+///
+/// The state is moved out while `f` runs, so a panic inside a backend leaves `Poisoned`
+/// behind rather than a half-updated tree.
+async fn with_tree<R, F>(tree: Arc<TreeHandle>, f: F) -> Result<R, Status>
+where
+    R: Send + 'static,
+    F: FnOnce(&TreeHandle, &mut State) -> Result<R, Status> + Send + 'static,
+{
+    let guard = Arc::clone(&tree.state).lock_owned().await;
+    let id = tree.id.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = guard;
+        let mut state = std::mem::replace(&mut *guard, State::Poisoned);
+        let r = f(&tree, &mut state);
+        *guard = state;
+        r
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(tree_id = %id, error = %e, "tree call panicked");
+        Status::internal(format!("tree {id}: internal error: {e}"))
+    })?
+}
+
+fn tree_info(t: &TreeHandle) -> proto::TreeInfo {
+    let s = t.summary();
+    let state = if s.root.is_some() {
+        proto::TreeState::Built
+    } else {
+        proto::TreeState::Created
+    };
+    proto::TreeInfo {
+        tree_id: t.id.clone(),
+        backend: t.backend.name().into(),
+        omitted_levels: t.omitted_levels,
+        layout: Some(codec::layout_to_proto(&t.layout)),
+        state: state as i32,
+        root: s.root.as_ref().map(codec::digest_to_proto),
+        updates: s.updates,
+        reserved_bytes: t.reserved_bytes,
+        host_node_bytes: s.usage.host_node_bytes,
+        host_raw_bytes: s.usage.host_raw_bytes,
+        device_node_bytes: s.usage.device_node_bytes,
+        device_raw_bytes: s.usage.device_raw_bytes,
+    }
+}
+
+#[tonic::async_trait]
+impl MemCommit for MemCommitService {
+    async fn create_tree(
+        &self,
+        req: Request<proto::CreateTreeRequest>,
+    ) -> Reply<proto::CreateTreeResponse> {
+        let req = req.into_inner();
+        let layout = codec::layout_from_proto(req.layout.as_ref(), "layout")?;
+        let k = req.omitted_levels.unwrap_or(tree::DEFAULT_OMITTED_LEVELS);
+        tree::check_omitted_levels(k)?;
+        let backend = match Backend::parse(&req.backend)? {
+            Backend::Auto => self.default_backend,
+            b => b.resolve()?,
+        };
+        let node_bytes = tree::node_bytes(&layout, k);
+        let raw_bytes = layout.raw_bytes();
+        let reserved = node_bytes.saturating_add(raw_bytes);
+        let reservation = self.registry.reserve(reserved)?;
+        let image_layout = layout.clone();
+        let image =
+            tokio::task::spawn_blocking(move || crate::image::MemoryImage::zeroed(&image_layout))
+                .await
+                .map_err(|e| Status::internal(format!("allocating the image: {e}")))??;
+        let id = uuid::Uuid::new_v4().to_string();
+        let handle = Registry::handle(id.clone(), layout.clone(), backend, k, reserved, image);
+        self.registry.insert(reservation, handle);
+        tracing::info!(
+            tree_id = %id,
+            backend = backend.name(),
+            omitted_levels = k,
+            node_bytes,
+            raw_bytes,
+            "tree created"
+        );
+        Ok(Response::new(proto::CreateTreeResponse {
+            tree_id: id,
+            omitted_levels: k,
+            node_bytes,
+            raw_bytes,
+            backend: backend.name().into(),
+            layout: Some(codec::layout_to_proto(&layout)),
+        }))
+    }
+
+    async fn write_memory(
+        &self,
+        req: Request<Streaming<proto::WriteMemoryChunk>>,
+    ) -> Reply<proto::WriteMemoryResponse> {
+        let mut stream = req.into_inner();
+        let limit = self.limits.max_message_bytes;
+        let mut tree: Option<Arc<TreeHandle>> = None;
+        let (mut bytes_written, mut chunks) = (0u64, 0u64);
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|s| message_limit_status(s, limit))?
+        {
+            let i = chunks;
+            let handle = match &tree {
+                None => {
+                    let t = self.registry.get(&chunk.tree_id)?;
+                    tree = Some(Arc::clone(&t));
+                    t
+                }
+                Some(t) if chunk.tree_id.is_empty() || chunk.tree_id == t.id => Arc::clone(t),
+                Some(t) => {
+                    return Err(Error::invalid(
+                        format!("chunks[{i}].tree_id"),
+                        format!(
+                            "{:?} differs from the stream's tree {:?}",
+                            chunk.tree_id, t.id
+                        ),
+                    )
+                    .into())
+                }
+            };
+            let len = chunk.data.len() as u64;
+            with_tree(handle, move |t, state| match state {
+                State::Created { image } => std::sync::Arc::make_mut(image)
+                    .write(chunk.slot, chunk.byte_offset, &chunk.data)
+                    .map_err(|e| within(e, &format!("chunks[{i}]")).into()),
+                State::Built(_) => Err(Error::FailedPrecondition(format!(
+                    "tree {} is already built: WriteMemory writes the initial image, before \
+                     BuildTree",
+                    t.id
+                ))
+                .into()),
+                other => Err(not_built(t, other)),
+            })
+            .await?;
+            bytes_written += len;
+            chunks += 1;
+        }
+        Ok(Response::new(proto::WriteMemoryResponse {
+            bytes_written,
+            chunks,
+        }))
+    }
+
+    async fn build_tree(
+        &self,
+        req: Request<proto::BuildTreeRequest>,
+    ) -> Reply<proto::BuildTreeResponse> {
+        let tree = self.registry.get(&req.get_ref().tree_id)?;
+        let root = with_tree(tree, |t, state| {
+            let image = match state {
+                State::Created { image } => Arc::clone(image),
+                State::Built(_) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "tree {} is already built",
+                        t.id
+                    ))
+                    .into())
+                }
+                other => return Err(not_built(t, other)),
+            };
+            let started = Instant::now();
+            let built = tree::build(t.backend, t.layout.clone(), image, t.omitted_levels)?;
+            let root = built.root();
+            t.set_summary(Summary {
+                root: Some(root),
+                updates: 0,
+                usage: built.memory_usage(),
+            });
+            // Dropping `Created` drops its image handle, so the tree's `Arc` is the only one
+            // and updates write the image in place.
+            *state = State::Built(built);
+            tracing::info!(
+                tree_id = %t.id,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "tree built"
+            );
+            Ok(root)
+        })
+        .await?;
+        Ok(Response::new(proto::BuildTreeResponse {
+            root: Some(codec::digest_to_proto(&root)),
+        }))
+    }
+
+    async fn update_blocks(
+        &self,
+        req: Request<proto::UpdateBlocksRequest>,
+    ) -> Reply<proto::UpdateBlocksResponse> {
+        let req = req.into_inner();
+        let tree = self.registry.get(&req.tree_id)?;
+        let limits = self.limits;
+        let msg = req.blocks.unwrap_or_default();
+        let return_openings = req.return_openings;
+        let resp = with_tree(tree, move |t, state| {
+            let mt = built(t, state)?;
+            let blocks = codec::decode_blocks(&msg, "blocks")?;
+            drop(msg);
+            if return_openings {
+                check_openings_fit(blocks.len(), t, &limits)?;
+            }
+            let started = Instant::now();
+            let old_root = mt.root();
+            let new_root = mt.update(&blocks)?;
+            let openings = if return_openings {
+                let positions: Vec<_> = blocks.iter().map(|b| (b.slot, b.block)).collect();
+                mt.openings(&positions)?
+                    .iter()
+                    .map(codec::opening_to_proto)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let mut s = t.summary();
+            s.root = Some(new_root);
+            s.updates += 1;
+            s.usage = mt.memory_usage();
+            t.set_summary(s);
+            tracing::debug!(
+                tree_id = %t.id,
+                blocks = blocks.len(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "batch applied"
+            );
+            Ok(proto::UpdateBlocksResponse {
+                old_root: Some(codec::digest_to_proto(&old_root)),
+                new_root: Some(codec::digest_to_proto(&new_root)),
+                openings,
+            })
+        })
+        .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn get_root(&self, req: Request<proto::GetRootRequest>) -> Reply<proto::GetRootResponse> {
+        let tree = self.registry.get(&req.get_ref().tree_id)?;
+        let state = tree.state.lock().await;
+        let root = match &*state {
+            State::Built(t) => t.root(),
+            other => return Err(not_built(&tree, other)),
+        };
+        Ok(Response::new(proto::GetRootResponse {
+            root: Some(codec::digest_to_proto(&root)),
+        }))
+    }
+
+    async fn get_openings(
+        &self,
+        req: Request<proto::GetOpeningsRequest>,
+    ) -> Reply<proto::GetOpeningsResponse> {
+        let req = req.into_inner();
+        let tree = self.registry.get(&req.tree_id)?;
+        let limits = self.limits;
+        let msg = req.positions.unwrap_or_default();
+        let resp = with_tree(tree, move |t, state| {
+            let mt = built(t, state)?;
+            let positions = codec::decode_positions(&msg, "positions")?;
+            check_openings_fit(positions.len(), t, &limits)?;
+            let openings = mt.openings(&positions)?;
+            Ok(proto::GetOpeningsResponse {
+                root: Some(codec::digest_to_proto(&mt.root())),
+                openings: openings.iter().map(codec::opening_to_proto).collect(),
+            })
+        })
+        .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn drop_tree(
+        &self,
+        req: Request<proto::DropTreeRequest>,
+    ) -> Reply<proto::DropTreeResponse> {
+        let id = &req.get_ref().tree_id;
+        let released_bytes = self.registry.remove(id).await?;
+        tracing::info!(tree_id = %id, released_bytes, "tree dropped");
+        Ok(Response::new(proto::DropTreeResponse { released_bytes }))
+    }
+
+    async fn list_trees(
+        &self,
+        _req: Request<proto::ListTreesRequest>,
+    ) -> Reply<proto::ListTreesResponse> {
+        Ok(Response::new(proto::ListTreesResponse {
+            trees: self.registry.trees().iter().map(|t| tree_info(t)).collect(),
+        }))
+    }
+
+    async fn get_server_info(
+        &self,
+        _req: Request<proto::GetServerInfoRequest>,
+    ) -> Reply<proto::GetServerInfoResponse> {
+        let trees: Vec<_> = self.registry.trees().iter().map(|t| tree_info(t)).collect();
+        let total_host_bytes = trees
+            .iter()
+            .map(|t| t.host_node_bytes + t.host_raw_bytes)
+            .sum();
+        let total_device_bytes = trees
+            .iter()
+            .map(|t| t.device_node_bytes + t.device_raw_bytes)
+            .sum();
+        Ok(Response::new(proto::GetServerInfoResponse {
+            backend: self.default_backend.name().into(),
+            // No device backend is compiled in yet; the cuda work fills these in.
+            device: "none".into(),
+            device_memory_free_bytes: 0,
+            device_memory_total_bytes: 0,
+            total_reserved_bytes: self.registry.reserved_bytes(),
+            total_host_bytes,
+            total_device_bytes,
+            trees,
+            max_message_bytes: self.limits.max_message_bytes as u64,
+            max_trees: self.limits.max_trees as u64,
+            max_total_bytes: self.limits.max_total_bytes,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+}

@@ -1,0 +1,1150 @@
+//! End-to-end gRPC tests: a real server on 127.0.0.1 with an ephemeral port, driven through
+//! `memcommit::service::client::Client` (and the generated client where the typed one cannot
+//! express a malformed request). Every root is checked against `ReferenceTree` on the same
+//! data.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::{four_spaces, image_with};
+use memcommit::hash::{Digest, P};
+use memcommit::layout::{CellType, MemoryLayout};
+use memcommit::service::client::Client;
+use memcommit::service::{codec, proto, serve, Limits, ServiceConfig, SERVICE_NAME};
+use memcommit::tree::reference::ReferenceTree;
+use memcommit::tree::{node_bytes, verify_opening, Backend, MemoryTree, TouchedBlock};
+use prost::bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::{Code, Status};
+
+/// A server on an ephemeral port plus a connected client.
+struct TestServer {
+    url: String,
+    client: Client,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(limits: Limits) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("local addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(serve(ServiceConfig { limits }, listener, async {
+        let _ = stopped.await;
+    }));
+    let client = Client::connect(&url).await.expect("connect");
+    TestServer {
+        url,
+        client,
+        stop,
+        handle,
+    }
+}
+
+impl TestServer {
+    /// Shuts down gracefully and checks that `serve` returned `Ok`.
+    async fn stop(self) {
+        drop(self.client);
+        self.stop.send(()).expect("server still running");
+        self.handle.await.expect("serve task").expect("serve ok");
+    }
+}
+
+fn err<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, needles: &[&str]) -> Status {
+    let s = r.expect_err("call should fail");
+    assert_eq!(s.code(), code, "{s:?}");
+    for n in needles {
+        assert!(s.message().contains(n), "{n:?} not in {:?}", s.message());
+    }
+    s
+}
+
+/// A block's cells as raw little-endian bytes of `cell`.
+fn raw_cells(cell: CellType, cells: &[u32]) -> Vec<u8> {
+    cells
+        .iter()
+        .flat_map(|v| v.to_le_bytes()[..cell.bytes()].to_vec())
+        .collect()
+}
+
+fn reference(layout: &MemoryLayout, blocks: &[TouchedBlock]) -> ReferenceTree {
+    ReferenceTree::build(layout.clone(), image_with(layout, blocks), 3)
+}
+
+/// A batch of `n` distinct random blocks over every non-empty slot.
+fn random_batch(rng: &mut StdRng, layout: &MemoryLayout, n: usize) -> Vec<TouchedBlock> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let slot = rng.random_range(0..layout.address_spaces().len() as u32);
+        let space = layout.address_spaces()[slot as usize];
+        if space.num_blocks() == 0 {
+            continue;
+        }
+        let block = rng.random_range(0..space.num_blocks());
+        if seen.insert((slot, block)) {
+            out.push(TouchedBlock {
+                slot,
+                block,
+                cells: std::array::from_fn(|_| rng.random_range(0..=space.cell.max_value())),
+            });
+        }
+    }
+    out
+}
+
+fn layout_json(json: &str) -> MemoryLayout {
+    MemoryLayout::from_json(json).expect("layout")
+}
+
+/// Creates a tree on the `four_spaces` vector's image (written one block per stream) and
+/// builds it.
+async fn built_four_spaces(c: &mut Client) -> (String, MemoryLayout, Vec<TouchedBlock>, Digest) {
+    let (layout, leaves, root) = four_spaces();
+    let t = c
+        .create_tree(&layout, None, Backend::Cpu)
+        .await
+        .expect("create");
+    for l in &leaves {
+        let cell = layout.address_spaces()[l.slot as usize].cell;
+        let offset = l.block * 8 * cell.bytes() as u64;
+        let n = c
+            .write_memory(&t.tree_id, l.slot, offset, &raw_cells(cell, &l.cells))
+            .await
+            .expect("write");
+        assert_eq!(n, 8 * cell.bytes() as u64);
+    }
+    assert_eq!(c.build_tree(&t.tree_id).await.expect("build"), root);
+    (t.tree_id, layout, leaves, root)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_matches_vector_and_reference() {
+    let mut srv = start(Limits::default()).await;
+    let c = &mut srv.client;
+    let (layout, leaves, vector_root) = four_spaces();
+
+    let t = c
+        .create_tree(&layout, None, Backend::Cpu)
+        .await
+        .expect("create");
+    assert_eq!(t.omitted_levels, 3);
+    assert_eq!(t.node_bytes, node_bytes(&layout, 3));
+    assert_eq!(t.raw_bytes, layout.raw_bytes());
+    assert_eq!(t.raw_bytes, 128 * 2 + 8192 * 2 + 32 + 64 * 4);
+
+    // Slot 1 as one image written in three streams, the last split at an odd block; the
+    // other leaves one block each.
+    let cell1 = layout.address_spaces()[1].cell;
+    let mut slot1 = vec![0u8; 8192 * 2];
+    for l in leaves.iter().filter(|l| l.slot == 1) {
+        let at = l.block as usize * 16;
+        slot1[at..at + 16].copy_from_slice(&raw_cells(cell1, &l.cells));
+    }
+    let mut written = 0;
+    for (start, end) in [(0, 4096), (4096, 10000), (10000, 16384)] {
+        written += c
+            .write_memory(&t.tree_id, 1, start as u64, &slot1[start..end])
+            .await
+            .expect("write slot 1");
+    }
+    assert_eq!(written, 16384);
+    for l in leaves.iter().filter(|l| l.slot != 1) {
+        let cell = layout.address_spaces()[l.slot as usize].cell;
+        let offset = l.block * 8 * cell.bytes() as u64;
+        c.write_memory(&t.tree_id, l.slot, offset, &raw_cells(cell, &l.cells))
+            .await
+            .expect("write");
+    }
+    let root0 = c.build_tree(&t.tree_id).await.expect("build");
+    assert_eq!(root0, vector_root);
+    assert_eq!(
+        root0.to_canonical(),
+        [
+            542865982, 1760990598, 1629616186, 77859462, 1640450610, 763687816, 1144923602,
+            1244730107
+        ]
+    );
+    let mut reference = reference(&layout, &leaves);
+    assert_eq!(reference.root(), root0);
+
+    // Two batches with openings, each checked against the reference and verified.
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut root = root0;
+    for step in 0..2 {
+        let batch = random_batch(&mut rng, &layout, 40);
+        let r = c
+            .update_blocks(&t.tree_id, &batch, true)
+            .await
+            .expect("update");
+        let expected = reference.update(&batch).expect("reference update");
+        assert_eq!(r.old_root, root, "step {step}");
+        assert_eq!(r.new_root, expected, "step {step}");
+        assert_ne!(r.new_root, r.old_root);
+        assert_eq!(r.openings.len(), batch.len());
+        let positions: Vec<_> = batch.iter().map(|b| (b.slot, b.block)).collect();
+        let ref_openings = reference.openings(&positions).expect("reference openings");
+        for ((o, b), ro) in r.openings.iter().zip(&batch).zip(&ref_openings) {
+            assert_eq!((o.slot, o.block, o.cells), (b.slot, b.block, b.cells));
+            assert_eq!(o.siblings.len(), layout.opening_len());
+            verify_opening(&r.new_root, &layout, o).expect("opening verifies");
+            assert_eq!(o, ro);
+        }
+        root = r.new_root;
+    }
+
+    // Without openings, and the empty batch.
+    let batch = random_batch(&mut rng, &layout, 5);
+    let r = c
+        .update_blocks(&t.tree_id, &batch, false)
+        .await
+        .expect("update");
+    assert!(r.openings.is_empty());
+    assert_eq!(r.old_root, root);
+    root = reference.update(&batch).expect("reference");
+    assert_eq!(r.new_root, root);
+    let r = c.update_blocks(&t.tree_id, &[], true).await.expect("empty");
+    assert_eq!((r.old_root, r.new_root), (root, root));
+    assert!(r.openings.is_empty());
+
+    assert_eq!(c.get_root(&t.tree_id).await.expect("root"), root);
+
+    // Openings of touched, untouched and repeated positions, in request order.
+    let positions = vec![(1, 1023), (0, 0), (3, 7), (2, 3), (0, 0), (1, 512)];
+    let openings = c
+        .get_openings(&t.tree_id, &positions)
+        .await
+        .expect("openings");
+    assert_eq!(
+        openings,
+        reference.openings(&positions).expect("reference openings")
+    );
+    for (o, p) in openings.iter().zip(&positions) {
+        assert_eq!((o.slot, o.block), *p);
+        verify_opening(&root, &layout, o).expect("verifies");
+    }
+    let mut tampered = openings[0].clone();
+    tampered.cells[0] ^= 1;
+    assert!(verify_opening(&root, &layout, &tampered).is_err());
+
+    // A second, unbuilt tree shows up as CREATED.
+    let t2 = c
+        .create_tree(&layout, Some(0), Backend::Reference)
+        .await
+        .expect("create 2");
+    assert_eq!(t2.omitted_levels, 0);
+    assert_eq!(t2.node_bytes, node_bytes(&layout, 0));
+
+    let trees = c.list_trees().await.expect("list");
+    assert_eq!(trees.len(), 2);
+    let info = trees.iter().find(|i| i.tree_id == t.tree_id).expect("t");
+    assert_eq!(info.state, proto::TreeState::Built as i32);
+    assert_eq!(info.backend, "cpu");
+    assert_eq!(info.omitted_levels, 3);
+    assert_eq!(info.updates, 4);
+    assert_eq!(
+        codec::digest_from_proto(info.root.as_ref(), "root").expect("root"),
+        root
+    );
+    assert_eq!(
+        codec::layout_from_proto(info.layout.as_ref(), "layout").expect("layout"),
+        layout
+    );
+    assert_eq!(info.reserved_bytes, t.node_bytes + t.raw_bytes);
+    assert_eq!(info.host_raw_bytes, layout.raw_bytes());
+    assert!(info.host_node_bytes >= t.node_bytes, "{info:?}");
+    assert_eq!((info.device_node_bytes, info.device_raw_bytes), (0, 0));
+    let info2 = trees.iter().find(|i| i.tree_id == t2.tree_id).expect("t2");
+    assert_eq!(info2.state, proto::TreeState::Created as i32);
+    assert_eq!(info2.backend, "reference");
+    assert!(info2.root.is_none());
+    assert_eq!(info2.host_node_bytes, 0);
+
+    let si = c.server_info().await.expect("info");
+    assert_eq!(si.backend, "cpu");
+    assert_eq!(si.device, "none");
+    assert_eq!(
+        (si.device_memory_free_bytes, si.device_memory_total_bytes),
+        (0, 0)
+    );
+    assert_eq!(si.trees, trees);
+    assert_eq!(
+        si.total_reserved_bytes,
+        t.node_bytes + t.raw_bytes + t2.node_bytes + t2.raw_bytes
+    );
+    assert_eq!(
+        si.total_host_bytes,
+        trees
+            .iter()
+            .map(|i| i.host_node_bytes + i.host_raw_bytes)
+            .sum::<u64>()
+    );
+    assert_eq!(si.total_device_bytes, 0);
+    assert_eq!(si.max_trees, 64);
+    assert_eq!(si.max_message_bytes, 256 << 20);
+    assert_eq!(si.max_total_bytes, 16 << 30);
+
+    c.drop_tree(&t.tree_id).await.expect("drop");
+    err(c.get_root(&t.tree_id).await, Code::NotFound, &[&t.tree_id]);
+    err(c.drop_tree(&t.tree_id).await, Code::NotFound, &[]);
+    let si = c.server_info().await.expect("info");
+    assert_eq!(si.trees.len(), 1);
+    assert_eq!(si.total_reserved_bytes, t2.node_bytes + t2.raw_bytes);
+    c.drop_tree(&t2.tree_id).await.expect("drop 2");
+    let si = c.server_info().await.expect("info");
+    assert!(si.trees.is_empty());
+    assert_eq!(si.total_reserved_bytes, 0);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_memory_streams_many_chunks() {
+    let mut srv = start(Limits::default()).await;
+    let c = &mut srv.client;
+    // 2^21 field cells = 8 MiB; 5 MiB + 32 bytes of data at 1 MiB go as 2 chunks of the
+    // typed client's 4 MiB.
+    let layout = layout_json(r#"{"address_spaces": [{"cell": "field", "num_cells": 2097152}]}"#);
+    let t = c
+        .create_tree(&layout, Some(5), Backend::Cpu)
+        .await
+        .expect("create");
+    let first_cell = (1u64 << 20) / 4;
+    let cells: Vec<u32> = (0..(5u32 << 18) + 8)
+        .map(|i| i.wrapping_mul(2_654_435_761) % P)
+        .collect();
+    let data = raw_cells(CellType::Field, &cells);
+    let n = c
+        .write_memory(&t.tree_id, 0, first_cell * 4, &data)
+        .await
+        .expect("write");
+    assert_eq!(n, data.len() as u64);
+    let root = c.build_tree(&t.tree_id).await.expect("build");
+
+    let blocks: Vec<TouchedBlock> = cells
+        .chunks_exact(8)
+        .enumerate()
+        .map(|(i, c)| TouchedBlock {
+            slot: 0,
+            block: first_cell / 8 + i as u64,
+            cells: c.try_into().expect("8"),
+        })
+        .collect();
+    assert_eq!(reference(&layout, &blocks).root(), root);
+    srv.stop().await;
+}
+
+/// The generated client sends chunks the typed one never would: several trees' ids and a
+/// bad chunk in the middle of a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_memory_stream_errors_name_the_chunk() {
+    let mut srv = start(Limits::default()).await;
+    let c = &mut srv.client;
+    let layout = layout_json(r#"{"address_spaces": [{"cell": "u16", "num_cells": 64}]}"#);
+    let a = c.create_tree(&layout, None, Backend::Cpu).await.expect("a");
+    let b = c.create_tree(&layout, None, Backend::Cpu).await.expect("b");
+    let chunk = |tree_id: &str, byte_offset: u64, data: &'static [u8]| proto::WriteMemoryChunk {
+        tree_id: tree_id.into(),
+        slot: 0,
+        byte_offset,
+        data: Bytes::from_static(data),
+    };
+    // Chunk 0 and 1 apply; chunk 2 has an odd offset for u16 cells.
+    let stream = vec![
+        chunk(&a.tree_id, 0, &[1, 0, 2, 0]),
+        chunk("", 16, &[3, 0, 4, 0]),
+        chunk(&a.tree_id, 33, &[5, 0]),
+        chunk(&a.tree_id, 40, &[6, 0]),
+    ];
+    err(
+        c.raw().write_memory(tokio_stream::iter(stream)).await,
+        Code::InvalidArgument,
+        &["chunks[2].byte_offset", "33"],
+    );
+    // Past the end of the slot (128 bytes).
+    err(
+        c.raw()
+            .write_memory(tokio_stream::iter(vec![chunk(
+                &a.tree_id,
+                126,
+                &[0, 0, 0, 0],
+            )]))
+            .await,
+        Code::InvalidArgument,
+        &["chunks[0].byte_offset", "126"],
+    );
+    // Odd length; unknown slot.
+    err(
+        c.raw()
+            .write_memory(tokio_stream::iter(vec![chunk(&a.tree_id, 0, &[1, 2, 3])]))
+            .await,
+        Code::InvalidArgument,
+        &["chunks[0].data", "length 3"],
+    );
+    err(
+        c.write_memory(&a.tree_id, 1, 0, &[0, 0]).await,
+        Code::InvalidArgument,
+        &["chunks[0].slot", "slot 1"],
+    );
+    // A second tree's id mid-stream.
+    let stream = vec![chunk(&a.tree_id, 0, &[1, 0]), chunk(&b.tree_id, 0, &[9, 0])];
+    err(
+        c.raw().write_memory(tokio_stream::iter(stream)).await,
+        Code::InvalidArgument,
+        &["chunks[1].tree_id", &b.tree_id],
+    );
+    err(
+        c.raw()
+            .write_memory(tokio_stream::iter(vec![chunk("", 0, &[1, 0])]))
+            .await,
+        Code::InvalidArgument,
+        &["tree_id"],
+    );
+
+    // What stuck: chunks 0 and 1 of the first stream (chunk 0 again by the last stream).
+    let root = c.build_tree(&a.tree_id).await.expect("build");
+    let expected = reference(
+        &layout,
+        &[
+            TouchedBlock {
+                slot: 0,
+                block: 0,
+                cells: [1, 2, 0, 0, 0, 0, 0, 0],
+            },
+            TouchedBlock {
+                slot: 0,
+                block: 1,
+                cells: [3, 4, 0, 0, 0, 0, 0, 0],
+            },
+        ],
+    );
+    assert_eq!(root, expected.root());
+    // Tree b saw nothing.
+    let root_b = c.build_tree(&b.tree_id).await.expect("build b");
+    assert_eq!(root_b, reference(&layout, &[]).root());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_batches_are_invalid_and_leave_the_tree_unchanged() {
+    let mut srv = start(Limits::default()).await;
+    let c = &mut srv.client;
+    let (id, layout, leaves, root) = built_four_spaces(c).await;
+    // Slots: 0 u16 × 16 blocks, 1 u16 × 1024, 2 u8 × 4, 3 field × 8; 4..7 exist only as
+    // empty top-tree leaves.
+    let tb = |slot, block, cells| TouchedBlock { slot, block, cells };
+    let valid = tb(1, 5, [1, 2, 3, 4, 5, 6, 7, 8]);
+    let zero = [0u32; 8];
+    let cases: Vec<(Vec<TouchedBlock>, Vec<&str>)> = vec![
+        (
+            vec![valid, tb(4, 0, zero)],
+            vec!["blocks[1].slot", "slot 4"],
+        ),
+        (
+            vec![valid, tb(2, 4, zero)],
+            vec!["blocks[1].block", "block 4"],
+        ),
+        (
+            vec![valid, tb(0, 16, zero)],
+            vec!["blocks[1].block", "block 16"],
+        ),
+        (
+            vec![valid, tb(2, 0, [0, 0, 256, 0, 0, 0, 0, 0])],
+            vec!["blocks[1].cells[2]", "256", "u8"],
+        ),
+        (
+            vec![valid, tb(0, 1, [0, 0, 0, 0, 0, 0, 0, 65536])],
+            vec!["blocks[1].cells[7]", "65536", "u16"],
+        ),
+        (
+            vec![valid, tb(3, 1, [P, 0, 0, 0, 0, 0, 0, 0])],
+            vec!["blocks[1].cells[0]", "2013265921"],
+        ),
+        (
+            vec![valid, tb(0, 1, zero), tb(1, 5, zero)],
+            vec!["blocks[2]", "(slot 1, block 5)", "more than once"],
+        ),
+    ];
+    for (batch, needles) in cases {
+        err(
+            c.update_blocks(&id, &batch, true).await,
+            Code::InvalidArgument,
+            &needles,
+        );
+        assert_eq!(c.get_root(&id).await.expect("root"), root, "{needles:?}");
+    }
+
+    // Packing errors, through the generated client.
+    let packed = codec::encode_blocks(&[valid, tb(0, 1, zero)]).expect("encode");
+    let mut bad_lengths = Vec::new();
+    let mut m = packed.clone();
+    m.cells = m.cells.slice(..37);
+    bad_lengths.push((m, "blocks.cells: 37 bytes is not 32 per block × 2 blocks"));
+    let mut m = packed.clone();
+    m.cells = m.cells.slice(..56); // 7 cells per block
+    bad_lengths.push((m, "blocks.cells: 56 bytes is not 32 per block × 2 blocks"));
+    let mut m = packed.clone();
+    m.slots = m.slots.slice(..7);
+    bad_lengths.push((m, "blocks.slots: 7 bytes is not a multiple of 4"));
+    let mut m = packed.clone();
+    m.blocks = m.blocks.slice(..4);
+    bad_lengths.push((m, "blocks.blocks: 4 bytes is not 4 per block × 2 blocks"));
+    for (m, needle) in bad_lengths {
+        let r = c
+            .raw()
+            .update_blocks(proto::UpdateBlocksRequest {
+                tree_id: id.clone(),
+                blocks: Some(m),
+                return_openings: false,
+            })
+            .await;
+        err(r, Code::InvalidArgument, &[needle]);
+        assert_eq!(c.get_root(&id).await.expect("root"), root, "{needle}");
+    }
+
+    // Bad positions.
+    err(
+        c.get_openings(&id, &[(0, 0), (3, 8)]).await,
+        Code::InvalidArgument,
+        &["positions[1].block", "block 8"],
+    );
+    err(
+        c.get_openings(&id, &[(9, 0)]).await,
+        Code::InvalidArgument,
+        &["positions[0].slot", "slot 9"],
+    );
+    let r = c
+        .raw()
+        .get_openings(proto::GetOpeningsRequest {
+            tree_id: id.clone(),
+            positions: Some(proto::Positions {
+                slots: Bytes::from_static(&[0; 8]),
+                blocks: Bytes::from_static(&[0; 4]),
+            }),
+        })
+        .await;
+    err(
+        r,
+        Code::InvalidArgument,
+        &["positions.blocks: 4 bytes is not 4 per position × 2"],
+    );
+
+    // No failed call counted as an update, and a valid batch still applies after them.
+    let info = c.list_trees().await.expect("list");
+    assert_eq!(info[0].updates, 0);
+    let mut reference = reference(&layout, &leaves);
+    let r = c.update_blocks(&id, &[valid], false).await.expect("update");
+    assert_eq!(r.old_root, root);
+    assert_eq!(r.new_root, reference.update(&[valid]).expect("reference"));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_layouts_and_arguments_are_invalid() {
+    let mut srv = start(Limits::default()).await;
+    let c = &mut srv.client;
+    let create =
+        |layout: Option<proto::Layout>, k: Option<u32>, backend: &str| proto::CreateTreeRequest {
+            layout,
+            omitted_levels: k,
+            backend: backend.into(),
+        };
+    let space = |cell: proto::CellType, num_cells| proto::AddressSpace {
+        cell: cell as i32,
+        num_cells,
+    };
+    let layout = |spaces: Vec<proto::AddressSpace>, ash: Option<u32>, ah: Option<u32>| {
+        Some(proto::Layout {
+            address_spaces: spaces,
+            address_space_height: ash,
+            address_height: ah,
+        })
+    };
+    let u8s = |n| space(proto::CellType::U8, n);
+    let cases: Vec<(proto::CreateTreeRequest, Vec<&str>)> = vec![
+        (
+            create(layout(vec![u8s(12)], None, None), None, "cpu"),
+            vec!["layout.address_spaces[0].num_cells", "12"],
+        ),
+        (
+            create(layout(vec![u8s(8), u8s(4)], None, None), None, "cpu"),
+            vec!["layout.address_spaces[1].num_cells", "4"],
+        ),
+        (
+            create(layout(vec![], None, None), None, "cpu"),
+            vec!["layout.address_spaces", "empty"],
+        ),
+        (
+            create(layout(vec![u8s(1024)], None, Some(5)), None, "cpu"),
+            vec!["layout.address_height", "5"],
+        ),
+        (
+            create(layout(vec![u8s(8); 5], Some(2), None), None, "cpu"),
+            vec!["layout.address_space_height", "2"],
+        ),
+        (
+            create(
+                layout(
+                    vec![u8s(8), space(proto::CellType::Unspecified, 8)],
+                    None,
+                    None,
+                ),
+                None,
+                "cpu",
+            ),
+            vec!["layout.address_spaces[1].cell", "0"],
+        ),
+        (
+            create(
+                layout(
+                    vec![proto::AddressSpace {
+                        cell: 7,
+                        num_cells: 8,
+                    }],
+                    None,
+                    None,
+                ),
+                None,
+                "cpu",
+            ),
+            vec!["layout.address_spaces[0].cell", "7"],
+        ),
+        (create(None, None, "cpu"), vec!["layout", "missing"]),
+        (
+            create(layout(vec![u8s(8)], None, None), Some(21), "cpu"),
+            vec!["omitted_levels", "21"],
+        ),
+        (
+            create(layout(vec![u8s(8)], None, None), None, "gpu"),
+            vec!["backend", "\"gpu\""],
+        ),
+    ];
+    for (req, needles) in cases {
+        err(
+            c.raw().create_tree(req).await,
+            Code::InvalidArgument,
+            &needles,
+        );
+    }
+    err(
+        c.get_root("").await,
+        Code::InvalidArgument,
+        &["tree_id", "empty"],
+    );
+    let si = c.server_info().await.expect("info");
+    assert!(si.trees.is_empty());
+    assert_eq!(si.total_reserved_bytes, 0);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_trees_are_not_found() {
+    let mut srv = start(Limits::default()).await;
+    let c = &mut srv.client;
+    let id = "0c8a5f4e-no-such-tree";
+    let block = [TouchedBlock {
+        slot: 0,
+        block: 0,
+        cells: [0; 8],
+    }];
+    err(c.get_root(id).await, Code::NotFound, &[id]);
+    err(c.build_tree(id).await, Code::NotFound, &[id]);
+    err(
+        c.update_blocks(id, &block, false).await,
+        Code::NotFound,
+        &[id],
+    );
+    err(c.get_openings(id, &[(0, 0)]).await, Code::NotFound, &[id]);
+    err(c.write_memory(id, 0, 0, &[1]).await, Code::NotFound, &[id]);
+    err(c.drop_tree(id).await, Code::NotFound, &[id]);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_out_of_order_are_failed_precondition() {
+    let mut srv = start(Limits::default()).await;
+    let c = &mut srv.client;
+    let layout = layout_json(r#"{"address_spaces": [{"cell": "u8", "num_cells": 64}]}"#);
+    let t = c
+        .create_tree(&layout, None, Backend::Cpu)
+        .await
+        .expect("create");
+    let block = [TouchedBlock {
+        slot: 0,
+        block: 1,
+        cells: [1; 8],
+    }];
+    err(
+        c.update_blocks(&t.tree_id, &block, false).await,
+        Code::FailedPrecondition,
+        &["not built", "BuildTree"],
+    );
+    err(
+        c.get_root(&t.tree_id).await,
+        Code::FailedPrecondition,
+        &["not built"],
+    );
+    err(
+        c.get_openings(&t.tree_id, &[(0, 0)]).await,
+        Code::FailedPrecondition,
+        &["not built"],
+    );
+    c.write_memory(&t.tree_id, 0, 8, &[1; 8])
+        .await
+        .expect("write");
+    let root = c.build_tree(&t.tree_id).await.expect("build");
+    assert_eq!(root, reference(&layout, &block).root());
+    err(
+        c.write_memory(&t.tree_id, 0, 0, &[2; 8]).await,
+        Code::FailedPrecondition,
+        &["already built"],
+    );
+    err(
+        c.build_tree(&t.tree_id).await,
+        Code::FailedPrecondition,
+        &["already built"],
+    );
+    assert_eq!(c.get_root(&t.tree_id).await.expect("root"), root);
+    srv.stop().await;
+}
+
+#[cfg(not(feature = "cuda"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuda_backend_is_unavailable_in_this_build() {
+    let mut srv = start(Limits::default()).await;
+    let c = &mut srv.client;
+    let layout = layout_json(r#"{"address_spaces": [{"cell": "u8", "num_cells": 64}]}"#);
+    err(
+        c.create_tree(&layout, None, Backend::Cuda).await,
+        Code::Unavailable,
+        &["cuda"],
+    );
+    // Nothing stays reserved; auto still works and picks the CPU.
+    assert_eq!(c.server_info().await.expect("info").total_reserved_bytes, 0);
+    c.create_tree(&layout, None, Backend::Auto)
+        .await
+        .expect("auto");
+    let trees = c.list_trees().await.expect("list");
+    assert_eq!(trees.len(), 1);
+    assert_eq!(trees[0].backend, "cpu");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_count_and_memory_limits_are_resource_exhausted() {
+    let (layout, _, _) = four_spaces();
+    let each = node_bytes(&layout, 3) + layout.raw_bytes();
+    let mut srv = start(Limits {
+        max_trees: 3,
+        max_total_bytes: 2 * each + each / 2,
+        ..Limits::default()
+    })
+    .await;
+    let c = &mut srv.client;
+    let a = c.create_tree(&layout, None, Backend::Cpu).await.expect("a");
+    let b = c.create_tree(&layout, None, Backend::Cpu).await.expect("b");
+    err(
+        c.create_tree(&layout, None, Backend::Cpu).await,
+        Code::ResourceExhausted,
+        &[
+            &format!("max_total_bytes = {}", 2 * each + each / 2),
+            &format!("needs {each} bytes"),
+        ],
+    );
+    assert_eq!(
+        c.server_info().await.expect("info").total_reserved_bytes,
+        2 * each
+    );
+    c.drop_tree(&a.tree_id).await.expect("drop a");
+    let a = c
+        .create_tree(&layout, None, Backend::Cpu)
+        .await
+        .expect("a again");
+
+    // A small layout fits the bytes but not the tree count.
+    let small = layout_json(r#"{"address_spaces": [{"cell": "u8", "num_cells": 8}]}"#);
+    let s = c
+        .create_tree(&small, None, Backend::Cpu)
+        .await
+        .expect("third");
+    err(
+        c.create_tree(&small, None, Backend::Cpu).await,
+        Code::ResourceExhausted,
+        &["max_trees = 3"],
+    );
+    for id in [&a.tree_id, &b.tree_id, &s.tree_id] {
+        c.drop_tree(id).await.expect("drop");
+    }
+    assert_eq!(c.server_info().await.expect("info").total_reserved_bytes, 0);
+    c.create_tree(&small, None, Backend::Cpu)
+        .await
+        .expect("after drops");
+
+    // A layout too big to ever fit.
+    let huge = layout_json(r#"{"address_spaces": [{"cell": "field", "num_cells": 4294967296}]}"#);
+    err(
+        c.create_tree(&huge, None, Backend::Cpu).await,
+        Code::ResourceExhausted,
+        &["max_total_bytes"],
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_size_limit_is_resource_exhausted() {
+    const LIMIT: usize = 64 << 10;
+    let mut srv = start(Limits {
+        max_message_bytes: LIMIT,
+        ..Limits::default()
+    })
+    .await;
+    let c = &mut srv.client;
+    // One u8 slot of 8192 blocks: 13 siblings per opening.
+    let layout = layout_json(r#"{"address_spaces": [{"cell": "u8", "num_cells": 65536}]}"#);
+    let t = c
+        .create_tree(&layout, None, Backend::Cpu)
+        .await
+        .expect("create");
+    let limit_text = format!("max_message_bytes = {LIMIT}");
+    // A WriteMemory chunk over the limit.
+    err(
+        c.write_memory(&t.tree_id, 0, 0, &vec![1u8; 100_000]).await,
+        Code::ResourceExhausted,
+        &[&limit_text],
+    );
+    c.write_memory(&t.tree_id, 0, 0, &vec![1u8; 30_000])
+        .await
+        .expect("small write");
+    let root = c.build_tree(&t.tree_id).await.expect("build");
+    let mut reference = ReferenceTree::build(
+        layout.clone(),
+        {
+            let mut image = memcommit::image::MemoryImage::zeroed(&layout).expect("image");
+            image.write(0, 0, &vec![1u8; 30_000]).expect("write");
+            Arc::new(image)
+        },
+        3,
+    );
+    assert_eq!(root, reference.root());
+
+    // A 4096-block request is 160 KiB.
+    let mut rng = StdRng::seed_from_u64(3);
+    let big = random_batch(&mut rng, &layout, 4096);
+    err(
+        c.update_blocks(&t.tree_id, &big, false).await,
+        Code::ResourceExhausted,
+        &[&limit_text],
+    );
+    assert_eq!(c.get_root(&t.tree_id).await.expect("root"), root);
+    // 150 openings (~70 KiB) do not fit a response; the batch is refused before it applies.
+    let batch = &big[..150];
+    err(
+        c.update_blocks(&t.tree_id, batch, true).await,
+        Code::ResourceExhausted,
+        &[&limit_text, "150 openings"],
+    );
+    assert_eq!(c.get_root(&t.tree_id).await.expect("root"), root);
+    let positions: Vec<_> = batch.iter().map(|b| (b.slot, b.block)).collect();
+    err(
+        c.get_openings(&t.tree_id, &positions).await,
+        Code::ResourceExhausted,
+        &[&limit_text],
+    );
+    // Under the limit both work.
+    let r = c
+        .update_blocks(&t.tree_id, batch, false)
+        .await
+        .expect("update");
+    assert_eq!(r.new_root, reference.update(batch).expect("reference"));
+    let openings = c
+        .get_openings(&t.tree_id, &positions[..120])
+        .await
+        .expect("openings");
+    assert_eq!(openings.len(), 120);
+    for o in &openings {
+        verify_opening(&r.new_root, &layout, o).expect("verifies");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_on_two_trees() {
+    let srv = start(Limits::default()).await;
+    let layouts = [
+        four_spaces().0,
+        layout_json(
+            r#"{"address_spaces": [{"cell": "field", "num_cells": 4096},
+                {"cell": "u8", "num_cells": 0}, {"cell": "u16", "num_cells": 1024}]}"#,
+        ),
+    ];
+    let mut tasks = Vec::new();
+    for (i, layout) in layouts.into_iter().enumerate() {
+        let mut c = srv.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = c
+                .create_tree(&layout, Some(i as u32 * 2), Backend::Cpu)
+                .await
+                .expect("create");
+            let mut reference = reference(&layout, &[]);
+            let mut root = c.build_tree(&t.tree_id).await.expect("build");
+            assert_eq!(root, reference.root());
+            let mut rng = StdRng::seed_from_u64(100 + i as u64);
+            for _ in 0..15 {
+                let batch = random_batch(&mut rng, &layout, 30);
+                let r = c
+                    .update_blocks(&t.tree_id, &batch, i == 0)
+                    .await
+                    .expect("update");
+                assert_eq!(r.old_root, root);
+                root = reference.update(&batch).expect("reference");
+                assert_eq!(r.new_root, root);
+                for o in &r.openings {
+                    verify_opening(&root, &layout, o).expect("verifies");
+                }
+            }
+            (t.tree_id, root)
+        }));
+    }
+    let mut c = srv.client.clone();
+    for task in tasks {
+        let (id, root) = task.await.expect("task");
+        assert_eq!(c.get_root(&id).await.expect("root"), root);
+    }
+    drop(c);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_on_one_tree_are_serialised() {
+    const TASKS: usize = 16;
+    let srv = start(Limits::default()).await;
+    let layout = layout_json(r#"{"address_spaces": [{"cell": "u16", "num_cells": 16384}]}"#);
+    let mut c = srv.client.clone();
+    let t = c
+        .create_tree(&layout, None, Backend::Cpu)
+        .await
+        .expect("create");
+    let root0 = c.build_tree(&t.tree_id).await.expect("build");
+    // Task k touches blocks 64k .. 64k+63 only, so the final root is order-independent.
+    let mut rng = StdRng::seed_from_u64(11);
+    let batches: Vec<Vec<TouchedBlock>> = (0..TASKS as u64)
+        .map(|k| {
+            (0..64)
+                .map(|j| TouchedBlock {
+                    slot: 0,
+                    block: 64 * k + j,
+                    cells: std::array::from_fn(|_| rng.random_range(1..=0xffff)),
+                })
+                .collect()
+        })
+        .collect();
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = batches
+        .iter()
+        .cloned()
+        .map(|batch| {
+            let mut c = srv.client.clone();
+            let id = t.tree_id.clone();
+            let barrier = Arc::clone(&barrier);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let r = c.update_blocks(&id, &batch, false).await.expect("update");
+                (r.old_root, r.new_root)
+            })
+        })
+        .collect();
+    let mut steps = HashMap::new();
+    for task in tasks {
+        let (old, new) = task.await.expect("task");
+        assert!(
+            steps.insert(old, new).is_none(),
+            "two batches saw the same old root"
+        );
+    }
+    let all: Vec<TouchedBlock> = batches.concat();
+    let final_root = reference(&layout, &all).root();
+    assert_eq!(c.get_root(&t.tree_id).await.expect("root"), final_root);
+    // Serialised: the (old → new) pairs form one chain from the build root to the final
+    // root through every batch.
+    let mut root = root0;
+    for _ in 0..TASKS {
+        root = *steps.get(&root).expect("chain continues");
+    }
+    assert_eq!(root, final_root);
+    let info = c.list_trees().await.expect("list");
+    assert_eq!(info[0].updates, TASKS as u64);
+    drop(c);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let srv = start(Limits::default()).await;
+    let channel = tonic::transport::Endpoint::from_shared(srv.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: SERVICE_NAME.into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    {
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        let requests = vec![
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            },
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(
+                    "memcommit.v1.UpdateBlocksRequest".into(),
+                )),
+            },
+        ];
+        let mut stream = ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::iter(requests))
+            .await
+            .expect("reflection v1")
+            .into_inner();
+        let first = stream.message().await.expect("v1 response").expect("one");
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("unexpected v1 response {first:?}");
+        };
+        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&SERVICE_NAME), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+        let second = stream.message().await.expect("v1 response").expect("two");
+        let Some(MessageResponse::FileDescriptorResponse(fd)) = second.message_response else {
+            panic!("unexpected v1 response {second:?}");
+        };
+        let file = <FileDescriptorHead as prost::Message>::decode(&fd.file_descriptor_proto[0][..])
+            .expect("descriptor");
+        assert_eq!(file.package.as_deref(), Some("memcommit.v1"));
+    }
+    {
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        let mut stream = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter(vec![ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            }]))
+            .await
+            .expect("reflection v1alpha")
+            .into_inner();
+        let first = stream
+            .message()
+            .await
+            .expect("v1alpha response")
+            .expect("one");
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("unexpected v1alpha response {first:?}");
+        };
+        assert!(list.service.iter().any(|s| s.name == SERVICE_NAME));
+    }
+    srv.stop().await;
+}
+
+/// Only the fields of `google.protobuf.FileDescriptorProto` the reflection test reads.
+#[derive(Clone, PartialEq, prost::Message)]
+struct FileDescriptorHead {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    package: Option<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_returns_ok_and_closes_the_listener() {
+    let srv = start(Limits::default()).await;
+    let url = srv.url.clone();
+    srv.stop().await;
+    // The listener is closed once serve has returned.
+    assert!(Client::connect(&url).await.is_err());
+}
+
+/// `memcommit serve` on an ephemeral port answers, then exits 0 on SIGTERM.
+#[cfg(unix)]
+#[test]
+fn serve_cli_exits_zero_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--max-trees", "5"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn memcommit serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    // The log line carries `address=127.0.0.1:PORT` (possibly with colour codes around `=`).
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("server exited early")
+            .expect("read stderr");
+        if line.contains("memcommit listening") {
+            let at = line.find("127.0.0.1:").expect("address in log line") + "127.0.0.1:".len();
+            let digits: String = line[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            break digits.parse::<u16>().expect("port");
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let max_trees = runtime.block_on(async {
+        let mut c = Client::connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        c.server_info().await.expect("info").max_trees
+    });
+    assert_eq!(max_trees, 5);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("memcommit serve did not exit within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM received")),
+        "{rest:?}"
+    );
+}
