@@ -74,9 +74,7 @@ impl MemoryImage {
                 ),
             ));
         }
-        let end = byte_offset
-            .checked_add(data.len() as u64)
-            .unwrap_or(u64::MAX);
+        let end = byte_offset.saturating_add(data.len() as u64);
         if end > len {
             return Err(Error::invalid(
                 "byte_offset",
