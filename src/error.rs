@@ -20,6 +20,10 @@ pub enum Error {
     /// A device or backend is not usable.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// An error status a memcommit server returned (client side: replay and tests), kept
+    /// with its gRPC code so it maps back to the same code.
+    #[error("server returned {code:?}: {message}")]
+    Remote { code: tonic::Code, message: String },
     /// File-system or stream I/O (CLI and traces only).
     #[error("{context}: {source}")]
     Io {

@@ -6,6 +6,7 @@ pub mod error;
 pub mod hash;
 pub mod image;
 pub mod layout;
+pub mod replay;
 pub mod tree;
 
 pub use error::{Error, Result};

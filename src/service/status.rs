@@ -15,7 +15,18 @@ pub fn code(e: &Error) -> Code {
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Unavailable(_) => Code::Unavailable,
+        Error::Remote { code, .. } => *code,
         Error::Io { .. } => Code::Internal,
+    }
+}
+
+impl From<Status> for Error {
+    /// A status received from a server, as [`Error::Remote`] with the same code.
+    fn from(s: Status) -> Error {
+        Error::Remote {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
     }
 }
 
@@ -47,6 +58,7 @@ mod tests {
             ),
             (Error::Unavailable("u".into()), Code::Unavailable),
             (Error::io("file", io), Code::Internal),
+            (Error::from(Status::not_found("tree t")), Code::NotFound),
         ];
         for (e, c) in cases {
             let text = e.to_string();

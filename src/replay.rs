@@ -1,0 +1,158 @@
+//! Replay: drives a memcommit server through a trace file over gRPC (DESIGN.md "CLI
+//! contracts", `memcommit replay`). Step 0 is the build; each update is the next step.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::hash::Digest;
+use crate::service::client::Client;
+use crate::trace::{TraceEvent, TraceReader};
+use crate::tree::Backend;
+
+/// How to replay a trace.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayOptions {
+    /// Backend the server builds the tree on.
+    pub backend: Backend,
+    /// Overrides the trace's `omitted_levels` (never changes a root).
+    pub omitted_levels: Option<u32>,
+}
+
+/// One root step: the build (step 0) or an update.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    /// 0 for the build, then 1, 2, … per update.
+    pub step: u64,
+    /// The root the server returned.
+    pub root: Digest,
+    /// The trace's `expect_root`, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect_root: Option<Digest>,
+    /// Touched blocks in the step (0 for the build).
+    pub blocks: usize,
+    /// Wall time of the step's RPC, in milliseconds.
+    pub ms: f64,
+}
+
+impl StepReport {
+    /// False when the step had an `expect_root` and the root differs.
+    pub fn matches(&self) -> bool {
+        self.expect_root.is_none_or(|e| e == self.root)
+    }
+}
+
+/// What a whole replay did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplaySummary {
+    /// The server's tree id (dropped at the end).
+    pub tree_id: String,
+    /// `omitted_levels` the server chose.
+    pub omitted_levels: u32,
+    /// Root steps replayed (build included).
+    pub steps: u64,
+    /// Steps that carried an `expect_root`, all of which matched.
+    pub checked: u64,
+    /// Raw bytes uploaded before the build.
+    pub bytes_written: u64,
+    /// Touched blocks over all updates.
+    pub blocks: u64,
+    /// Per-step RPC times, milliseconds, in step order.
+    pub step_ms: Vec<f64>,
+}
+
+/// Replays `trace` through `client`, calling `on_step` after every root step. Stops at the
+/// first `expect_root` that does not match. The tree is dropped at the end, also on error.
+///
+/// # Errors
+/// The trace's own errors; the server's, as [`Error`] variants; and
+/// [`Error::FailedPrecondition`] naming the step, the expected and the returned root when
+/// an `expect_root` does not match.
+pub async fn replay(
+    client: &mut Client,
+    mut trace: TraceReader,
+    options: ReplayOptions,
+    mut on_step: impl FnMut(&StepReport),
+) -> Result<ReplaySummary> {
+    let header = trace.header().clone();
+    let created = client
+        .create_tree(
+            &header.layout,
+            options.omitted_levels.or(header.omitted_levels),
+            options.backend,
+        )
+        .await
+        .map_err(Error::from)?;
+    let mut summary = ReplaySummary {
+        tree_id: created.tree_id.clone(),
+        omitted_levels: created.omitted_levels,
+        ..ReplaySummary::default()
+    };
+    let result = drive(client, &mut trace, &mut summary, &mut on_step).await;
+    // Best effort: the tree is useless after a failed replay, and a lost drop only costs
+    // server memory until the server stops.
+    if let Err(e) = client.drop_tree(&created.tree_id).await {
+        tracing::warn!(tree_id = %created.tree_id, "could not drop the replay tree: {e}");
+    }
+    result.map(|()| summary)
+}
+
+async fn drive(
+    client: &mut Client,
+    trace: &mut TraceReader,
+    summary: &mut ReplaySummary,
+    on_step: &mut impl FnMut(&StepReport),
+) -> Result<()> {
+    let tree_id = summary.tree_id.clone();
+    for event in trace {
+        let started = Instant::now();
+        let (root, expect_root, blocks) = match event? {
+            TraceEvent::Write { slot, offset, data } => {
+                client
+                    .write_memory(&tree_id, slot, offset, &data)
+                    .await
+                    .map_err(Error::from)?;
+                summary.bytes_written += data.len() as u64;
+                continue;
+            }
+            TraceEvent::Build { expect_root } => (
+                client.build_tree(&tree_id).await.map_err(Error::from)?,
+                expect_root,
+                0,
+            ),
+            TraceEvent::Update {
+                blocks,
+                expect_root,
+            } => {
+                let r = client
+                    .update_blocks(&tree_id, &blocks, false)
+                    .await
+                    .map_err(Error::from)?;
+                (r.new_root, expect_root, blocks.len())
+            }
+        };
+        let report = StepReport {
+            step: summary.steps,
+            root,
+            expect_root,
+            blocks,
+            ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        on_step(&report);
+        summary.steps += 1;
+        summary.blocks += blocks as u64;
+        summary.step_ms.push(report.ms);
+        match report.expect_root {
+            Some(e) if e != root => {
+                return Err(Error::FailedPrecondition(format!(
+                    "step {}: root {root:?} does not match expect_root {e:?}",
+                    report.step
+                )))
+            }
+            Some(_) => summary.checked += 1,
+            None => {}
+        }
+    }
+    Ok(())
+}
