@@ -123,7 +123,7 @@ async fn drive(args: &Args, trace: TraceReader) -> anyhow::Result<ReplaySummary>
         let _ = stop.send(());
         task.await.context("in-process server task")??;
     }
-    Ok(result.with_context(|| format!("replaying {}", args.trace.display()))?)
+    result.with_context(|| format!("replaying {}", args.trace.display()))
 }
 
 /// A spinner on stderr when it is a terminal; hidden otherwise (CI logs, pipes).
