@@ -3,7 +3,8 @@
 //! - `build/*`: memcommit's CPU build at k = 0 and k = 3 against p3-merkle-tree's
 //!   `MerkleTree::new` (feature `parallel`) on the same leaves (one `field` address space
 //!   = one width-8 matrix, so both compute the same root);
-//! - `update/*`: batches of random distinct touched blocks on a 2^20-leaf tree, per block,
+//! - `update/*`: batches of 1 to 64Ki random distinct touched blocks on a 2^20-leaf tree (a
+//!   single block shares no node with another, the worst case per block), per block,
 //!   against `perm/*`, the measured cost of one permutation (scalar and packed per lane).
 //!
 //! `scripts/bench-summary.py` turns criterion's estimates into those ratios.
@@ -118,7 +119,7 @@ fn bench_update(c: &mut Criterion) {
     let image = image_of(&layout, &cells);
     for k in [0u32, 3] {
         let mut tree = tree::build(Backend::Cpu, layout.clone(), image.clone(), k).expect("build");
-        for n in [1024usize, 4096, 65536] {
+        for n in [1usize, 1024, 4096, 65536] {
             let batch = random_batch(log_leaves, n, n as u64);
             group.throughput(Throughput::Elements(n as u64));
             group.bench_function(BenchmarkId::new(format!("k{k}_2pow{log_leaves}"), n), |b| {

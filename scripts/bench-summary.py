@@ -47,7 +47,7 @@ if perm_scalar and perm_packed:
 print("update on 2^20 leaves: ns per touched block, and / (1.5 x (h + 2*2^k) perms) (target <= 1.0)")
 h = 20
 for k in (0, 3):
-    for n in (1024, 4096, 65536):
+    for n in (1, 1024, 4096, 65536):
         t = median_ns("update", f"k{k}_2pow{h}", n)
         if t is None or not perm_packed:
             continue

@@ -190,7 +190,8 @@ impl MemoryLayout {
                 "empty: a layout needs at least one address space",
             ));
         }
-        let mut needed_height = 0;
+        // The tallest slot: what address_height must cover, and whom an error names.
+        let (mut needed_height, mut tallest) = (0, 0);
         for (i, s) in spec.address_spaces.iter().enumerate() {
             let field = format!("address_spaces[{i}].num_cells");
             if s.num_cells != 0 && (!s.num_cells.is_power_of_two() || s.num_cells < 8) {
@@ -209,7 +210,9 @@ impl MemoryLayout {
                     ),
                 ));
             }
-            needed_height = needed_height.max(h);
+            if h > needed_height {
+                (needed_height, tallest) = (h, i);
+            }
         }
         let address_height = match spec.address_height {
             None => needed_height,
@@ -220,17 +223,12 @@ impl MemoryLayout {
                 ))
             }
             Some(h) if h < needed_height => {
-                let (i, s) = spec
-                    .address_spaces
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, s)| s.num_cells)
-                    .expect("non-empty");
                 return Err(Error::invalid(
                     "address_height",
                     format!(
-                        "{h} is too small: address_spaces[{i}] has {} cells and needs {needed_height}",
-                        s.num_cells
+                        "{h} is too small: address_spaces[{tallest}] has {} cells and needs \
+                         {needed_height}",
+                        spec.address_spaces[tallest].num_cells
                     ),
                 ));
             }

@@ -36,6 +36,15 @@ pub struct StepReport {
     pub ms: f64,
 }
 
+/// What [`replay`] reports as it goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress<'a> {
+    /// A `write` line was uploaded; the total raw bytes uploaded so far.
+    Uploaded(u64),
+    /// A root step finished.
+    Step(&'a StepReport),
+}
+
 impl StepReport {
     /// False when the step had an `expect_root` and the root differs.
     pub fn matches(&self) -> bool {
@@ -62,7 +71,7 @@ pub struct ReplaySummary {
     pub step_ms: Vec<f64>,
 }
 
-/// Replays `trace` through `client`, calling `on_step` after every root step. Stops at the
+/// Replays `trace` through `client`, calling `on_progress` after every upload and root step. Stops at the
 /// first `expect_root` that does not match. The tree is dropped at the end, also on error.
 ///
 /// # Errors
@@ -73,7 +82,7 @@ pub async fn replay(
     client: &mut Client,
     mut trace: TraceReader,
     options: ReplayOptions,
-    mut on_step: impl FnMut(&StepReport),
+    mut on_progress: impl FnMut(Progress<'_>),
 ) -> Result<ReplaySummary> {
     let header = trace.header().clone();
     let created = client
@@ -89,7 +98,7 @@ pub async fn replay(
         omitted_levels: created.omitted_levels,
         ..ReplaySummary::default()
     };
-    let result = drive(client, &mut trace, &mut summary, &mut on_step).await;
+    let result = drive(client, &mut trace, &mut summary, &mut on_progress).await;
     // Best effort: the tree is useless after a failed replay, and a lost drop only costs
     // server memory until the server stops.
     if let Err(e) = client.drop_tree(&created.tree_id).await {
@@ -102,7 +111,7 @@ async fn drive(
     client: &mut Client,
     trace: &mut TraceReader,
     summary: &mut ReplaySummary,
-    on_step: &mut impl FnMut(&StepReport),
+    on_progress: &mut impl FnMut(Progress<'_>),
 ) -> Result<()> {
     let tree_id = summary.tree_id.clone();
     for event in trace {
@@ -114,6 +123,7 @@ async fn drive(
                     .await
                     .map_err(Error::from)?;
                 summary.bytes_written += data.len() as u64;
+                on_progress(Progress::Uploaded(summary.bytes_written));
                 continue;
             }
             TraceEvent::Build { expect_root } => (
@@ -139,7 +149,7 @@ async fn drive(
             blocks,
             ms: started.elapsed().as_secs_f64() * 1e3,
         };
-        on_step(&report);
+        on_progress(Progress::Step(&report));
         summary.steps += 1;
         summary.blocks += blocks as u64;
         summary.step_ms.push(report.ms);

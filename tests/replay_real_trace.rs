@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use memcommit::replay::{replay, ReplayOptions};
+use memcommit::replay::{replay, Progress, ReplayOptions};
 use memcommit::service::{self, client::Client, ServiceConfig};
 use memcommit::trace::{TraceEvent, TraceHeader, TraceReader, TraceWriter};
 use memcommit::tree::Backend;
@@ -54,7 +54,8 @@ async fn bundled_trace_matches_every_root_over_grpc_at_k0_and_k3() {
                 backend: Backend::Cpu,
                 omitted_levels: Some(k),
             },
-            |step| {
+            |p| {
+                let Progress::Step(step) = p else { return };
                 assert_eq!(step.step, seen);
                 assert_eq!(
                     Some(step.root),

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use memcommit::replay::{replay, ReplayOptions, ReplaySummary, StepReport};
+use memcommit::replay::{replay, Progress, ReplayOptions, ReplaySummary};
 use memcommit::service::{self, client::Client, ServiceConfig};
 use memcommit::trace::TraceReader;
 use memcommit::tree::Backend;
@@ -109,13 +109,15 @@ async fn drive(args: &Args, trace: TraceReader) -> anyhow::Result<ReplaySummary>
         backend: args.backend,
         omitted_levels: args.omitted_levels,
     };
-    let result = replay(&mut client, trace, options, |step: &StepReport| {
-        if json {
-            // serde_json cannot fail on this plain struct; a failure would be a bug.
-            println!("{}", serde_json::to_string(step).unwrap_or_default());
+    let result = replay(&mut client, trace, options, |p| match p {
+        Progress::Uploaded(bytes) => progress.set_message(format!("uploaded {bytes} bytes")),
+        Progress::Step(step) => {
+            if json {
+                // Serialising this plain struct cannot fail; an empty line would flag a bug.
+                println!("{}", serde_json::to_string(step).unwrap_or_default());
+            }
+            progress.set_message(format!("step {} ({} blocks)", step.step, step.blocks));
         }
-        progress.set_message(format!("step {} ({} blocks)", step.step, step.blocks));
-        progress.inc(1);
     })
     .await;
     progress.finish_and_clear();
