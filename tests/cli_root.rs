@@ -2,43 +2,54 @@
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use common::{four_spaces, vectors};
 
-fn memcommit() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_memcommit"))
+/// Writes `layout_json` and one file per `(slot, bytes)` into a temporary directory, then
+/// runs `memcommit root --layout … --image SLOT=FILE … EXTRA…`.
+fn run_root(layout_json: &str, images: &[(u32, Vec<u8>)], extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout_path = dir.path().join("layout.json");
+    std::fs::write(&layout_path, layout_json).expect("write layout");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memcommit"));
+    cmd.arg("root").arg("--layout").arg(&layout_path);
+    for (i, (slot, bytes)) in images.iter().enumerate() {
+        let file = dir.path().join(format!("image{i}.bin"));
+        std::fs::write(&file, bytes).expect("write image");
+        cmd.arg("--image").arg(format!("{slot}={}", file.display()));
+    }
+    cmd.args(extra).output().expect("run memcommit")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
 fn root_of_the_four_spaces_vector_for_every_backend_and_k() {
     let (layout, leaves, root) = four_spaces();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let layout_path = dir.path().join("layout.json");
-    std::fs::write(&layout_path, serde_json::to_string(&layout).expect("json")).expect("write");
-    // One image file per slot, each only as long as its last written block (short files
-    // are zero-padded).
-    let mut args = vec![
-        "root".to_string(),
-        "--layout".into(),
-        layout_path.display().to_string(),
-    ];
-    for (slot, space) in layout.address_spaces().iter().enumerate() {
-        let w = space.cell.bytes();
-        let mut bytes = Vec::new();
-        for l in leaves.iter().filter(|l| l.slot as usize == slot) {
-            let end = (l.block as usize + 1) * 8 * w;
-            bytes.resize(bytes.len().max(end), 0);
-            for (j, c) in l.cells.iter().enumerate() {
-                let at = (l.block as usize * 8 + j) * w;
-                bytes[at..at + w].copy_from_slice(&c.to_le_bytes()[..w]);
+    // One image per slot, each only as long as its last written block (short files are
+    // zero-padded).
+    let images: Vec<(u32, Vec<u8>)> = layout
+        .address_spaces()
+        .iter()
+        .enumerate()
+        .map(|(slot, space)| {
+            let w = space.cell.bytes();
+            let mut bytes = Vec::new();
+            for l in leaves.iter().filter(|l| l.slot as usize == slot) {
+                let end = (l.block as usize + 1) * 8 * w;
+                bytes.resize(bytes.len().max(end), 0);
+                for (j, c) in l.cells.iter().enumerate() {
+                    let at = (l.block as usize * 8 + j) * w;
+                    bytes[at..at + w].copy_from_slice(&c.to_le_bytes()[..w]);
+                }
             }
-        }
-        let file = dir.path().join(format!("slot{slot}.bin"));
-        std::fs::write(&file, &bytes).expect("write");
-        args.push("--image".into());
-        args.push(format!("{slot}={}", file.display()));
-    }
+            (slot as u32, bytes)
+        })
+        .collect();
+    let layout_json = serde_json::to_string(&layout).expect("json");
     let expected = format!("{}\n", serde_json::json!({ "root": root }));
     for (backend, k) in [
         ("cpu", "0"),
@@ -46,16 +57,12 @@ fn root_of_the_four_spaces_vector_for_every_backend_and_k() {
         ("auto", "5"),
         ("reference", "3"),
     ] {
-        let out = memcommit()
-            .args(&args)
-            .args(["--backend", backend, "--omitted-levels", k])
-            .output()
-            .expect("run");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_root(
+            &layout_json,
+            &images,
+            &["--backend", backend, "--omitted-levels", k],
         );
+        assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             expected,
@@ -65,64 +72,41 @@ fn root_of_the_four_spaces_vector_for_every_backend_and_k() {
 }
 
 #[test]
-fn root_rejects_long_files_and_bad_slots() {
+fn root_of_the_single_u8_vector() {
     let v = &vectors()["single_u8_space_1024_leaves"];
-    let dir = tempfile::tempdir().expect("tempdir");
-    let layout_path = dir.path().join("layout.json");
-    std::fs::write(&layout_path, v["layout"].to_string()).expect("write");
-    let long = dir.path().join("long.bin");
-    std::fs::write(&long, vec![1u8; 8193]).expect("write");
-    let out = memcommit()
-        .args(["root", "--layout"])
-        .arg(&layout_path)
-        .arg("--image")
-        .arg(format!("0={}", long.display()))
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("8193 bytes is longer than slot 0 (8192 bytes)"),
-        "{err}"
-    );
-    let out = memcommit()
-        .args(["root", "--layout"])
-        .arg(&layout_path)
-        .arg("--image")
-        .arg(format!("4={}", long.display()))
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("invalid --image SLOT: slot 4 does not exist"),
-        "{err}"
-    );
+    let image = (0..8192u32).map(|k| (k % 256) as u8).collect();
+    let out = run_root(&v["layout"].to_string(), &[(0, image)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(printed["root"], v["root"]);
 }
 
 #[test]
-fn root_of_the_single_u8_vector() {
-    let v = &vectors()["single_u8_space_1024_leaves"];
-    let dir = tempfile::tempdir().expect("tempdir");
-    let layout_path = dir.path().join("layout.json");
-    std::fs::write(&layout_path, v["layout"].to_string()).expect("write");
-    let img = dir.path().join("img.bin");
-    std::fs::write(
-        &img,
-        (0..8192u32).map(|k| (k % 256) as u8).collect::<Vec<_>>(),
-    )
-    .expect("w");
-    let out = memcommit()
-        .args(["root", "--layout"])
-        .arg(&layout_path)
-        .arg("--image")
-        .arg(format!("0={}", img.display()))
-        .output()
-        .expect("run");
+fn root_rejects_long_files_bad_slots_and_bad_cells() {
+    let layout = vectors()["single_u8_space_1024_leaves"]["layout"].to_string();
+    let out = run_root(&layout, &[(0, vec![1u8; 8193])], &[]);
+    assert!(!out.status.success());
     assert!(
-        out.status.success(),
+        stderr(&out).contains("8193 bytes is longer than slot 0 (8192 bytes)"),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr(&out)
     );
-    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(printed["root"], v["root"]);
+    let out = run_root(&layout, &[(4, vec![1u8; 8])], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("invalid --image SLOT: slot 4 does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    let field = r#"{"address_spaces": [{"cell": "field", "num_cells": 8}]}"#;
+    let out = run_root(field, &[(0, 2013265921u32.to_le_bytes().to_vec())], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("2013265921 is not a canonical BabyBear element"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_root(field, &[], &["--backend", "cuda"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("backend cuda"), "{}", stderr(&out));
 }
