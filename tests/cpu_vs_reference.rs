@@ -236,3 +236,43 @@ fn tampered_opening_fails_verification() {
     let err = verify_opening(&root, &layout, &o).expect_err("short");
     assert!(err.to_string().contains("12 digests, expected"), "{err}");
 }
+
+#[test]
+fn batch_errors_name_the_entry_and_value() {
+    let (layout, _, _) = four_spaces();
+    let ok = |slot, block| TouchedBlock {
+        slot,
+        block,
+        cells: [1; 8],
+    };
+    let err = |batch: &[TouchedBlock]| {
+        tree::validate_batch(&layout, batch)
+            .expect_err("invalid")
+            .to_string()
+    };
+    assert_eq!(
+        err(&[ok(1, 3), ok(0, 2), ok(1, 4), ok(1, 3)]),
+        "invalid blocks[3]: (slot 1, block 3) appears more than once in the batch (first at blocks[0])"
+    );
+    assert_eq!(
+        err(&[ok(0, 0), ok(4, 0)]),
+        "invalid blocks[1].slot: slot 4 does not exist (the layout has 4 address spaces)"
+    );
+    assert_eq!(
+        err(&[ok(2, 4)]),
+        "invalid blocks[0].block: block 4 is out of range (slot 2 has 4 blocks)"
+    );
+    let mut big = ok(2, 0);
+    big.cells[5] = 256;
+    assert_eq!(
+        err(&[big]),
+        "invalid blocks[0].cells[5]: 256 does not fit a u8 cell"
+    );
+    let mut p = ok(3, 0);
+    p.cells[0] = 2013265921;
+    assert_eq!(
+        err(&[p]),
+        "invalid blocks[0].cells[0]: 2013265921 is not a canonical BabyBear element (>= 2013265921)"
+    );
+    tree::validate_batch(&layout, &[ok(1, 3), ok(0, 3), ok(3, 7)]).expect("distinct");
+}

@@ -23,8 +23,8 @@ use crate::hash::{
 use crate::image::MemoryImage;
 use crate::layout::{MemoryLayout, BLOCK_CELLS};
 use crate::tree::{
-    check_positions, empty_slot_root, stored_base_level, validate_batch, Backend, MemoryTree,
-    MemoryUsage, Opening, TouchedBlock,
+    block_key, check_positions, empty_slot_root, stored_base_level, validate_batch, Backend,
+    MemoryTree, MemoryUsage, Opening, TouchedBlock,
 };
 
 /// Leaves hashed together by one rayon task when computing level-`b` nodes: 128 KiB of
@@ -304,11 +304,7 @@ impl MemoryTree for CpuTree {
         for b in blocks {
             image.write_block(b.slot, b.block, &b.cells);
         }
-        // Blocks are < 2^32, so (slot, block) sorts as one u64 key.
-        let mut keys: Vec<u64> = blocks
-            .iter()
-            .map(|b| (u64::from(b.slot) << 32) | b.block)
-            .collect();
+        let mut keys: Vec<u64> = blocks.iter().map(block_key).collect();
         keys.par_sort_unstable();
         let mut touched_slots = Vec::new();
         for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
