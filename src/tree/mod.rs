@@ -256,12 +256,16 @@ pub fn empty_slot_root(layout: &MemoryLayout) -> Digest {
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// CUDA when a device is usable, else CPU.
+    #[value(help = "CUDA when a device is usable, else CPU")]
     Auto,
     /// The production CPU backend ([`cpu::CpuTree`]).
+    #[value(help = "The production CPU tree (rayon, AVX2 packed Poseidon2)")]
     Cpu,
     /// The CUDA device backend (feature `cuda`).
+    #[value(help = "The GPU tree (needs a build with --features cuda and a device)")]
     Cuda,
     /// The sparse reference ([`reference::ReferenceTree`]): slow, for checking.
+    #[value(help = "The small sparse reference tree: slow, for checking")]
     Reference,
 }
 
