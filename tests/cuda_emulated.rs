@@ -82,6 +82,26 @@ fn field_multiply_matches_integer_arithmetic() {
 }
 
 #[test]
+fn montgomery_words_read_back_as_canonical_values() {
+    // The vector's Montgomery words of perm(0..15) are x * 2^32 mod p of its outputs.
+    let v = vectors();
+    let words: Vec<u32> = v["montgomery"]["perm_0_to_15_montgomery_hex"]
+        .as_str()
+        .expect("hex string")
+        .split_whitespace()
+        .map(|h| u32::from_str_radix(h, 16).expect("hex"))
+        .collect();
+    let canonical = u32s(&v["perm_0_to_15"]);
+    for half in 0..2 {
+        let w: [u32; 8] = words[8 * half..8 * half + 8].try_into().expect("8 words");
+        let c: [u32; 8] = canonical[8 * half..8 * half + 8]
+            .try_into()
+            .expect("8 values");
+        assert_eq!(probe::digest_from_montgomery(w).to_canonical(), c);
+    }
+}
+
+#[test]
 fn permutation_vectors() {
     let v = vectors();
     assert_eq!(
@@ -144,23 +164,20 @@ fn zero_hash_vectors_through_the_zero_hash_kernel() {
     let device = EmulatedDevice::new();
     let count = 29u32;
     let buf = device.alloc(32 * u64::from(count)).expect("alloc");
-    let mut words = vec![0u32; 8 * count as usize];
+    let mut bytes = vec![0u8; 32 * count as usize];
     // SAFETY: `buf` holds `count` digests and is freed once, after the copy back.
     unsafe {
         device.zero_hashes(buf, count).expect("launch");
-        let bytes: &mut [u8] =
-            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 4);
-        device.copy_to_host(bytes, buf).expect("copy");
+        device.copy_to_host(&mut bytes, buf).expect("copy");
         device.free(buf);
     }
-    let got: Vec<Digest> = words
-        .chunks_exact(8)
-        .map(|w| {
-            // Montgomery words → canonical, via x · 2^-32 mod p.
-            let c: [u32; 8] = core::array::from_fn(|i| {
-                (u128::from(w[i]) * u128::from(inverse_of_2_pow_32()) % u128::from(P)) as u32
+    let got: Vec<Digest> = bytes
+        .chunks_exact(32)
+        .map(|d| {
+            let words = core::array::from_fn(|i| {
+                u32::from_le_bytes(d[4 * i..4 * i + 4].try_into().expect("4 bytes"))
             });
-            Digest::from_canonical(c).expect("canonical")
+            probe::digest_from_montgomery(words)
         })
         .collect();
     for (h, z) in v["zero_hashes_0_to_8"]
@@ -173,22 +190,6 @@ fn zero_hash_vectors_through_the_zero_hash_kernel() {
     }
     assert_eq!(got[28], digest(&v["zero_hash_28"]));
     assert_eq!(&got[..], &zero_hashes()[..count as usize]);
-}
-
-/// 2^-32 mod p.
-fn inverse_of_2_pow_32() -> u32 {
-    let p = u64::from(P);
-    let r = (1u64 << 32) % p;
-    // Fermat: r^(p-2).
-    let (mut base, mut exp, mut acc) = (r, p - 2, 1u64);
-    while exp > 0 {
-        if exp & 1 == 1 {
-            acc = acc * base % p;
-        }
-        base = base * base % p;
-        exp >>= 1;
-    }
-    acc as u32
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! parents level by level, then vertical paths and the top tree), worked out from the sorted
 //! touched set.
 
+use rayon::slice::ParallelSliceMut;
+
 use super::ffi::{as_bytes, HashTask, PairTask, Plain, VerticalTask, WriteTask};
 use super::index::Geometry;
 use crate::tree::TouchedBlock;
@@ -73,7 +75,7 @@ impl UpdatePlan {
             .iter()
             .map(|b| (u64::from(b.slot) << 32) | b.block)
             .collect();
-        keys.sort_unstable();
+        keys.par_sort_unstable();
         let mut touched_slots = Vec::new();
         for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
             let slot = (group[0] >> 32) as u32;

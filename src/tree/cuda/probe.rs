@@ -150,3 +150,8 @@ pub fn rust_task_sizes() -> [u64; 5] {
         size_of::<ffi::OpenTask>() as u64,
     ]
 }
+
+/// The canonical digest of 8 device (Montgomery) words, as the tree reads nodes back.
+pub fn digest_from_montgomery(words: [u32; 8]) -> Digest {
+    super::words::digest_from_words(&words)
+}
