@@ -6,102 +6,13 @@ mod common;
 
 use std::sync::Arc;
 
+use common::random::{batch_from, corrupt, layout};
 use common::{four_spaces, image_with};
 use memcommit::image::MemoryImage;
-use memcommit::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout};
-use memcommit::tree::{self, verify_opening, Backend, MemoryTree, TouchedBlock};
+use memcommit::layout::MemoryLayout;
+use memcommit::tree::{self, verify_opening, Backend, MemoryTree};
 use memcommit::Error;
 use proptest::prelude::*;
-
-fn cell_type() -> impl Strategy<Value = CellType> {
-    prop_oneof![
-        Just(CellType::U8),
-        Just(CellType::U16),
-        Just(CellType::Field)
-    ]
-}
-
-/// 1–5 address spaces of 0 or 2^3..2^12 cells; heights at their minimum or up to 2 above.
-fn layout() -> impl Strategy<Value = MemoryLayout> {
-    (
-        prop::collection::vec((cell_type(), prop_oneof![Just(0u32), 3u32..=12]), 1..=5),
-        0u32..=2,
-        0u32..=1,
-    )
-        .prop_map(|(spaces, extra_h, extra_top)| {
-            let address_spaces: Vec<AddressSpace> = spaces
-                .into_iter()
-                .map(|(cell, log)| AddressSpace {
-                    cell,
-                    num_cells: if log == 0 { 0 } else { 1 << log },
-                })
-                .collect();
-            let base = MemoryLayout::new(LayoutSpec {
-                address_spaces: address_spaces.clone(),
-                address_space_height: None,
-                address_height: None,
-            })
-            .expect("valid by construction");
-            MemoryLayout::new(LayoutSpec {
-                address_spaces,
-                address_space_height: Some(base.address_space_height() + extra_top),
-                address_height: Some(base.address_height() + extra_h),
-            })
-            .expect("valid by construction")
-        })
-}
-
-/// A cell value that fits `cell`, biased towards the edges.
-fn fitting(cell: CellType, seed: u64) -> u32 {
-    let max = u64::from(cell.max_value());
-    match seed % 4 {
-        0 => 0,
-        1 => max as u32,
-        _ => (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as u32 % (max as u32 + 1),
-    }
-}
-
-/// Up to `n` distinct valid touched blocks derived from `seeds`.
-fn batch_from(layout: &MemoryLayout, seeds: &[u64]) -> Vec<TouchedBlock> {
-    let live: Vec<(u32, &AddressSpace)> = layout
-        .address_spaces()
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.num_cells > 0)
-        .map(|(i, s)| (i as u32, s))
-        .collect();
-    let mut out: Vec<TouchedBlock> = Vec::new();
-    if live.is_empty() {
-        return out;
-    }
-    for &seed in seeds {
-        let (slot, space) = live[(seed % live.len() as u64) as usize];
-        let block = (seed >> 8) % space.num_blocks();
-        if out.iter().any(|b| b.slot == slot && b.block == block) {
-            continue;
-        }
-        let cells = core::array::from_fn(|j| fitting(space.cell, seed ^ (j as u64 * 0x1234_5678)));
-        out.push(TouchedBlock { slot, block, cells });
-    }
-    out
-}
-
-/// Breaks a valid non-empty batch in one of the ways DESIGN.md lists.
-fn corrupt(layout: &MemoryLayout, batch: &mut Vec<TouchedBlock>, how: u8) {
-    let last = batch.len() - 1;
-    match how % 4 {
-        0 => batch[last].slot = layout.address_spaces().len() as u32 + 3,
-        1 => {
-            let s = &layout.address_spaces()[batch[last].slot as usize];
-            batch[last].block = s.num_blocks();
-        }
-        2 => {
-            let s = &layout.address_spaces()[batch[last].slot as usize];
-            batch[last].cells[7] = s.cell.max_value() + 1;
-        }
-        _ => batch.push(batch[0]),
-    }
-}
 
 fn check_openings(
     layout: &MemoryLayout,

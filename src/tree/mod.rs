@@ -8,6 +8,7 @@
 //! `address_space_height + address_height`.
 
 pub mod cpu;
+pub mod cuda;
 pub mod reference;
 
 use std::sync::Arc;
@@ -369,7 +370,11 @@ pub fn build(
     })
 }
 
-fn check_image(layout: &MemoryLayout, image: &MemoryImage) -> Result<()> {
+/// Checks that `image` has `layout`'s slots, cell types and sizes.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `image`.
+pub(crate) fn check_image(layout: &MemoryLayout, image: &MemoryImage) -> Result<()> {
     let ok = image.cell_types().len() == layout.address_spaces().len()
         && layout.address_spaces().iter().enumerate().all(|(i, s)| {
             image.cell_types()[i] == s.cell

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the vector file and layout/image builders.
 #![allow(dead_code)]
 
+pub mod random;
+
 use std::sync::Arc;
 
 use memcommit::hash::Digest;

@@ -1,0 +1,63 @@
+/* C launchers for the memcommit kernels (cuda/src/kernels.cu, built with feature `cuda`).
+ *
+ * Every launcher takes raw device pointers and a stream, queues its kernel on that stream and
+ * returns the launch's cudaError_t (cudaSuccess when nothing needed launching). Digests are 8
+ * Montgomery words (uint32); node indices and array shapes are as in memcommit/tasks.h and
+ * memcommit/tree_index.h. Pointers must be device allocations large enough for the shapes
+ * given; raw buffers must start 16-byte aligned (cudaMalloc gives 256).
+ *
+ * The host emulator (cuda/src/host_emulator.cpp) exports an mc_emu_* twin of each launcher,
+ * with the same arguments minus the stream, that runs the same per-thread bodies. */
+#ifndef MEMCOMMIT_LAUNCHERS_H
+#define MEMCOMMIT_LAUNCHERS_H
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#include "memcommit/tasks.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* zero[0..count) zero hashes (count digests). One thread. */
+cudaError_t mc_launch_zero_hashes(uint32_t* zero, uint32_t count, cudaStream_t stream);
+
+/* out[t] = root of the height-`levels` subtree over blocks t*2^levels.. of the slot whose raw
+ * memory starts at `raw`, for t < count. */
+cudaError_t mc_launch_build_base(const uint8_t* raw, uint32_t cell, uint32_t levels,
+                                 uint32_t* out, uint64_t count, cudaStream_t stream);
+
+/* parents[t] = compress(children[2t], children[2t+1]) for t < count. */
+cudaError_t mc_launch_compress_level(const uint32_t* children, uint32_t* parents,
+                                     uint64_t count, cudaStream_t stream);
+
+/* Vertical paths and top-tree leaves: tasks[0..count). */
+cudaError_t mc_launch_vertical(uint32_t* nodes, const uint32_t* zero,
+                               const McVerticalTask* tasks, uint64_t count,
+                               cudaStream_t stream);
+
+/* Writes tasks[0..count) into raw memory. */
+cudaError_t mc_launch_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count,
+                              cudaStream_t stream);
+
+/* Recomputes tasks[0..count) nodes from raw memory. */
+cudaError_t mc_launch_hash_tasks(const uint8_t* raw, const McHashTask* tasks, uint64_t count,
+                                 uint32_t* nodes, cudaStream_t stream);
+
+/* nodes[parent] = compress(nodes[left], nodes[left+1]) for tasks[0..count). */
+cudaError_t mc_launch_compress_pairs(uint32_t* nodes, const McPairTask* tasks, uint64_t count,
+                                     cudaStream_t stream);
+
+/* Siblings of tasks[0..count): out holds count * (address_height + address_space_height)
+ * digests. */
+cudaError_t mc_launch_openings(const uint8_t* raw, const uint32_t* nodes, const uint32_t* zero,
+                               const McOpenTask* tasks, uint64_t count, uint64_t top_offset,
+                               uint32_t address_height, uint32_t address_space_height,
+                               uint32_t* out, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,98 @@
+// Poseidon2-16 over BabyBear, equal to Plonky3 0.8.0's `default_babybear_poseidon2_16()`
+// (OpenVM's memory hasher): initial external linear layer; 4 external rounds (add round
+// constants, x^7 on all 16, external linear layer); 13 internal rounds (add a constant to
+// state[0], x^7 on state[0], internal matrix 1 + diag(V)); 4 final external rounds.
+// The external linear layer is p3's `mds_light_permutation` with `MDSMat4`.
+//
+// State and digests are Montgomery words. A digest is 8 words; a state is 16.
+#pragma once
+
+#include "field.h"
+#include "poseidon2_constants.h"
+
+namespace mc {
+
+constexpr uint32_t WIDTH = 16;
+constexpr uint32_t DIGEST_WORDS = 8;
+constexpr uint32_t HALF_FULL_ROUNDS = 4;
+constexpr uint32_t PARTIAL_ROUNDS = 13;
+
+#define MC_MONTY_ITEM(x) MC_TO_MONTY_CONST(x),
+
+// Montgomery forms of the constants, read by `permute`.
+MC_CONST_TABLE(RC_INITIAL, MC_P2_RC_EXTERNAL_INITIAL(MC_MONTY_ITEM))
+MC_CONST_TABLE(RC_FINAL, MC_P2_RC_EXTERNAL_FINAL(MC_MONTY_ITEM))
+MC_CONST_TABLE(RC_INTERNAL, MC_P2_RC_INTERNAL(MC_MONTY_ITEM))
+MC_CONST_TABLE(DIAGONAL, MC_P2_INTERNAL_DIAGONAL(MC_MONTY_ITEM))
+
+// p3's `apply_mat4`: x <- M4 x with M4 = [[2,3,1,1],[1,2,3,1],[1,1,2,3],[3,1,1,2]].
+MC_HD void mat4(uint32_t* x) {
+    uint32_t t01 = add(x[0], x[1]);
+    uint32_t t23 = add(x[2], x[3]);
+    uint32_t t0123 = add(t01, t23);
+    uint32_t t01123 = add(t0123, x[1]);
+    uint32_t t01233 = add(t0123, x[3]);
+    x[3] = add(t01233, add(x[0], x[0]));
+    x[1] = add(t01123, add(x[2], x[2]));
+    x[0] = add(t01123, t01);
+    x[2] = add(t01233, t23);
+}
+
+// p3's `mds_light_permutation` for width 16: M4 on each group of four, then each element
+// gains the sum of the elements in its position (mod 4) across the groups.
+MC_HD void external_linear_layer(uint32_t* s) {
+    for (uint32_t g = 0; g < WIDTH; g += 4) mat4(s + g);
+    uint32_t sums[4];
+    for (uint32_t k = 0; k < 4; ++k) {
+        sums[k] = add(add(s[k], s[4 + k]), add(s[8 + k], s[12 + k]));
+    }
+    for (uint32_t i = 0; i < WIDTH; ++i) s[i] = add(s[i], sums[i % 4]);
+}
+
+// One external round with the 16 Montgomery constants `rc`.
+MC_HD void external_round(uint32_t* s, const uint32_t* rc) {
+    for (uint32_t i = 0; i < WIDTH; ++i) s[i] = pow7(add(s[i], rc[i]));
+    external_linear_layer(s);
+}
+
+// One internal round: state[0] gets the constant and the S-box, then s <- (1 + diag(V)) s,
+// i.e. s[i] <- sum + V[i] * s[i].
+MC_HD void internal_round(uint32_t* s, uint32_t rc) {
+    s[0] = pow7(add(s[0], rc));
+    uint32_t sum = s[0];
+    for (uint32_t i = 1; i < WIDTH; ++i) sum = add(sum, s[i]);
+    for (uint32_t i = 0; i < WIDTH; ++i) s[i] = add(sum, mul(MC_TABLE(DIAGONAL)[i], s[i]));
+}
+
+// The permutation, in place on 16 Montgomery words.
+MC_HD void permute(uint32_t* s) {
+    external_linear_layer(s);
+    for (uint32_t r = 0; r < HALF_FULL_ROUNDS; ++r) external_round(s, MC_TABLE(RC_INITIAL) + WIDTH * r);
+    for (uint32_t r = 0; r < PARTIAL_ROUNDS; ++r) internal_round(s, MC_TABLE(RC_INTERNAL)[r]);
+    for (uint32_t r = 0; r < HALF_FULL_ROUNDS; ++r) external_round(s, MC_TABLE(RC_FINAL) + WIDTH * r);
+}
+
+// compress(l, r) = perm(l || r)[0..8] (p3's TruncatedPermutation<_, 2, 8, 16>, no
+// feed-forward). `out` may alias `l` or `r`.
+MC_HD void compress(const uint32_t* l, const uint32_t* r, uint32_t* out) {
+    uint32_t s[WIDTH];
+    for (uint32_t i = 0; i < DIGEST_WORDS; ++i) {
+        s[i] = l[i];
+        s[DIGEST_WORDS + i] = r[i];
+    }
+    permute(s);
+    for (uint32_t i = 0; i < DIGEST_WORDS; ++i) out[i] = s[i];
+}
+
+// leaf_hash(cells) = compress(cells, [0; 8]); `cells` are 8 Montgomery words.
+MC_HD void leaf_hash(const uint32_t* cells, uint32_t* out) {
+    uint32_t s[WIDTH];
+    for (uint32_t i = 0; i < DIGEST_WORDS; ++i) {
+        s[i] = cells[i];
+        s[DIGEST_WORDS + i] = 0;
+    }
+    permute(s);
+    for (uint32_t i = 0; i < DIGEST_WORDS; ++i) out[i] = s[i];
+}
+
+}  // namespace mc

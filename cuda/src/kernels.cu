@@ -1,0 +1,131 @@
+// The __global__ kernels and extern "C" launchers (memcommit/launchers.h). Each kernel is a
+// thin wrapper that computes its 64-bit thread index and calls the shared body; the host
+// emulator calls the same bodies, so only this file is untested without a GPU.
+#include "build_bodies.cuh"
+#include "opening_bodies.cuh"
+#include "update_bodies.cuh"
+
+#ifdef __CUDACC__
+
+#include "memcommit/launchers.h"
+
+namespace {
+
+// Threads per block: one permutation per thread with the state in registers.
+constexpr uint32_t THREADS = 256;
+
+__device__ __forceinline__ uint64_t thread_index() {
+    return (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+__global__ void zero_hashes_kernel(uint32_t* zero, uint32_t count) {
+    mc::zero_hashes_body(thread_index(), zero, count);
+}
+
+__global__ void build_base_kernel(const uint8_t* raw, uint32_t cell, uint32_t levels,
+                                  uint32_t* out, uint64_t count) {
+    mc::build_base_body(thread_index(), raw, cell, levels, out, count);
+}
+
+__global__ void compress_level_kernel(const uint32_t* children, uint32_t* parents,
+                                      uint64_t count) {
+    mc::compress_level_body(thread_index(), children, parents, count);
+}
+
+__global__ void vertical_kernel(uint32_t* nodes, const uint32_t* zero,
+                                const McVerticalTask* tasks, uint64_t count) {
+    mc::vertical_body(thread_index(), nodes, zero, tasks, count);
+}
+
+__global__ void scatter_kernel(uint8_t* raw, const McWriteTask* tasks, uint64_t count) {
+    mc::scatter_body(thread_index(), raw, tasks, count);
+}
+
+__global__ void hash_tasks_kernel(const uint8_t* raw, const McHashTask* tasks, uint64_t count,
+                                  uint32_t* nodes) {
+    mc::hash_tasks_body(thread_index(), raw, tasks, count, nodes);
+}
+
+__global__ void compress_pairs_kernel(uint32_t* nodes, const McPairTask* tasks,
+                                      uint64_t count) {
+    mc::compress_pairs_body(thread_index(), nodes, tasks, count);
+}
+
+__global__ void openings_kernel(const uint8_t* raw, const uint32_t* nodes, const uint32_t* zero,
+                                const McOpenTask* tasks, uint64_t count, uint64_t top_offset,
+                                uint32_t address_height, uint32_t address_space_height,
+                                uint32_t* out) {
+    mc::openings_body(thread_index(), raw, nodes, zero, tasks, count, top_offset,
+                      address_height, address_space_height, out);
+}
+
+// Blocks for `count` threads, or 0 when the grid would exceed CUDA's 2^31 - 1 limit.
+uint32_t grid_for(uint64_t count) {
+    uint64_t blocks = (count + THREADS - 1) / THREADS;
+    return blocks > 0x7fffffffull ? 0 : (uint32_t)blocks;
+}
+
+}  // namespace
+
+// Launches `kernel` over `count` threads on `stream`; nothing to do for count == 0.
+#define MC_LAUNCH(kernel, count, stream, ...)                          \
+    do {                                                               \
+        if ((count) == 0) return cudaSuccess;                          \
+        uint32_t grid = grid_for(count);                               \
+        if (grid == 0) return cudaErrorInvalidConfiguration;           \
+        kernel<<<grid, THREADS, 0, (stream)>>>(__VA_ARGS__);           \
+        return cudaGetLastError();                                     \
+    } while (0)
+
+extern "C" cudaError_t mc_launch_zero_hashes(uint32_t* zero, uint32_t count,
+                                             cudaStream_t stream) {
+    if (count == 0) return cudaSuccess;
+    zero_hashes_kernel<<<1, 1, 0, stream>>>(zero, count);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t mc_launch_build_base(const uint8_t* raw, uint32_t cell, uint32_t levels,
+                                            uint32_t* out, uint64_t count,
+                                            cudaStream_t stream) {
+    if (levels > mc::MAX_RAW_SUBTREE_LEVELS) return cudaErrorInvalidValue;
+    MC_LAUNCH(build_base_kernel, count, stream, raw, cell, levels, out, count);
+}
+
+extern "C" cudaError_t mc_launch_compress_level(const uint32_t* children, uint32_t* parents,
+                                                uint64_t count, cudaStream_t stream) {
+    MC_LAUNCH(compress_level_kernel, count, stream, children, parents, count);
+}
+
+extern "C" cudaError_t mc_launch_vertical(uint32_t* nodes, const uint32_t* zero,
+                                          const McVerticalTask* tasks, uint64_t count,
+                                          cudaStream_t stream) {
+    MC_LAUNCH(vertical_kernel, count, stream, nodes, zero, tasks, count);
+}
+
+extern "C" cudaError_t mc_launch_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count,
+                                         cudaStream_t stream) {
+    MC_LAUNCH(scatter_kernel, count, stream, raw, tasks, count);
+}
+
+extern "C" cudaError_t mc_launch_hash_tasks(const uint8_t* raw, const McHashTask* tasks,
+                                            uint64_t count, uint32_t* nodes,
+                                            cudaStream_t stream) {
+    MC_LAUNCH(hash_tasks_kernel, count, stream, raw, tasks, count, nodes);
+}
+
+extern "C" cudaError_t mc_launch_compress_pairs(uint32_t* nodes, const McPairTask* tasks,
+                                                uint64_t count, cudaStream_t stream) {
+    MC_LAUNCH(compress_pairs_kernel, count, stream, nodes, tasks, count);
+}
+
+extern "C" cudaError_t mc_launch_openings(const uint8_t* raw, const uint32_t* nodes,
+                                          const uint32_t* zero, const McOpenTask* tasks,
+                                          uint64_t count, uint64_t top_offset,
+                                          uint32_t address_height,
+                                          uint32_t address_space_height, uint32_t* out,
+                                          cudaStream_t stream) {
+    MC_LAUNCH(openings_kernel, count, stream, raw, nodes, zero, tasks, count, top_offset,
+              address_height, address_space_height, out);
+}
+
+#endif  // __CUDACC__

@@ -1,0 +1,155 @@
+//! The `Device` trait: what [`super::CudaTree`] needs from a device — byte buffers, copies,
+//! one method per kernel launch (the shapes of `cuda/include/memcommit/launchers.h`) and a
+//! stream synchronisation. [`super::EmulatedDevice`] implements it on host memory through
+//! the kernel emulator; the cudarc device (feature `cuda`) will implement it on a GPU.
+//!
+//! Work is ordered as on one CUDA stream: copies to the device and launches may run after
+//! the call returns, in call order; [`Device::copy_to_host`] and [`Device::synchronize`]
+//! wait for everything queued before them.
+
+use crate::error::Result;
+
+/// A device address: a CUDA device pointer, or a host address on the emulated device.
+/// Offsets are in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DevicePtr(pub u64);
+
+impl DevicePtr {
+    /// The address `bytes` further on.
+    pub fn offset(self, bytes: u64) -> DevicePtr {
+        DevicePtr(self.0 + bytes)
+    }
+
+    /// The address of digest `index` (32 bytes each) from `self`.
+    pub fn digest(self, index: u64) -> DevicePtr {
+        self.offset(index * crate::hash::DIGEST_BYTES)
+    }
+}
+
+/// A device that runs the memcommit kernels. Pointer arguments name device memory from
+/// [`Device::alloc`]; "digests" are 8 Montgomery `u32` words (32 bytes); task arrays are the
+/// `tasks.h` structs; node indices count digests from `nodes`.
+///
+/// # Errors
+/// Every fallible method returns [`crate::Error::ResourceExhausted`] when memory runs out
+/// and [`crate::Error::Unavailable`] for any other device failure.
+///
+/// # Safety (of the `unsafe` methods)
+/// Pointers must lie in live allocations of this device, large enough for the shapes
+/// documented on each method, and buffers a launch writes must not overlap buffers it reads
+/// unless stated. A source slice given to [`Device::copy_to_device`] must stay alive and
+/// unchanged until the next [`Device::copy_to_host`] or [`Device::synchronize`] returns.
+pub trait Device: Send + Sync {
+    /// A one-line description of the device (name, memory).
+    fn describe(&self) -> String;
+
+    /// Allocates `bytes` bytes (contents undefined), at least 16-byte aligned.
+    fn alloc(&self, bytes: u64) -> Result<DevicePtr>;
+
+    /// Frees an allocation from [`Device::alloc`], after the work queued on it.
+    ///
+    /// # Safety
+    /// `ptr` came from `alloc` on this device and is not used again.
+    unsafe fn free(&self, ptr: DevicePtr);
+
+    /// Queues a copy of `src` to `dst`.
+    ///
+    /// # Safety
+    /// See the trait: `dst .. dst + src.len()` is allocated and `src` outlives the copy.
+    unsafe fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
+
+    /// Waits for the queued work, then copies `dst.len()` bytes from `src` into `dst`.
+    ///
+    /// # Safety
+    /// `src .. src + dst.len()` is allocated.
+    unsafe fn copy_to_host(&self, dst: &mut [u8], src: DevicePtr) -> Result<()>;
+
+    /// Waits for all queued work.
+    fn synchronize(&self) -> Result<()>;
+
+    /// `zero[0..count)` zero hashes: `count` digests.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn zero_hashes(&self, zero: DevicePtr, count: u32) -> Result<()>;
+
+    /// `out[t]` = the height-`levels` subtree over blocks `t·2^levels ..` of the raw slot at
+    /// `raw` (`cell` code: u8 = 0, u16 = 1, field = 2), for `t < count`; `levels ≤ 20`.
+    ///
+    /// # Safety
+    /// See the trait: `raw` holds `count·2^levels` blocks, `out` holds `count` digests.
+    unsafe fn build_base(
+        &self,
+        raw: DevicePtr,
+        cell: u32,
+        levels: u32,
+        out: DevicePtr,
+        count: u64,
+    ) -> Result<()>;
+
+    /// `parents[t] = compress(children[2t], children[2t+1])` for `t < count`.
+    ///
+    /// # Safety
+    /// See the trait: `2·count` digests at `children`, `count` at `parents`.
+    unsafe fn compress_level(
+        &self,
+        children: DevicePtr,
+        parents: DevicePtr,
+        count: u64,
+    ) -> Result<()>;
+
+    /// Vertical paths and top-tree leaves for `count` `VerticalTask`s at `tasks`.
+    ///
+    /// # Safety
+    /// See the trait; every node index in the tasks lies in `nodes`.
+    unsafe fn vertical(
+        &self,
+        nodes: DevicePtr,
+        zero: DevicePtr,
+        tasks: DevicePtr,
+        count: u64,
+    ) -> Result<()>;
+
+    /// Writes `count` `WriteTask`s at `tasks` into the raw buffer at `raw`.
+    ///
+    /// # Safety
+    /// See the trait; every block written lies in the raw buffer, and no two tasks overlap.
+    unsafe fn scatter(&self, raw: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()>;
+
+    /// Recomputes `count` `HashTask`s at `tasks` from the raw buffer at `raw` into `nodes`.
+    ///
+    /// # Safety
+    /// See the trait; outputs are distinct.
+    unsafe fn hash_tasks(
+        &self,
+        raw: DevicePtr,
+        tasks: DevicePtr,
+        count: u64,
+        nodes: DevicePtr,
+    ) -> Result<()>;
+
+    /// Runs `count` `PairTask`s at `tasks` on `nodes` (one tree level per launch).
+    ///
+    /// # Safety
+    /// See the trait; parents are distinct and no task reads another's parent.
+    unsafe fn compress_pairs(&self, nodes: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()>;
+
+    /// Siblings of `count` `OpenTask`s at `tasks` into `out`:
+    /// `count · (address_height + address_space_height)` digests, leaf level first.
+    ///
+    /// # Safety
+    /// See the trait.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn openings(
+        &self,
+        raw: DevicePtr,
+        nodes: DevicePtr,
+        zero: DevicePtr,
+        tasks: DevicePtr,
+        count: u64,
+        top_offset: u64,
+        address_height: u32,
+        address_space_height: u32,
+        out: DevicePtr,
+    ) -> Result<()>;
+}

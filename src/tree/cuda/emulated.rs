@@ -1,0 +1,234 @@
+//! `EmulatedDevice`: a [`Device`] on host memory whose launches run the kernel bodies through
+//! the host build (`cuda/src/host_emulator.cpp`), one thread index after another. A test
+//! vehicle: it runs the device's arithmetic and index logic on any machine, not fast.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use super::device::{Device, DevicePtr};
+use super::ffi;
+use crate::error::{Error, Result};
+
+/// The emulated device. Allocations are 16-byte aligned host buffers keyed by address;
+/// copies are bounds-checked against them (kernels are not). Every call runs to completion
+/// before it returns, in the order made, as on one stream.
+#[derive(Default)]
+pub struct EmulatedDevice {
+    /// Start address → storage. `u128` elements give 16-byte alignment.
+    allocations: Mutex<BTreeMap<u64, Box<[u128]>>>,
+    /// Held for each launch, as a stream serialises them.
+    stream: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn launched(name: &str, rc: i32) -> Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Error::Unavailable(format!(
+            "emulated launch {name} failed ({rc})"
+        )))
+    }
+}
+
+impl EmulatedDevice {
+    /// A device with no allocations.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes currently allocated.
+    pub fn allocated_bytes(&self) -> u64 {
+        lock(&self.allocations)
+            .values()
+            .map(|a| (a.len() * 16) as u64)
+            .sum()
+    }
+
+    /// Checks that `ptr .. ptr + len` lies inside one allocation.
+    fn check_range(&self, ptr: DevicePtr, len: usize, what: &str) -> Result<()> {
+        let allocations = lock(&self.allocations);
+        let inside = allocations
+            .range(..=ptr.0)
+            .next_back()
+            .is_some_and(|(&start, a)| {
+                ptr.0.saturating_add(len as u64) <= start + (a.len() * 16) as u64
+            });
+        if inside {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(format!(
+                "emulated {what}: {len} bytes at {:#x} are outside every allocation",
+                ptr.0
+            )))
+        }
+    }
+}
+
+impl Device for EmulatedDevice {
+    fn describe(&self) -> String {
+        "emulated device (host memory, kernel bodies run one thread at a time)".into()
+    }
+
+    fn alloc(&self, bytes: u64) -> Result<DevicePtr> {
+        let oom =
+            || Error::ResourceExhausted(format!("emulated device: cannot allocate {bytes} bytes"));
+        let words = usize::try_from(bytes.div_ceil(16).max(1)).map_err(|_| oom())?;
+        let mut v: Vec<u128> = Vec::new();
+        v.try_reserve_exact(words).map_err(|_| oom())?;
+        v.resize(words, 0);
+        let storage = v.into_boxed_slice();
+        let ptr = storage.as_ptr() as u64;
+        lock(&self.allocations).insert(ptr, storage);
+        Ok(DevicePtr(ptr))
+    }
+
+    unsafe fn free(&self, ptr: DevicePtr) {
+        lock(&self.allocations).remove(&ptr.0);
+    }
+
+    unsafe fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.check_range(dst, src.len(), "copy to device")?;
+        let _stream = lock(&self.stream);
+        // SAFETY: the range was checked to lie in a live allocation, which `src` (a Rust
+        // slice) cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0 as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    unsafe fn copy_to_host(&self, dst: &mut [u8], src: DevicePtr) -> Result<()> {
+        self.check_range(src, dst.len(), "copy to host")?;
+        let _stream = lock(&self.stream);
+        // SAFETY: as in `copy_to_device`.
+        unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        // Every call already ran to completion.
+        Ok(())
+    }
+
+    unsafe fn zero_hashes(&self, zero: DevicePtr, count: u32) -> Result<()> {
+        let _stream = lock(&self.stream);
+        // SAFETY: the caller guarantees the shapes (trait contract).
+        launched("zero_hashes", unsafe {
+            ffi::mc_emu_zero_hashes(zero.0 as *mut u32, count)
+        })
+    }
+
+    unsafe fn build_base(
+        &self,
+        raw: DevicePtr,
+        cell: u32,
+        levels: u32,
+        out: DevicePtr,
+        count: u64,
+    ) -> Result<()> {
+        let _stream = lock(&self.stream);
+        // SAFETY: the caller guarantees the shapes (trait contract).
+        launched("build_base", unsafe {
+            ffi::mc_emu_build_base(raw.0 as *const u8, cell, levels, out.0 as *mut u32, count)
+        })
+    }
+
+    unsafe fn compress_level(
+        &self,
+        children: DevicePtr,
+        parents: DevicePtr,
+        count: u64,
+    ) -> Result<()> {
+        let _stream = lock(&self.stream);
+        // SAFETY: the caller guarantees the shapes (trait contract).
+        launched("compress_level", unsafe {
+            ffi::mc_emu_compress_level(children.0 as *const u32, parents.0 as *mut u32, count)
+        })
+    }
+
+    unsafe fn vertical(
+        &self,
+        nodes: DevicePtr,
+        zero: DevicePtr,
+        tasks: DevicePtr,
+        count: u64,
+    ) -> Result<()> {
+        let _stream = lock(&self.stream);
+        // SAFETY: the caller guarantees the shapes (trait contract).
+        launched("vertical", unsafe {
+            ffi::mc_emu_vertical(
+                nodes.0 as *mut u32,
+                zero.0 as *const u32,
+                tasks.0 as *const ffi::VerticalTask,
+                count,
+            )
+        })
+    }
+
+    unsafe fn scatter(&self, raw: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
+        let _stream = lock(&self.stream);
+        // SAFETY: the caller guarantees the shapes (trait contract).
+        launched("scatter", unsafe {
+            ffi::mc_emu_scatter(raw.0 as *mut u8, tasks.0 as *const ffi::WriteTask, count)
+        })
+    }
+
+    unsafe fn hash_tasks(
+        &self,
+        raw: DevicePtr,
+        tasks: DevicePtr,
+        count: u64,
+        nodes: DevicePtr,
+    ) -> Result<()> {
+        let _stream = lock(&self.stream);
+        // SAFETY: the caller guarantees the shapes (trait contract).
+        launched("hash_tasks", unsafe {
+            ffi::mc_emu_hash_tasks(
+                raw.0 as *const u8,
+                tasks.0 as *const ffi::HashTask,
+                count,
+                nodes.0 as *mut u32,
+            )
+        })
+    }
+
+    unsafe fn compress_pairs(&self, nodes: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
+        let _stream = lock(&self.stream);
+        // SAFETY: the caller guarantees the shapes (trait contract).
+        launched("compress_pairs", unsafe {
+            ffi::mc_emu_compress_pairs(nodes.0 as *mut u32, tasks.0 as *const ffi::PairTask, count)
+        })
+    }
+
+    unsafe fn openings(
+        &self,
+        raw: DevicePtr,
+        nodes: DevicePtr,
+        zero: DevicePtr,
+        tasks: DevicePtr,
+        count: u64,
+        top_offset: u64,
+        address_height: u32,
+        address_space_height: u32,
+        out: DevicePtr,
+    ) -> Result<()> {
+        let _stream = lock(&self.stream);
+        // SAFETY: the caller guarantees the shapes (trait contract).
+        launched("openings", unsafe {
+            ffi::mc_emu_openings(
+                raw.0 as *const u8,
+                nodes.0 as *const u32,
+                zero.0 as *const u32,
+                tasks.0 as *const ffi::OpenTask,
+                count,
+                top_offset,
+                address_height,
+                address_space_height,
+                out.0 as *mut u32,
+            )
+        })
+    }
+}

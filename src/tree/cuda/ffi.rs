@@ -1,0 +1,191 @@
+//! Hand-written declarations of the host emulator's C exports (`cuda/src/host_emulator.cpp`,
+//! compiled by `build.rs` into `libmemcommit_cuda_host.a`) and the `#[repr(C)]` task structs
+//! of `cuda/include/memcommit/tasks.h`. The device launchers of `launchers.h` get bindgen
+//! bindings with feature `cuda`; these stay hand-written because the emulator is internal.
+//!
+//! Shapes: a digest is 8 Montgomery `u32` words; node indices count digests in the flat node
+//! array; raw offsets count bytes (see `tree_index.h`).
+
+/// Writes one block's 8 canonical cells into raw memory at `raw_byte` (C `McWriteTask`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteTask {
+    /// Byte offset of the block in the raw buffer.
+    pub raw_byte: u64,
+    /// Cell type code: u8 = 0, u16 = 1, field = 2.
+    pub cell: u32,
+    /// Padding, 0.
+    pub pad: u32,
+    /// Canonical cell values, checked to fit `cell`.
+    pub cells: [u32; 8],
+}
+
+/// Recomputes `out_node` as the height-`levels` subtree over the blocks at `raw_byte`
+/// (C `McHashTask`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HashTask {
+    /// Node index written.
+    pub out_node: u64,
+    /// Byte offset of the subtree's first block.
+    pub raw_byte: u64,
+    /// Cell type code.
+    pub cell: u32,
+    /// Subtree height in levels (`stored_base_level`).
+    pub levels: u32,
+}
+
+/// `nodes[parent] = compress(nodes[left], nodes[left + 1])` (C `McPairTask`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairTask {
+    /// Node index written.
+    pub parent: u64,
+    /// Node index of the left child; the right child follows it.
+    pub left: u64,
+}
+
+/// A slot's vertical path and top-tree leaf (C `McVerticalTask`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerticalTask {
+    /// Node index of the slot's level-`h` root (or of `zero[address_height]` for an empty slot).
+    pub slot_root: u64,
+    /// Node index of the vertical node at level `h + 1`.
+    pub first_vertical: u64,
+    /// Node index of the slot's entry in top-tree level 0.
+    pub top_leaf: u64,
+    /// The slot's real height `h` (first zero hash used).
+    pub height: u32,
+    /// Vertical nodes: `address_height − h` (0 for an empty slot).
+    pub count: u32,
+}
+
+/// One opening's sibling path (C `McOpenTask`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenTask {
+    /// Byte offset of the slot's raw memory.
+    pub raw_slot_byte: u64,
+    /// Node index of the slot's first stored digest.
+    pub slot_node: u64,
+    /// Block index within the slot.
+    pub block: u64,
+    /// Slot index.
+    pub slot: u32,
+    /// Cell type code.
+    pub cell: u32,
+    /// Real height `h`.
+    pub height: u32,
+    /// Stored base level `b`.
+    pub base: u32,
+}
+
+const _: () = {
+    assert!(size_of::<WriteTask>() == 48);
+    assert!(size_of::<HashTask>() == 24);
+    assert!(size_of::<PairTask>() == 16);
+    assert!(size_of::<VerticalTask>() == 32);
+    assert!(size_of::<OpenTask>() == 40);
+};
+
+/// Types whose every byte is initialised data (no padding, no pointers), so a slice of them
+/// may be viewed as bytes for a copy to or from the device.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]` or primitive, have no padding bytes, and accept any bit
+/// pattern.
+pub unsafe trait Plain: Copy {}
+// SAFETY: primitives, and repr(C) structs of u64/u32 fields whose sizes (checked above)
+// equal the sum of their fields, so they hold no padding.
+unsafe impl Plain for u32 {}
+unsafe impl Plain for u64 {}
+unsafe impl Plain for WriteTask {}
+unsafe impl Plain for HashTask {}
+unsafe impl Plain for PairTask {}
+unsafe impl Plain for VerticalTask {}
+unsafe impl Plain for OpenTask {}
+
+/// `items` as bytes.
+pub fn as_bytes<T: Plain>(items: &[T]) -> &[u8] {
+    // SAFETY: `T: Plain` has no padding, so every byte is initialised; u8 has alignment 1
+    // and the length is the slice's size in bytes.
+    unsafe { std::slice::from_raw_parts(items.as_ptr().cast(), std::mem::size_of_val(items)) }
+}
+
+/// `items` as mutable bytes.
+pub fn as_bytes_mut<T: Plain>(items: &mut [T]) -> &mut [u8] {
+    // SAFETY: as in `as_bytes`; `T: Plain` accepts any bit pattern, so writes through the
+    // byte view cannot make an invalid `T`.
+    unsafe {
+        std::slice::from_raw_parts_mut(items.as_mut_ptr().cast(), std::mem::size_of_val(items))
+    }
+}
+
+// The emulator's exports. Launch twins take the launcher's arguments minus the stream and
+// return 0 on success; pointers must be valid host memory of the documented shapes.
+extern "C" {
+    pub fn mc_emu_zero_hashes(zero: *mut u32, count: u32) -> i32;
+    pub fn mc_emu_build_base(
+        raw: *const u8,
+        cell: u32,
+        levels: u32,
+        out: *mut u32,
+        count: u64,
+    ) -> i32;
+    pub fn mc_emu_compress_level(children: *const u32, parents: *mut u32, count: u64) -> i32;
+    pub fn mc_emu_vertical(
+        nodes: *mut u32,
+        zero: *const u32,
+        tasks: *const VerticalTask,
+        count: u64,
+    ) -> i32;
+    pub fn mc_emu_scatter(raw: *mut u8, tasks: *const WriteTask, count: u64) -> i32;
+    pub fn mc_emu_hash_tasks(
+        raw: *const u8,
+        tasks: *const HashTask,
+        count: u64,
+        nodes: *mut u32,
+    ) -> i32;
+    pub fn mc_emu_compress_pairs(nodes: *mut u32, tasks: *const PairTask, count: u64) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    pub fn mc_emu_openings(
+        raw: *const u8,
+        nodes: *const u32,
+        zero: *const u32,
+        tasks: *const OpenTask,
+        count: u64,
+        top_offset: u64,
+        address_height: u32,
+        address_space_height: u32,
+        out: *mut u32,
+    ) -> i32;
+
+    /// Canonical constants: 64 + 64 + 13 + 16 words.
+    pub fn mc_emu_poseidon2_constants(
+        initial: *mut u32,
+        final_: *mut u32,
+        internal: *mut u32,
+        diagonal: *mut u32,
+    );
+    /// The Montgomery tables converted back to canonical; same shapes.
+    pub fn mc_emu_poseidon2_tables(
+        initial: *mut u32,
+        final_: *mut u32,
+        internal: *mut u32,
+        diagonal: *mut u32,
+    );
+    /// Permutes 16 canonical values in place.
+    pub fn mc_emu_permute(state: *mut u32);
+    /// `a · b mod p` of canonical values through the Montgomery multiply.
+    pub fn mc_emu_mul(a: u32, b: u32) -> u32;
+    /// Canonical leaf hash of block `block` of a raw slot.
+    pub fn mc_emu_leaf_from_raw(raw: *const u8, cell: u32, block: u64, out: *mut u32);
+    pub fn mc_emu_level_offset(h: u32, b: u32, l: u32) -> u64;
+    pub fn mc_emu_vertical_offset(h: u32, b: u32, j: u32) -> u64;
+    pub fn mc_emu_slot_digests(h: u32, b: u32, address_height: u32) -> u64;
+    pub fn mc_emu_top_level_offset(ash: u32, l: u32) -> u64;
+    pub fn mc_emu_stored_base_level(h: u32, k: u32) -> u32;
+    /// `sizeof` of the five task structs, in the order of `tasks.h`.
+    pub fn mc_emu_task_sizes(out: *mut u64);
+}

@@ -1,0 +1,367 @@
+//! Layer 4: the CUDA headers and kernel bodies, compiled for the host and driven through the
+//! kernel emulator (`EmulatedDevice`), against p3's constants, the vectors and the reference
+//! tree. Runs on every machine; no GPU or nvcc needed.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::random::{batch_from, corrupt, layout};
+use common::{digest, four_spaces, image_with, u32s, vectors};
+use memcommit::hash::{permute, zero_hashes, Digest, F, P};
+use memcommit::image::MemoryImage;
+use memcommit::layout::{CellType, MemoryLayout};
+use memcommit::tree::cuda::{index, probe, CudaTree, Device, EmulatedDevice};
+use memcommit::tree::reference::ReferenceTree;
+use memcommit::tree::{self, verify_opening, MemoryTree, TouchedBlock};
+use memcommit::Error;
+use p3_baby_bear::{
+    BABYBEAR_POSEIDON2_RC_16_EXTERNAL_FINAL, BABYBEAR_POSEIDON2_RC_16_EXTERNAL_INITIAL,
+    BABYBEAR_POSEIDON2_RC_16_INTERNAL,
+};
+use p3_field::PrimeField32;
+use proptest::prelude::*;
+
+fn emulated(layout: &MemoryLayout, image: Arc<MemoryImage>, k: u32) -> CudaTree<EmulatedDevice> {
+    CudaTree::build(EmulatedDevice::new(), layout.clone(), image, k).expect("emulated build")
+}
+
+/// Device node bytes: the DESIGN formula plus the zero table (address_height + 1 digests).
+fn expected_device_node_bytes(layout: &MemoryLayout, k: u32) -> u64 {
+    tree::node_bytes(layout, k) + 32 * (u64::from(layout.address_height()) + 1)
+}
+
+#[test]
+fn header_constants_equal_p3() {
+    let canonical = |rows: &[[F; 16]; 4]| -> Vec<u32> {
+        rows.iter()
+            .flatten()
+            .map(|x| x.as_canonical_u32())
+            .collect()
+    };
+    let internal: Vec<u32> = BABYBEAR_POSEIDON2_RC_16_INTERNAL
+        .iter()
+        .map(|x| x.as_canonical_u32())
+        .collect();
+    let diagonal = u32s(&vectors()["internal_diagonal_canonical"]);
+    for tables in [probe::header_constants(), probe::montgomery_tables()] {
+        assert_eq!(
+            tables.external_initial.to_vec(),
+            canonical(&BABYBEAR_POSEIDON2_RC_16_EXTERNAL_INITIAL)
+        );
+        assert_eq!(
+            tables.external_final.to_vec(),
+            canonical(&BABYBEAR_POSEIDON2_RC_16_EXTERNAL_FINAL)
+        );
+        assert_eq!(tables.internal.to_vec(), internal);
+        assert_eq!(tables.diagonal.to_vec(), diagonal);
+    }
+}
+
+#[test]
+fn task_structs_have_the_same_size_in_c_and_rust() {
+    assert_eq!(probe::task_sizes(), probe::rust_task_sizes());
+}
+
+#[test]
+fn field_multiply_matches_integer_arithmetic() {
+    let p = u64::from(P);
+    for (a, b) in [
+        (0, 5),
+        (1, P - 1),
+        (P - 1, P - 1),
+        (123_456_789, 987_654_321),
+        (2, 1 << 30),
+    ] {
+        assert_eq!(
+            u64::from(probe::mul(a, b)),
+            u64::from(a) * u64::from(b) % p,
+            "{a} * {b}"
+        );
+    }
+}
+
+#[test]
+fn montgomery_words_read_back_as_canonical_values() {
+    // The vector's Montgomery words of perm(0..15) are x * 2^32 mod p of its outputs.
+    let v = vectors();
+    let words: Vec<u32> = v["montgomery"]["perm_0_to_15_montgomery_hex"]
+        .as_str()
+        .expect("hex string")
+        .split_whitespace()
+        .map(|h| u32::from_str_radix(h, 16).expect("hex"))
+        .collect();
+    let canonical = u32s(&v["perm_0_to_15"]);
+    for half in 0..2 {
+        let w: [u32; 8] = words[8 * half..8 * half + 8].try_into().expect("8 words");
+        let c: [u32; 8] = canonical[8 * half..8 * half + 8]
+            .try_into()
+            .expect("8 values");
+        assert_eq!(probe::digest_from_montgomery(w).to_canonical(), c);
+    }
+}
+
+#[test]
+fn permutation_vectors() {
+    let v = vectors();
+    assert_eq!(
+        probe::permute([0; 16]).expect("canonical").to_vec(),
+        u32s(&v["perm_zero"])
+    );
+    assert_eq!(
+        probe::permute(core::array::from_fn(|i| i as u32))
+            .expect("canonical")
+            .to_vec(),
+        u32s(&v["perm_0_to_15"])
+    );
+    assert!(probe::permute([P; 16]).is_err());
+}
+
+#[test]
+fn leaf_encoding_from_raw_bytes() {
+    let v = vectors();
+    let want = digest(&v["leaf_hash_0_to_7"]);
+    // Cells 0..7 as u8, u16 and field, little-endian; block 1 of a two-block buffer.
+    let u8s: Vec<u8> = (0..16u8).map(|i| i % 8).collect();
+    let u16s: Vec<u8> = (0..16u16).flat_map(|i| (i % 8).to_le_bytes()).collect();
+    let fields: Vec<u8> = (0..16u32).flat_map(|i| (i % 8).to_le_bytes()).collect();
+    assert_eq!(
+        probe::leaf_from_raw(&u8s, CellType::U8, 1).expect("u8"),
+        want
+    );
+    assert_eq!(
+        probe::leaf_from_raw(&u16s, CellType::U16, 1).expect("u16"),
+        want
+    );
+    assert_eq!(
+        probe::leaf_from_raw(&fields, CellType::Field, 1).expect("field"),
+        want
+    );
+    // High bytes and p - 1 reach the right field elements.
+    let cells = [255u32, 65535, P - 1, 1 << 30, 7, 0, 65280, 2];
+    let raw: Vec<u8> = cells.iter().flat_map(|c| c.to_le_bytes()).collect();
+    assert_eq!(
+        probe::leaf_from_raw(&raw, CellType::Field, 0).expect("field"),
+        memcommit::hash::leaf_hash(&cells.map(F::new))
+    );
+    let raw16: Vec<u8> = cells[..2]
+        .iter()
+        .chain(&[0, 65280, 1, 2, 3, 4])
+        .flat_map(|&c| (c as u16).to_le_bytes())
+        .collect();
+    assert_eq!(
+        probe::leaf_from_raw(&raw16, CellType::U16, 0).expect("u16"),
+        memcommit::hash::leaf_hash(&[255, 65535, 0, 65280, 1, 2, 3, 4].map(F::new))
+    );
+    assert!(probe::leaf_from_raw(&raw, CellType::Field, 1).is_err());
+    let bad: Vec<u8> = [P; 8].iter().flat_map(|c| c.to_le_bytes()).collect();
+    assert!(probe::leaf_from_raw(&bad, CellType::Field, 0).is_err());
+}
+
+#[test]
+fn zero_hash_vectors_through_the_zero_hash_kernel() {
+    let v = vectors();
+    let device = EmulatedDevice::new();
+    let count = 29u32;
+    let buf = device.alloc(32 * u64::from(count)).expect("alloc");
+    let mut bytes = vec![0u8; 32 * count as usize];
+    // SAFETY: `buf` holds `count` digests and is freed once, after the copy back.
+    unsafe {
+        device.zero_hashes(buf, count).expect("launch");
+        device.copy_to_host(&mut bytes, buf).expect("copy");
+        device.free(buf);
+    }
+    let got: Vec<Digest> = bytes
+        .chunks_exact(32)
+        .map(|d| {
+            let words = core::array::from_fn(|i| {
+                u32::from_le_bytes(d[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+            });
+            probe::digest_from_montgomery(words)
+        })
+        .collect();
+    for (h, z) in v["zero_hashes_0_to_8"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(got[h], digest(z), "zero[{h}]");
+    }
+    assert_eq!(got[28], digest(&v["zero_hash_28"]));
+    assert_eq!(&got[..], &zero_hashes()[..count as usize]);
+}
+
+#[test]
+fn index_arithmetic_equals_the_header() {
+    for h in 0..=32u32 {
+        for k in 0..=20u32 {
+            let b = probe::stored_base_level(h, k);
+            assert_eq!(b, tree::stored_base_level(h, k));
+            for l in b..=h {
+                assert_eq!(index::level_offset(h, b, l), probe::level_offset(h, b, l));
+            }
+            for ah in h..=32 {
+                assert_eq!(index::slot_digests(h, b, ah), probe::slot_digests(h, b, ah));
+                assert_eq!(
+                    index::slot_digests(h, b, ah),
+                    tree::slot_stored_digests(8u64 << h, ah, k)
+                );
+            }
+            for j in 0..4 {
+                assert_eq!(
+                    index::vertical_offset(h, b, j),
+                    probe::vertical_offset(h, b, j)
+                );
+            }
+        }
+    }
+    for ash in 0..=16u32 {
+        for l in 0..=ash {
+            assert_eq!(
+                index::top_level_offset(ash, l),
+                probe::top_level_offset(ash, l)
+            );
+        }
+    }
+}
+
+#[test]
+fn four_spaces_vector_at_every_k() {
+    let (layout, leaves, root) = four_spaces();
+    for k in 0..=11 {
+        let t = emulated(&layout, image_with(&layout, &leaves), k);
+        assert_eq!(t.root(), root, "k = {k}");
+        let usage = t.memory_usage();
+        assert_eq!(
+            usage.device_node_bytes,
+            expected_device_node_bytes(&layout, k),
+            "k = {k}"
+        );
+        assert!(usage.device_raw_bytes >= layout.raw_bytes());
+        assert_eq!(usage.host_raw_bytes, layout.raw_bytes());
+        assert_eq!(
+            t.device().allocated_bytes(),
+            (usage.device_node_bytes + usage.device_raw_bytes).next_multiple_of(16),
+            "only the node and raw buffers outlive a call"
+        );
+    }
+}
+
+#[test]
+fn single_u8_space_vector() {
+    let v = &vectors()["single_u8_space_1024_leaves"];
+    let layout = common::layout(&v["layout"]);
+    let bytes: Vec<u8> = (0..8192u32).map(|k| (k % 256) as u8).collect();
+    let mut image = MemoryImage::zeroed(&layout).expect("image");
+    image.write(0, 0, &bytes).expect("write");
+    for k in [0, 3, 10] {
+        let t = emulated(&layout, Arc::new(image.clone()), k);
+        assert_eq!(t.root(), digest(&v["root"]), "k = {k}");
+    }
+}
+
+#[test]
+fn updates_reach_the_four_spaces_root_from_zero() {
+    let (layout, leaves, root) = four_spaces();
+    for k in [0, 3, 7] {
+        let image = Arc::new(MemoryImage::zeroed(&layout).expect("image"));
+        let mut t = emulated(&layout, image, k);
+        assert_eq!(t.update(&[]).expect("empty batch"), t.root());
+        assert_eq!(t.update(&leaves).expect("update"), root, "k = {k}");
+        assert_eq!(t.image().block_cells(1, 1023), [9; 8]);
+        let o = t.openings(&[(3, 7), (1, 1023)]).expect("openings");
+        for o in &o {
+            verify_opening(&root, &layout, o).expect("verifies");
+        }
+    }
+}
+
+#[test]
+fn openings_reject_positions_outside_the_layout() {
+    let (layout, leaves, _) = four_spaces();
+    let t = emulated(&layout, image_with(&layout, &leaves), 3);
+    let err = t
+        .openings(&[(0, 0), (2, 4)])
+        .expect_err("block 4 of a 4-block slot");
+    assert_eq!(
+        err.to_string(),
+        "invalid positions[1].block: block 4 is out of range (slot 2 has 4 blocks)"
+    );
+    assert!(t.openings(&[]).expect("no positions").is_empty());
+}
+
+#[test]
+fn build_rejects_a_bad_k_or_image() {
+    let (layout, leaves, _) = four_spaces();
+    let image = image_with(&layout, &leaves);
+    let err = CudaTree::build(EmulatedDevice::new(), layout.clone(), image, 21)
+        .err()
+        .expect("k = 21");
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let other = common::layout(&vectors()["single_u8_space_1024_leaves"]["layout"]);
+    let image = Arc::new(MemoryImage::zeroed(&other).expect("image"));
+    assert!(CudaTree::build(EmulatedDevice::new(), layout, image, 3).is_err());
+}
+
+fn check_openings(
+    layout: &MemoryLayout,
+    a: &dyn MemoryTree,
+    b: &dyn MemoryTree,
+    positions: &[(u32, u64)],
+) {
+    let x = a.openings(positions).expect("emulated openings");
+    let y = b.openings(positions).expect("reference openings");
+    assert_eq!(x, y);
+    for o in &x {
+        verify_opening(&a.root(), layout, o).expect("opening verifies");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn header_permutation_equals_p3(state in prop::array::uniform16(0u32..P)) {
+        let want: Vec<u32> = permute(state.map(F::new)).iter().map(|x| x.as_canonical_u32()).collect();
+        prop_assert_eq!(probe::permute(state).expect("canonical").to_vec(), want);
+    }
+
+    #[test]
+    fn emulated_cuda_tree_equals_reference(
+        layout in layout(),
+        k in 0u32..=6,
+        image_seeds in prop::collection::vec(any::<u64>(), 0..40),
+        batches in prop::collection::vec(
+            (prop::collection::vec(any::<u64>(), 0..40), any::<bool>(), any::<u8>()), 1..5),
+    ) {
+        let image = image_with(&layout, &batch_from(&layout, &image_seeds));
+        let mut dev = emulated(&layout, image.clone(), k);
+        let mut reference = ReferenceTree::build(layout.clone(), image, k);
+        prop_assert_eq!(dev.root(), reference.root());
+        prop_assert_eq!(dev.memory_usage().device_node_bytes, expected_device_node_bytes(&layout, k));
+        for (seeds, invalid, how) in batches {
+            let mut batch: Vec<TouchedBlock> = batch_from(&layout, &seeds);
+            if invalid && !batch.is_empty() {
+                corrupt(&layout, &mut batch, how);
+                let before = dev.root();
+                let image_before = dev.image().clone();
+                let err = dev.update(&batch).expect_err("invalid batch rejected");
+                prop_assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+                prop_assert!(reference.update(&batch).is_err());
+                prop_assert_eq!(dev.root(), before);
+                prop_assert_eq!(dev.image(), &image_before);
+                continue;
+            }
+            let new_root = dev.update(&batch).expect("valid batch");
+            prop_assert_eq!(new_root, reference.update(&batch).expect("valid batch"));
+            prop_assert_eq!(dev.root(), reference.root());
+            prop_assert_eq!(dev.image(), reference.image());
+            // The touched blocks, plus a few untouched ones (siblings below k from raw memory).
+            let mut positions: Vec<_> = batch.iter().map(|b| (b.slot, b.block)).collect();
+            positions.extend(batch_from(&layout, &seeds.iter().map(|s| s.rotate_left(7)).collect::<Vec<_>>())
+                .iter().take(3).map(|b| (b.slot, b.block)));
+            check_openings(&layout, &dev, &reference, &positions);
+        }
+    }
+}
