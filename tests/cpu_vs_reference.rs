@@ -10,7 +10,7 @@ use common::random::{batch_from, corrupt, layout};
 use common::{four_spaces, image_with};
 use memcommit::image::MemoryImage;
 use memcommit::layout::MemoryLayout;
-use memcommit::tree::{self, verify_opening, Backend, MemoryTree};
+use memcommit::tree::{self, verify_opening, Backend, MemoryTree, TouchedBlock};
 use memcommit::Error;
 use proptest::prelude::*;
 
