@@ -21,8 +21,9 @@ pub enum Error {
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// An error status a memcommit server returned (client side: replay and tests), kept
-    /// with its gRPC code so it maps back to the same code.
-    #[error("server returned {code:?}: {message}")]
+    /// with its gRPC code so it maps back to the same code. Displayed with the code's
+    /// canonical name, e.g. `server returned UNAUTHENTICATED: …`.
+    #[error("server returned {}: {message}", crate::service::status::code_name(*.code))]
     Remote { code: tonic::Code, message: String },
     /// File-system or stream I/O (CLI and traces only).
     #[error("{context}: {source}")]

@@ -35,9 +35,16 @@ async fn start(limits: Limits) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("local addr"));
     let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(serve(ServiceConfig { limits }, listener, async {
-        let _ = stopped.await;
-    }));
+    let handle = tokio::spawn(serve(
+        ServiceConfig {
+            limits,
+            ..ServiceConfig::default()
+        },
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let client = Client::connect(&url).await.expect("connect");
     TestServer {
         url,

@@ -9,7 +9,9 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use memcommit::replay::{replay, Progress, ReplayOptions, ReplaySummary};
-use memcommit::service::{self, client::Client, ServiceConfig};
+use memcommit::service::client::{Client, ConnectOptions};
+use memcommit::service::status::code_name;
+use memcommit::service::{self, tls::read_pem, AuthToken, ServiceConfig};
 use memcommit::trace::TraceReader;
 use memcommit::tree::Backend;
 
@@ -18,7 +20,9 @@ use memcommit::tree::Backend;
 #[command(
     after_help = "Exits non-zero at the first step whose root differs from its \
 expect_root.\n\nExamples:\n  memcommit replay tests/data/sqlite3.trace.zst\n  \
-memcommit replay trace.jsonl --json --server http://10.0.0.5:50051 --backend cpu"
+memcommit replay trace.jsonl --json --server http://10.0.0.5:50051 --backend cpu\n  \
+memcommit replay trace.jsonl --server https://prover-7:50051 --tls-ca ca.pem \
+--auth-token-file token"
 )]
 pub struct Args {
     /// Trace file (JSON Lines; zstd-compressed when the name ends in .zst).
@@ -39,6 +43,15 @@ pub struct Args {
     /// and time.
     #[arg(long, value_name = "K")]
     omitted_levels: Option<u32>,
+    /// File holding the bearer token to send on every call (one line; the trailing newline
+    /// is trimmed; an empty token or a world-readable file is refused). Without --server,
+    /// the in-process server requires it too.
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// PEM CA certificate that the server's TLS certificate must chain to. Needed for (and
+    /// only for) an https:// --server.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    tls_ca: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -82,6 +95,19 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 async fn drive(args: &Args, trace: TraceReader) -> anyhow::Result<ReplaySummary> {
+    let auth_token = args
+        .auth_token_file
+        .as_deref()
+        .map(AuthToken::from_file)
+        .transpose()?;
+    let options = ConnectOptions {
+        auth_token: auth_token.clone(),
+        tls_ca_pem: args
+            .tls_ca
+            .as_deref()
+            .map(|p| read_pem(p, "TLS CA"))
+            .transpose()?,
+    };
     let (url, server) = match &args.server {
         Some(url) => (url.clone(), None),
         None => {
@@ -91,7 +117,10 @@ async fn drive(args: &Args, trace: TraceReader) -> anyhow::Result<ReplaySummary>
             let url = format!("http://{}", listener.local_addr()?);
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(service::serve(
-                ServiceConfig::default(),
+                ServiceConfig {
+                    auth_token,
+                    ..ServiceConfig::default()
+                },
                 listener,
                 async move {
                     let _ = stopped.await;
@@ -100,16 +129,17 @@ async fn drive(args: &Args, trace: TraceReader) -> anyhow::Result<ReplaySummary>
             (url, Some((stop, task)))
         }
     };
-    let mut client = Client::connect(&url)
+    let mut client = Client::connect_with(&url, &options)
         .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()))
         .with_context(|| format!("connecting to {url}"))?;
     let progress = progress_bar();
     let json = args.json;
-    let options = ReplayOptions {
+    let replay_options = ReplayOptions {
         backend: args.backend,
         omitted_levels: args.omitted_levels,
     };
-    let result = replay(&mut client, trace, options, |p| match p {
+    let result = replay(&mut client, trace, replay_options, |p| match p {
         Progress::Uploaded(bytes) => progress.set_message(format!("uploaded {bytes} bytes")),
         Progress::Step(step) => {
             if json {

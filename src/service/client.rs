@@ -2,7 +2,8 @@
 //! ([`MemoryLayout`], [`TouchedBlock`], [`Digest`], [`Opening`]) and does the packing.
 
 use prost::bytes::Bytes;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
 
 use crate::error::Error;
@@ -10,6 +11,7 @@ use crate::hash::Digest;
 use crate::layout::MemoryLayout;
 use crate::tree::{Backend, Opening, TouchedBlock};
 
+use super::auth::{AuthToken, SendBearer};
 use super::codec;
 use super::proto;
 use super::proto::mem_commit_client::MemCommitClient;
@@ -22,10 +24,23 @@ pub const WRITE_CHUNK_BYTES: usize = 4 << 20;
 /// 4 GiB, and the server enforces its own limit.
 const CLIENT_MAX_MESSAGE_BYTES: usize = u32::MAX as usize;
 
+/// The generated client with the bearer-token interceptor, as [`Client::raw`] returns it.
+pub type RawClient = MemCommitClient<InterceptedService<Channel, SendBearer>>;
+
 /// A connection to a memcommit server. Cloning is cheap and clones share the connection.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: MemCommitClient<Channel>,
+    inner: RawClient,
+}
+
+/// How [`Client::connect_with`] connects: credentials and TLS trust.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// Sent as `authorization: Bearer <token>` on every call (`--auth-token-file`).
+    pub auth_token: Option<AuthToken>,
+    /// PEM CA certificate(s) that the server's certificate must chain to (`--tls-ca`).
+    /// Required for `https://` URLs: this build trusts no system roots.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 /// What `CreateTree` returns.
@@ -73,28 +88,67 @@ fn openings_from(openings: &[proto::Opening]) -> Result<Vec<Opening>, Status> {
 }
 
 impl Client {
-    /// Connects to `url` (e.g. `http://127.0.0.1:50051`), with message limits of 4 GiB each
-    /// way.
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`) without credentials or TLS, with
+    /// message limits of 4 GiB each way.
     ///
     /// # Errors
-    /// `INVALID_ARGUMENT` for a malformed URL; `UNAVAILABLE` if the server cannot be
-    /// reached.
+    /// As [`Client::connect_with`].
     pub async fn connect(url: &str) -> Result<Client, Status> {
-        let endpoint = Endpoint::from_shared(url.to_string())
+        Client::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Connects to `url` with `options`: `https://` URLs need `tls_ca_pem`, `http://` ones
+    /// must not have it. The TLS handshake happens here.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for a malformed URL, a scheme that does not match the TLS options,
+    /// or a CA that does not parse; `UNAVAILABLE` if the server cannot be reached or the TLS
+    /// handshake fails (e.g. an untrusted certificate).
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Client, Status> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| Status::invalid_argument(format!("invalid url {url:?}: {e}")))?;
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot connect to {url}: {e}")))?;
+        let https = endpoint.uri().scheme_str() == Some("https");
+        match (&options.tls_ca_pem, https) {
+            (Some(ca), true) => {
+                let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|e| Status::invalid_argument(format!("TLS configuration: {e}")))?;
+            }
+            (None, true) => {
+                return Err(Status::invalid_argument(format!(
+                    "{url} is https: give the CA that signed the server's certificate \
+                     (--tls-ca); this build trusts no system roots"
+                )))
+            }
+            (Some(_), false) => {
+                return Err(Status::invalid_argument(format!(
+                    "a TLS CA was given but {url} is not https://"
+                )))
+            }
+            (None, false) => {}
+        }
+        let interceptor = SendBearer::new(options.auth_token.as_ref()).map_err(Status::from)?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            // The transport error's sources carry the TLS or socket reason.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why = format!("{why}: {s}");
+                source = s.source();
+            }
+            Status::unavailable(format!("cannot connect to {url}: {why}"))
+        })?;
         Ok(Client {
-            inner: MemCommitClient::new(channel)
+            inner: MemCommitClient::with_interceptor(channel, interceptor)
                 .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES),
         })
     }
 
-    /// The generated client, for calls this wrapper does not cover.
-    pub fn raw(&mut self) -> &mut MemCommitClient<Channel> {
+    /// The generated client, for calls this wrapper does not cover. It sends the
+    /// connection's bearer token too.
+    pub fn raw(&mut self) -> &mut RawClient {
         &mut self.inner
     }
 

@@ -5,13 +5,16 @@
 //! - [`client::Client`] is the typed client the CLI and tests use.
 //! - [`codec`] converts the packed wire forms to the core types.
 //! - Errors map to status codes one to one ([`status::code`]).
+//! - [`auth`]: bearer tokens on MemCommit calls; [`tls`]: rustls identities.
 
+pub mod auth;
 pub mod client;
 pub mod codec;
 mod limits;
 mod registry;
 mod server;
 pub mod status;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,9 +25,12 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
 
+pub use auth::AuthToken;
 pub use limits::{Limits, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_TREES};
+pub use tls::TlsIdentity;
 
 use crate::tree::Backend;
+use auth::RequireBearer;
 use proto::mem_commit_server::MemCommitServer;
 use server::{is_message_too_large, message_limit_status, MemCommitService};
 
@@ -46,6 +52,11 @@ pub const SERVICE_NAME: &str = proto::mem_commit_server::SERVICE_NAME;
 pub struct ServiceConfig {
     /// Message, tree-count and memory limits.
     pub limits: Limits,
+    /// When set, every `memcommit.v1.MemCommit` call needs `authorization: Bearer <token>`
+    /// (else `UNAUTHENTICATED`); health and reflection stay open.
+    pub auth_token: Option<AuthToken>,
+    /// When set, the server speaks TLS only (rustls), with this certificate and key.
+    pub tls: Option<TlsIdentity>,
 }
 
 /// Serves `memcommit.v1.MemCommit`, `grpc.health.v1.Health` (MemCommit marked serving) and
@@ -56,8 +67,8 @@ pub struct ServiceConfig {
 /// [`shutdown_signal`] has its handlers installed by the time the server announces itself.
 ///
 /// # Errors
-/// If the listener's address cannot be read, reflection cannot be built from the embedded
-/// descriptors, or the transport fails.
+/// If the listener's address cannot be read, the TLS certificate or key does not parse,
+/// reflection cannot be built from the embedded descriptors, or the transport fails.
 pub async fn serve(
     config: ServiceConfig,
     listener: tokio::net::TcpListener,
@@ -86,6 +97,14 @@ pub async fn serve(
         .build_v1alpha()
         .context("building reflection v1alpha")?;
 
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("loading the TLS certificate and key")?;
+    }
+
     let mut shutdown = Box::pin(shutdown);
     if std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await {
         tracing::info!("shutdown requested before start");
@@ -94,18 +113,23 @@ pub async fn serve(
     tracing::info!(
         address = %addr,
         backend = default_backend.name(),
-        max_message_bytes = limits.max_message_bytes,
-        max_trees = limits.max_trees,
-        max_total_bytes = limits.max_total_bytes,
+        tls = config.tls.is_some(),
+        auth = config.auth_token.is_some(),
+        ?limits,
         "memcommit listening"
     );
-    tonic::transport::Server::builder()
+    builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(MessageLimit {
-            inner: memcommit,
-            max_message_bytes: limits.max_message_bytes,
+        // Auth outside the size mapping: an unauthenticated call is refused before its body
+        // is read.
+        .add_service(RequireBearer {
+            inner: MessageLimit {
+                inner: memcommit,
+                max_message_bytes: limits.max_message_bytes,
+            },
+            token: config.auth_token.clone(),
         })
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
