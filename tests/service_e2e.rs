@@ -748,7 +748,7 @@ async fn tree_count_and_memory_limits_are_resource_exhausted() {
     let each = node_bytes(&layout, 3) + layout.raw_bytes();
     let mut srv = start(Limits {
         max_trees: 3,
-        max_total_bytes: 2 * each + each / 2,
+        max_host_bytes: 2 * each + each / 2,
         ..Limits::default()
     })
     .await;
@@ -759,8 +759,8 @@ async fn tree_count_and_memory_limits_are_resource_exhausted() {
         c.create_tree(&layout, None, Backend::Cpu).await,
         Code::ResourceExhausted,
         &[
-            &format!("max_total_bytes = {}", 2 * each + each / 2),
-            &format!("needs {each} bytes"),
+            &format!("max_host_bytes = {}", 2 * each + each / 2),
+            &format!("needs {each} host bytes"),
         ],
     );
     assert_eq!(
@@ -797,7 +797,7 @@ async fn tree_count_and_memory_limits_are_resource_exhausted() {
     err(
         c.create_tree(&huge, None, Backend::Cpu).await,
         Code::ResourceExhausted,
-        &["max_total_bytes"],
+        &["max_tree_bytes"],
     );
     srv.stop().await;
 }

@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use memcommit::service::{
-    self, AuthToken, Limits, ServiceConfig, TlsIdentity, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_TREES,
+    self, AuthToken, Limits, ServiceConfig, TlsIdentity, DEFAULT_MAX_BLOCKS_PER_BATCH,
+    DEFAULT_MAX_DEVICE_BYTES, DEFAULT_MAX_HOST_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TREES,
+    DEFAULT_MAX_TREE_BYTES, DEFAULT_REQUEST_TIMEOUT,
 };
 
 /// Arguments of `memcommit serve`.
@@ -17,7 +19,7 @@ pub struct Args {
     /// Address to listen on (IP:PORT; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Largest request or response message, in bytes (default 256 MiB).
+    /// Largest request or response message, in bytes (256 MiB).
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
     max_message_bytes: u64,
@@ -25,11 +27,30 @@ pub struct Args {
     #[arg(long, default_value_t = DEFAULT_MAX_TREES as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_trees: u64,
-    /// Most bytes reserved over all trees, in bytes (default 16 GiB). Each tree reserves
-    /// its node bytes plus its raw memory bytes when created.
-    #[arg(long, default_value_t = DEFAULT_MAX_TOTAL_BYTES,
+    /// Most bytes one tree may reserve, host and device together, in bytes (16 GiB).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_TREE_BYTES,
           value_parser = clap::value_parser!(u64).range(1..))]
-    max_total_bytes: u64,
+    max_tree_bytes: u64,
+    /// Most host bytes reserved over all trees, in bytes (16 GiB). A CPU tree reserves its
+    /// node bytes plus its raw memory bytes when created. Alias: --max-total-bytes.
+    #[arg(long, value_name = "BYTES", alias = "max-total-bytes",
+          default_value_t = DEFAULT_MAX_HOST_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_host_bytes: u64,
+    /// Most device (GPU) bytes reserved over all trees, in bytes (16 GiB). CPU trees
+    /// reserve none.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_DEVICE_BYTES)]
+    max_device_bytes: u64,
+    /// Most blocks in one UpdateBlocks batch (and positions in one GetOpenings).
+    #[arg(long, value_name = "BLOCKS", default_value_t = DEFAULT_MAX_BLOCKS_PER_BATCH as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_blocks_per_batch: u64,
+    /// How long a call may wait for its tree (busy with another call) before it fails with
+    /// DEADLINE_EXCEEDED, in milliseconds; 0 waits forever. Work that has started (a build,
+    /// a batch being applied) is never cut off.
+    #[arg(long, value_name = "MS",
+          default_value_t = DEFAULT_REQUEST_TIMEOUT.as_millis() as u64)]
+    request_timeout_ms: u64,
     /// File holding the bearer token that every memcommit.v1.MemCommit call must send
     /// (`authorization: Bearer <token>`). One line; the trailing newline is trimmed; an
     /// empty token or a world-readable file is refused. Health and reflection stay open.
@@ -49,7 +70,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("--max-message-bytes does not fit this platform's usize")?,
         max_trees: usize::try_from(args.max_trees)
             .context("--max-trees does not fit this platform's usize")?,
-        max_total_bytes: args.max_total_bytes,
+        max_tree_bytes: args.max_tree_bytes,
+        max_host_bytes: args.max_host_bytes,
+        max_device_bytes: args.max_device_bytes,
+        max_blocks_per_batch: usize::try_from(args.max_blocks_per_batch)
+            .context("--max-blocks-per-batch does not fit this platform's usize")?,
+        request_timeout: (args.request_timeout_ms > 0)
+            .then(|| Duration::from_millis(args.request_timeout_ms)),
     };
     let auth_token = args
         .auth_token_file

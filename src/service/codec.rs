@@ -46,6 +46,12 @@ fn count_entries(field: &str, len: usize, what: &str) -> Result<usize> {
     Ok(len / U32_BYTES)
 }
 
+/// Entries in a packed u32 column of `column.len()` bytes (rounded down; the decode
+/// refuses a length that is not a multiple of 4). Lets a limit be checked before decoding.
+pub fn packed_entries(column: &[u8]) -> usize {
+    column.len() / U32_BYTES
+}
+
 /// Decodes packed touched blocks. `field` names the message in errors (`blocks`).
 ///
 /// Only the packing is checked here; slot, block and cell values are checked by the tree

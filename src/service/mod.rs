@@ -26,7 +26,11 @@ use tonic::codegen::http;
 use tonic::server::NamedService;
 
 pub use auth::AuthToken;
-pub use limits::{Limits, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_TREES};
+pub use limits::{
+    Limits, MemoryEstimate, DEFAULT_MAX_BLOCKS_PER_BATCH, DEFAULT_MAX_DEVICE_BYTES,
+    DEFAULT_MAX_HOST_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_TREES,
+    DEFAULT_MAX_TREE_BYTES, DEFAULT_REQUEST_TIMEOUT,
+};
 pub use tls::TlsIdentity;
 
 use crate::tree::Backend;

@@ -13,7 +13,7 @@ use crate::image::MemoryImage;
 use crate::layout::MemoryLayout;
 use crate::tree::{Backend, MemoryTree, MemoryUsage};
 
-use super::limits::Limits;
+use super::limits::{Limits, MemoryEstimate};
 
 /// Where a tree is in its life, behind the tree's mutex.
 pub(crate) enum State {
@@ -48,8 +48,8 @@ pub(crate) struct TreeHandle {
     /// The concrete backend (never `Auto`).
     pub backend: Backend,
     pub omitted_levels: u32,
-    /// Bytes reserved against `max_total_bytes`.
-    pub reserved_bytes: u64,
+    /// Bytes reserved against the memory limits.
+    pub reserved: MemoryEstimate,
     pub state: Arc<tokio::sync::Mutex<State>>,
     summary: Mutex<Summary>,
 }
@@ -75,8 +75,8 @@ struct Inner {
     trees: HashMap<String, Arc<TreeHandle>>,
     /// Trees counted against `max_trees`: live ones plus reservations in flight.
     reserved_trees: usize,
-    /// Bytes counted against `max_total_bytes`.
-    reserved_bytes: u64,
+    /// Bytes counted against `max_host_bytes` and `max_device_bytes`.
+    reserved: MemoryEstimate,
 }
 
 /// The server's trees and their reservations.
@@ -89,7 +89,7 @@ pub(crate) struct Registry {
 /// drop otherwise (e.g. when allocating the image fails).
 pub(crate) struct Reservation<'a> {
     registry: &'a Registry,
-    bytes: u64,
+    bytes: MemoryEstimate,
     armed: bool,
 }
 
@@ -112,8 +112,10 @@ impl Registry {
     /// Reserves one tree and `bytes` against the limits.
     ///
     /// # Errors
-    /// [`Error::ResourceExhausted`] naming `max_trees` or `max_total_bytes` and its value.
-    pub fn reserve(&self, bytes: u64) -> Result<Reservation<'_>> {
+    /// [`Error::ResourceExhausted`] naming `max_tree_bytes`, `max_trees`, `max_host_bytes`
+    /// or `max_device_bytes` and its value.
+    pub fn reserve(&self, bytes: MemoryEstimate) -> Result<Reservation<'_>> {
+        self.limits.check_tree(&bytes)?;
         let mut inner = lock(&self.inner);
         if inner.reserved_trees >= self.limits.max_trees {
             return Err(Error::ResourceExhausted(format!(
@@ -121,15 +123,29 @@ impl Registry {
                 self.limits.max_trees, inner.reserved_trees
             )));
         }
-        let total = inner.reserved_bytes.saturating_add(bytes);
-        if total > self.limits.max_total_bytes {
+        let host = inner.reserved.host_bytes.saturating_add(bytes.host_bytes);
+        if host > self.limits.max_host_bytes {
             return Err(Error::ResourceExhausted(format!(
-                "max_total_bytes = {}: the tree needs {bytes} bytes and {} are already reserved",
-                self.limits.max_total_bytes, inner.reserved_bytes
+                "max_host_bytes = {}: the tree needs {} host bytes and {} are already reserved",
+                self.limits.max_host_bytes, bytes.host_bytes, inner.reserved.host_bytes
+            )));
+        }
+        let device = inner
+            .reserved
+            .device_bytes
+            .saturating_add(bytes.device_bytes);
+        if device > self.limits.max_device_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "max_device_bytes = {}: the tree needs {} device bytes and {} are already \
+                 reserved",
+                self.limits.max_device_bytes, bytes.device_bytes, inner.reserved.device_bytes
             )));
         }
         inner.reserved_trees += 1;
-        inner.reserved_bytes = total;
+        inner.reserved = MemoryEstimate {
+            host_bytes: host,
+            device_bytes: device,
+        };
         Ok(Reservation {
             registry: self,
             bytes,
@@ -137,10 +153,14 @@ impl Registry {
         })
     }
 
-    fn release(&self, bytes: u64) {
+    fn release(&self, bytes: MemoryEstimate) {
         let mut inner = lock(&self.inner);
         inner.reserved_trees = inner.reserved_trees.saturating_sub(1);
-        inner.reserved_bytes = inner.reserved_bytes.saturating_sub(bytes);
+        inner.reserved.host_bytes = inner.reserved.host_bytes.saturating_sub(bytes.host_bytes);
+        inner.reserved.device_bytes = inner
+            .reserved
+            .device_bytes
+            .saturating_sub(bytes.device_bytes);
     }
 
     /// Adds a tree, turning its reservation into the tree's own.
@@ -155,7 +175,7 @@ impl Registry {
         layout: MemoryLayout,
         backend: Backend,
         omitted_levels: u32,
-        reserved_bytes: u64,
+        reserved: MemoryEstimate,
         image: MemoryImage,
     ) -> Arc<TreeHandle> {
         let usage = MemoryUsage {
@@ -167,7 +187,7 @@ impl Registry {
             layout,
             backend,
             omitted_levels,
-            reserved_bytes,
+            reserved,
             state: Arc::new(tokio::sync::Mutex::new(State::Created {
                 image: Arc::new(image),
             })),
@@ -210,8 +230,8 @@ impl Registry {
         // Freeing a large image unmaps many pages; keep it off the reactor, and release the
         // reservation only once the memory is back. A panic while dropping still releases.
         let _ = tokio::task::spawn_blocking(move || drop(old)).await;
-        self.release(tree.reserved_bytes);
-        Ok(tree.reserved_bytes)
+        self.release(tree.reserved);
+        Ok(tree.reserved.total())
     }
 
     /// Every tree, ordered by id.
@@ -221,9 +241,9 @@ impl Registry {
         v
     }
 
-    /// Bytes reserved over all trees.
+    /// Bytes reserved over all trees, host and device together.
     pub fn reserved_bytes(&self) -> u64 {
-        lock(&self.inner).reserved_bytes
+        lock(&self.inner).reserved.total()
     }
 }
 
@@ -236,31 +256,72 @@ pub(crate) fn not_found(id: &str) -> Error {
 mod tests {
     use super::*;
 
-    fn limits(max_trees: usize, max_total_bytes: u64) -> Limits {
+    fn limits(max_trees: usize, max_host_bytes: u64) -> Limits {
         Limits {
             max_trees,
-            max_total_bytes,
+            max_host_bytes,
+            max_device_bytes: 50,
+            max_tree_bytes: 120,
             ..Limits::default()
+        }
+    }
+
+    fn host(bytes: u64) -> MemoryEstimate {
+        MemoryEstimate {
+            host_bytes: bytes,
+            device_bytes: 0,
+        }
+    }
+
+    fn device(bytes: u64) -> MemoryEstimate {
+        MemoryEstimate {
+            host_bytes: 0,
+            device_bytes: bytes,
         }
     }
 
     #[test]
     fn reservations_count_and_release() {
         let r = Registry::new(limits(2, 100));
-        let a = r.reserve(60).expect("first");
-        let e = r.reserve(41).err().expect("over bytes");
+        let a = r.reserve(host(60)).expect("first");
+        let e = r.reserve(host(41)).err().expect("over bytes");
         assert_eq!(
             e.to_string(),
-            "resource exhausted: max_total_bytes = 100: the tree needs 41 bytes and 60 are \
+            "resource exhausted: max_host_bytes = 100: the tree needs 41 host bytes and 60 are \
              already reserved"
         );
-        let b = r.reserve(40).expect("second");
-        let e = r.reserve(0).err().expect("over trees");
+        let b = r.reserve(host(40)).expect("second");
+        let e = r.reserve(host(0)).err().expect("over trees");
         assert!(e.to_string().contains("max_trees = 2"), "{e}");
         drop(a);
         assert_eq!(r.reserved_bytes(), 40);
         drop(b);
         assert_eq!(r.reserved_bytes(), 0);
-        r.reserve(100).expect("all released");
+        r.reserve(host(100)).expect("all released");
+    }
+
+    #[test]
+    fn device_bytes_are_counted_apart() {
+        let r = Registry::new(limits(4, 100));
+        let a = r.reserve(device(30)).expect("device");
+        let e = r.reserve(device(21)).err().expect("over device bytes");
+        assert_eq!(
+            e.to_string(),
+            "resource exhausted: max_device_bytes = 50: the tree needs 21 device bytes and 30 \
+             are already reserved"
+        );
+        // Host bytes are a separate budget.
+        let b = r.reserve(host(100)).expect("host");
+        assert_eq!(r.reserved_bytes(), 130);
+        let e = r
+            .reserve(MemoryEstimate {
+                host_bytes: 0,
+                device_bytes: 121,
+            })
+            .err()
+            .expect("over one tree's bytes");
+        assert!(e.to_string().contains("max_tree_bytes = 120"), "{e}");
+        drop((a, b));
+        assert_eq!(r.reserved_bytes(), 0);
     }
 }

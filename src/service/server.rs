@@ -5,7 +5,7 @@
 //! calls on one tree stay serialised.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::tree::{self, Backend, MemoryTree};
 
 use super::codec;
-use super::limits::Limits;
+use super::limits::{self, timeout_text, Limits};
 use super::proto;
 use super::proto::mem_commit_server::MemCommit;
 use super::registry::{not_found, Registry, State, Summary, TreeHandle};
@@ -112,16 +112,70 @@ fn check_openings_fit(n: usize, t: &TreeHandle, limits: &Limits) -> Result<(), S
     Ok(())
 }
 
-/// Runs `f` on the tree's state in a blocking thread, holding the tree's mutex.
+/// When a call must have started its work (`Limits::request_timeout`), counted from when
+/// its handler (or, for `WriteMemory`, each chunk) began.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: Option<(tokio::time::Instant, Duration)>,
+}
+
+impl Deadline {
+    fn new(limits: &Limits) -> Self {
+        Deadline {
+            at: limits
+                .request_timeout
+                .map(|t| (tokio::time::Instant::now() + t, t)),
+        }
+    }
+
+    /// `DEADLINE_EXCEEDED` naming the limit and what the call was waiting for.
+    fn exceeded(timeout: Duration, waiting_for: &str) -> Status {
+        Status::deadline_exceeded(format!(
+            "request_timeout = {}: still waiting for {waiting_for}; nothing was changed",
+            timeout_text(timeout)
+        ))
+    }
+
+    /// Fails once the deadline has passed; called before work that changes the tree.
+    fn check(&self, waiting_for: &str) -> Result<(), Status> {
+        match self.at {
+            Some((at, t)) if tokio::time::Instant::now() >= at => {
+                Err(Self::exceeded(t, waiting_for))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Locks the tree's state, waiting no longer than the deadline.
+    async fn lock<T>(
+        &self,
+        t: &TreeHandle,
+        lock: impl std::future::Future<Output = T>,
+    ) -> Result<T, Status> {
+        match self.at {
+            None => Ok(lock.await),
+            Some((at, timeout)) => tokio::time::timeout_at(at, lock).await.map_err(|_| {
+                tracing::debug!(tree_id = %t.id, "request timed out waiting for the tree");
+                Self::exceeded(timeout, &format!("tree {}, busy with another call", t.id))
+            }),
+        }
+    }
+}
+
+/// Runs `f` on the tree's state in a blocking thread, holding the tree's mutex, once it is
+/// had before `deadline`.
 ///
 /// The state is moved out while `f` runs, so a panic inside a backend leaves `Poisoned`
-/// behind rather than a half-updated tree.
-async fn with_tree<R, F>(tree: Arc<TreeHandle>, f: F) -> Result<R, Status>
+/// behind rather than a half-updated tree. Once `f` runs it finishes, even if the client
+/// has gone.
+async fn with_tree<R, F>(tree: Arc<TreeHandle>, deadline: Deadline, f: F) -> Result<R, Status>
 where
     R: Send + 'static,
     F: FnOnce(&TreeHandle, &mut State) -> Result<R, Status> + Send + 'static,
 {
-    let guard = Arc::clone(&tree.state).lock_owned().await;
+    let guard = deadline
+        .lock(&tree, Arc::clone(&tree.state).lock_owned())
+        .await?;
     let id = tree.id.clone();
     tokio::task::spawn_blocking(move || {
         let mut guard = guard;
@@ -152,7 +206,7 @@ fn tree_info(t: &TreeHandle) -> proto::TreeInfo {
         state: state as i32,
         root: s.root.as_ref().map(codec::digest_to_proto),
         updates: s.updates,
-        reserved_bytes: t.reserved_bytes,
+        reserved_bytes: t.reserved.total(),
         host_node_bytes: s.usage.host_node_bytes,
         host_raw_bytes: s.usage.host_raw_bytes,
         device_node_bytes: s.usage.device_node_bytes,
@@ -176,7 +230,7 @@ impl MemCommit for MemCommitService {
         };
         let node_bytes = tree::node_bytes(&layout, k);
         let raw_bytes = layout.raw_bytes();
-        let reserved = node_bytes.saturating_add(raw_bytes);
+        let reserved = limits::estimate(backend, node_bytes, raw_bytes);
         let reservation = self.registry.reserve(reserved)?;
         let image_layout = layout.clone();
         let image =
@@ -237,7 +291,9 @@ impl MemCommit for MemCommitService {
                 }
             };
             let len = chunk.data.len() as u64;
-            with_tree(handle, move |t, state| match state {
+            // Per chunk, so a long upload is never cut off between chunks.
+            let deadline = Deadline::new(&self.limits);
+            with_tree(handle, deadline, move |t, state| match state {
                 State::Created { image } => std::sync::Arc::make_mut(image)
                     .write(chunk.slot, chunk.byte_offset, &chunk.data)
                     .map_err(|e| within(e, &format!("chunks[{i}]")).into()),
@@ -263,8 +319,9 @@ impl MemCommit for MemCommitService {
         &self,
         req: Request<proto::BuildTreeRequest>,
     ) -> Reply<proto::BuildTreeResponse> {
+        let deadline = Deadline::new(&self.limits);
         let tree = self.registry.get(&req.get_ref().tree_id)?;
-        let root = with_tree(tree, |t, state| {
+        let root = with_tree(tree, deadline, |t, state| {
             let image = match state {
                 State::Created { image } => Arc::clone(image),
                 State::Built(_) => {
@@ -304,18 +361,24 @@ impl MemCommit for MemCommitService {
         &self,
         req: Request<proto::UpdateBlocksRequest>,
     ) -> Reply<proto::UpdateBlocksResponse> {
+        let deadline = Deadline::new(&self.limits);
         let req = req.into_inner();
-        let tree = self.registry.get(&req.tree_id)?;
         let limits = self.limits;
         let msg = req.blocks.unwrap_or_default();
+        // From the column length, before any decoding or waiting.
+        limits.check_batch(codec::packed_entries(&msg.slots), "blocks")?;
+        let tree = self.registry.get(&req.tree_id)?;
         let return_openings = req.return_openings;
-        let resp = with_tree(tree, move |t, state| {
+        let resp = with_tree(tree, deadline, move |t, state| {
             let mt = built(t, state)?;
             let blocks = codec::decode_blocks(&msg, "blocks")?;
             drop(msg);
             if return_openings {
                 check_openings_fit(blocks.len(), t, &limits)?;
             }
+            // The last point where the call may give up: from here the batch is applied
+            // whole, however long it takes.
+            deadline.check("the batch to be decoded")?;
             let started = Instant::now();
             let old_root = mt.root();
             let new_root = mt.update(&blocks)?;
@@ -350,8 +413,9 @@ impl MemCommit for MemCommitService {
     }
 
     async fn get_root(&self, req: Request<proto::GetRootRequest>) -> Reply<proto::GetRootResponse> {
+        let deadline = Deadline::new(&self.limits);
         let tree = self.registry.get(&req.get_ref().tree_id)?;
-        let state = tree.state.lock().await;
+        let state = deadline.lock(&tree, tree.state.lock()).await?;
         let root = match &*state {
             State::Built(t) => t.root(),
             other => return Err(not_built(&tree, other)),
@@ -365,11 +429,13 @@ impl MemCommit for MemCommitService {
         &self,
         req: Request<proto::GetOpeningsRequest>,
     ) -> Reply<proto::GetOpeningsResponse> {
+        let deadline = Deadline::new(&self.limits);
         let req = req.into_inner();
-        let tree = self.registry.get(&req.tree_id)?;
         let limits = self.limits;
         let msg = req.positions.unwrap_or_default();
-        let resp = with_tree(tree, move |t, state| {
+        limits.check_batch(codec::packed_entries(&msg.slots), "positions")?;
+        let tree = self.registry.get(&req.tree_id)?;
+        let resp = with_tree(tree, deadline, move |t, state| {
             let mt = built(t, state)?;
             let positions = codec::decode_positions(&msg, "positions")?;
             check_openings_fit(positions.len(), t, &limits)?;
@@ -427,7 +493,7 @@ impl MemCommit for MemCommitService {
             trees,
             max_message_bytes: self.limits.max_message_bytes as u64,
             max_trees: self.limits.max_trees as u64,
-            max_total_bytes: self.limits.max_total_bytes,
+            max_total_bytes: self.limits.max_host_bytes,
             version: env!("CARGO_PKG_VERSION").into(),
         }))
     }

@@ -1,0 +1,412 @@
+//! Each server limit (issue 5 item 2), end to end on 127.0.0.1 with an ephemeral port: going
+//! over it gets `RESOURCE_EXHAUSTED` (the timeout: `DEADLINE_EXCEEDED`) with a message that
+//! names the limit and its value, nothing changes, and the server stays healthy.
+
+mod common;
+
+use std::time::Duration;
+
+use common::image_with;
+use memcommit::layout::MemoryLayout;
+use memcommit::service::client::Client;
+use memcommit::service::{serve, Limits, ServiceConfig, SERVICE_NAME};
+use memcommit::tree::reference::ReferenceTree;
+use memcommit::tree::{node_bytes, Backend, MemoryTree, TouchedBlock};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::{Code, Status};
+
+struct TestServer {
+    url: String,
+    client: Client,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(limits: Limits) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("local addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = ServiceConfig {
+        limits,
+        ..ServiceConfig::default()
+    };
+    let handle = tokio::spawn(serve(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let client = Client::connect(&url).await.expect("connect");
+    TestServer {
+        url,
+        client,
+        stop,
+        handle,
+    }
+}
+
+impl TestServer {
+    /// Checks that health says SERVING and MemCommit answers, then shuts down gracefully.
+    async fn healthy_then_stop(mut self) {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::HealthCheckRequest;
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: SERVICE_NAME.into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32);
+        self.client.list_trees().await.expect("list trees");
+        drop(self.client);
+        self.stop.send(()).expect("server still running");
+        self.handle.await.expect("serve task").expect("serve ok");
+    }
+}
+
+fn err<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, needles: &[&str]) -> Status {
+    let s = r.expect_err("call should fail");
+    assert_eq!(s.code(), code, "{s:?}");
+    for n in needles {
+        assert!(s.message().contains(n), "{n:?} not in {:?}", s.message());
+    }
+    s
+}
+
+fn layout(json: &str) -> MemoryLayout {
+    MemoryLayout::from_json(json).expect("layout")
+}
+
+fn small() -> MemoryLayout {
+    layout(r#"{"address_spaces": [{"cell": "u16", "num_cells": 65536}]}"#)
+}
+
+/// Blocks 0..n of slot 0 with distinct cells.
+fn batch(n: u64) -> Vec<TouchedBlock> {
+    (0..n)
+        .map(|b| TouchedBlock {
+            slot: 0,
+            block: b,
+            cells: std::array::from_fn(|i| ((b * 8 + i as u64) % 65536) as u32),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_trees() {
+    let mut srv = start(Limits {
+        max_trees: 2,
+        ..Limits::default()
+    })
+    .await;
+    let c = &mut srv.client;
+    let a = c
+        .create_tree(&small(), None, Backend::Cpu)
+        .await
+        .expect("a");
+    c.create_tree(&small(), None, Backend::Cpu)
+        .await
+        .expect("b");
+    err(
+        c.create_tree(&small(), None, Backend::Cpu).await,
+        Code::ResourceExhausted,
+        &["max_trees = 2: 2 trees already exist"],
+    );
+    c.drop_tree(&a.tree_id).await.expect("drop");
+    c.create_tree(&small(), None, Backend::Cpu)
+        .await
+        .expect("after a drop");
+    srv.healthy_then_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tree_bytes() {
+    let l = small();
+    let each = node_bytes(&l, 3) + l.raw_bytes();
+    let mut srv = start(Limits {
+        max_tree_bytes: each - 1,
+        ..Limits::default()
+    })
+    .await;
+    let c = &mut srv.client;
+    err(
+        c.create_tree(&l, None, Backend::Cpu).await,
+        Code::ResourceExhausted,
+        &[&format!(
+            "max_tree_bytes = {}: the tree needs {each} bytes ({each} host, 0 device)",
+            each - 1
+        )],
+    );
+    // The per-tree limit does not depend on what else exists; a smaller tree fits.
+    let smaller = layout(r#"{"address_spaces": [{"cell": "u16", "num_cells": 1024}]}"#);
+    c.create_tree(&smaller, None, Backend::Cpu)
+        .await
+        .expect("smaller");
+    assert_eq!(c.list_trees().await.expect("list").len(), 1);
+    srv.healthy_then_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_host_bytes() {
+    let l = small();
+    let each = node_bytes(&l, 3) + l.raw_bytes();
+    let mut srv = start(Limits {
+        max_host_bytes: 2 * each,
+        ..Limits::default()
+    })
+    .await;
+    let c = &mut srv.client;
+    let a = c.create_tree(&l, None, Backend::Cpu).await.expect("a");
+    c.create_tree(&l, None, Backend::Cpu).await.expect("b");
+    err(
+        c.create_tree(&l, None, Backend::Cpu).await,
+        Code::ResourceExhausted,
+        &[&format!(
+            "max_host_bytes = {}: the tree needs {each} host bytes and {} are already reserved",
+            2 * each,
+            2 * each
+        )],
+    );
+    let info = c.server_info().await.expect("info");
+    assert_eq!(info.total_reserved_bytes, 2 * each);
+    assert_eq!(info.max_total_bytes, 2 * each);
+    c.drop_tree(&a.tree_id).await.expect("drop");
+    c.create_tree(&l, None, Backend::Cpu)
+        .await
+        .expect("after a drop");
+    srv.healthy_then_stop().await;
+}
+
+/// CPU trees reserve no device bytes, so even a 1-byte device budget admits them. The
+/// refusal itself is covered by the registry's unit test (`device_bytes_are_counted_apart`)
+/// until a device backend reserves device bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_device_bytes_does_not_count_cpu_trees() {
+    let mut srv = start(Limits {
+        max_device_bytes: 1,
+        ..Limits::default()
+    })
+    .await;
+    let c = &mut srv.client;
+    for _ in 0..3 {
+        c.create_tree(&small(), None, Backend::Cpu)
+            .await
+            .expect("cpu tree");
+    }
+    let info = c.server_info().await.expect("info");
+    assert_eq!(info.total_device_bytes, 0);
+    srv.healthy_then_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_blocks_per_batch() {
+    let mut srv = start(Limits {
+        max_blocks_per_batch: 1000,
+        ..Limits::default()
+    })
+    .await;
+    let c = &mut srv.client;
+    let l = small();
+    let t = c.create_tree(&l, None, Backend::Cpu).await.expect("create");
+    let root = c.build_tree(&t.tree_id).await.expect("build");
+    let big = batch(1001);
+    err(
+        c.update_blocks(&t.tree_id, &big, false).await,
+        Code::ResourceExhausted,
+        &["max_blocks_per_batch = 1000: batch has 1001 blocks"],
+    );
+    assert_eq!(c.get_root(&t.tree_id).await.expect("root"), root);
+    let positions: Vec<_> = big.iter().map(|b| (b.slot, b.block)).collect();
+    err(
+        c.get_openings(&t.tree_id, &positions).await,
+        Code::ResourceExhausted,
+        &["max_blocks_per_batch = 1000: batch has 1001 positions"],
+    );
+    // At the limit it applies, and matches the reference.
+    let r = c
+        .update_blocks(&t.tree_id, &big[..1000], false)
+        .await
+        .expect("1000 blocks");
+    let mut reference = ReferenceTree::build(l.clone(), image_with(&l, &[]), 3);
+    assert_eq!(r.old_root, reference.root());
+    assert_eq!(
+        r.new_root,
+        reference.update(&big[..1000]).expect("reference")
+    );
+    srv.healthy_then_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_message_bytes() {
+    const LIMIT: usize = 16 << 10;
+    let mut srv = start(Limits {
+        max_message_bytes: LIMIT,
+        ..Limits::default()
+    })
+    .await;
+    let c = &mut srv.client;
+    let t = c
+        .create_tree(&small(), None, Backend::Cpu)
+        .await
+        .expect("create");
+    let root = c.build_tree(&t.tree_id).await.expect("build");
+    // 1000 blocks are 40 KB on the wire.
+    err(
+        c.update_blocks(&t.tree_id, &batch(1000), false).await,
+        Code::ResourceExhausted,
+        &[&format!("max_message_bytes = {LIMIT}")],
+    );
+    assert_eq!(c.get_root(&t.tree_id).await.expect("root"), root);
+    c.update_blocks(&t.tree_id, &batch(100), false)
+        .await
+        .expect("small batch");
+    srv.healthy_then_stop().await;
+}
+
+/// A call that cannot get its tree (busy building) within `request_timeout` fails with
+/// `DEADLINE_EXCEEDED` and changes nothing; the build it waited on is not cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout() {
+    let mut srv = start(Limits {
+        request_timeout: Some(Duration::from_millis(100)),
+        ..Limits::default()
+    })
+    .await;
+    // 2^22 leaves: a build of a second or more on two cores.
+    let big = layout(r#"{"address_spaces": [{"cell": "u8", "num_cells": 33554432}]}"#);
+    let c = &mut srv.client;
+    let t = c
+        .create_tree(&big, None, Backend::Cpu)
+        .await
+        .expect("create");
+    let build = {
+        let mut c = c.clone();
+        let id = t.tree_id.clone();
+        tokio::spawn(async move { c.build_tree(&id).await })
+    };
+    let blocks = batch(4)
+        .into_iter()
+        .map(|mut b| {
+            b.cells = [1; 8];
+            b
+        })
+        .collect::<Vec<_>>();
+    // Until the build holds the lock, the update finds the tree unbuilt; once it does, the
+    // update waits and times out.
+    let mut timed_out = None;
+    while !build.is_finished() {
+        match c.update_blocks(&t.tree_id, &blocks, false).await {
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(s) if s.code() == Code::DeadlineExceeded => {
+                timed_out = Some(s);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let s = timed_out.expect("an update should time out while the build runs");
+    assert!(
+        s.message()
+            .starts_with("request_timeout = 100 ms: still waiting for tree "),
+        "{s:?}"
+    );
+    let root = build.await.expect("join").expect("the build finishes");
+    // The timed-out batch was never applied.
+    assert_eq!(c.get_root(&t.tree_id).await.expect("root"), root);
+    let r = c
+        .update_blocks(&t.tree_id, &blocks, false)
+        .await
+        .expect("update after the build");
+    assert_eq!(r.old_root, root);
+    assert_ne!(r.new_root, root);
+    c.drop_tree(&t.tree_id).await.expect("drop");
+    srv.healthy_then_stop().await;
+}
+
+/// `memcommit serve` takes every limit flag (and the old `--max-total-bytes` name) and
+/// reports the limits it runs with.
+#[cfg(unix)]
+#[test]
+fn serve_cli_limit_flags() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-trees",
+            "7",
+            "--max-tree-bytes",
+            "1000001",
+            "--max-total-bytes",
+            "2000002",
+            "--max-device-bytes",
+            "3000003",
+            "--max-blocks-per-batch",
+            "4004",
+            "--max-message-bytes",
+            "5000005",
+            "--request-timeout-ms",
+            "1500",
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn memcommit serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let line = loop {
+        let line = lines
+            .next()
+            .expect("server exited early")
+            .expect("read stderr");
+        if line.contains("memcommit listening") {
+            break line;
+        }
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    for needle in [
+        "max_trees: 7",
+        "max_tree_bytes: 1000001",
+        "max_host_bytes: 2000002",
+        "max_device_bytes: 3000003",
+        "max_blocks_per_batch: 4004",
+        "max_message_bytes: 5000005",
+        "request_timeout: Some(1.5s)",
+    ] {
+        assert!(line.contains(needle), "{needle:?} not in {line:?}");
+    }
+    assert!(status.success(), "{status:?}");
+
+    let help = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--max-trees",
+        "--max-tree-bytes",
+        "--max-host-bytes",
+        "--max-device-bytes",
+        "--max-blocks-per-batch",
+        "--max-message-bytes",
+        "--request-timeout-ms",
+    ] {
+        assert!(help.contains(flag), "{flag} not in --help");
+    }
+}
