@@ -197,23 +197,6 @@ impl<D: Device> CudaTree<D> {
         let g = &self.geometry;
         let nodes = self.nodes_ptr();
         let zero = nodes.digest(g.zero(0));
-        for (s, slot) in g.slots.iter().enumerate() {
-            if let Some(slot) = slot {
-                // SAFETY: the slot's raw region holds exactly its bytes; `self.image` stays
-                // alive until `read_root` below has synchronised.
-                unsafe {
-                    self.device.copy_to_device(
-                        self.raw_ptr().offset(slot.raw_offset),
-                        self.image.slot_bytes(s as u32),
-                    )?
-                };
-            }
-        }
-        // SAFETY: the zero table holds address_height + 1 digests.
-        unsafe { self.device.zero_hashes(zero, g.address_height + 1)? };
-        for slot in g.slots.iter().flatten() {
-            self.build_slot(slot)?;
-        }
         // Every top-tree leaf: a slot's vertical path, or zero[address_height] when empty.
         let vertical: Vec<VerticalTask> = (0..1u64 << g.address_space_height)
             .map(|s| match g.slots.get(s as usize) {
@@ -235,7 +218,26 @@ impl<D: Device> CudaTree<D> {
             .collect();
         let mut staging = Staging::default();
         let tasks = staging.push(&vertical);
+        // Every host-to-device copy is queued before the first launch: a copy from pageable
+        // memory may wait for the stream, which would add a host sync after the launches.
         let scratch = Scratch::upload(&self.device, &staging)?;
+        for (s, slot) in g.slots.iter().enumerate() {
+            if let Some(slot) = slot {
+                // SAFETY: the slot's raw region holds exactly its bytes; `self.image` stays
+                // alive until `read_root` below has synchronised.
+                unsafe {
+                    self.device.copy_to_device(
+                        self.raw_ptr().offset(slot.raw_offset),
+                        self.image.slot_bytes(s as u32),
+                    )?
+                };
+            }
+        }
+        // SAFETY: the zero table holds address_height + 1 digests.
+        unsafe { self.device.zero_hashes(zero, g.address_height + 1)? };
+        for slot in g.slots.iter().flatten() {
+            self.build_slot(slot)?;
+        }
         // SAFETY: task indices come from the geometry; the staging bytes outlive the sync in
         // `read_root`.
         unsafe {
