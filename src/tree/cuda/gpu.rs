@@ -144,8 +144,8 @@ impl CudaDevice {
     /// A new stream on the shared context of device 0.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] with the [`probe`] reason when no device is usable, or when the
-    /// stream cannot be created.
+    /// [`Error::Unavailable`] with the [`super::probe_device`] reason when no device is
+    /// usable, or when the stream cannot be created.
     pub fn new() -> Result<Self> {
         let ctx = context().map_err(|why| Error::Unavailable(format!("no CUDA device: {why}")))?;
         let stream = ctx
