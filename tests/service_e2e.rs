@@ -274,12 +274,22 @@ async fn lifecycle_matches_vector_and_reference() {
     assert_eq!(info2.host_node_bytes, 0);
 
     let si = c.server_info().await.expect("info");
-    assert_eq!(si.backend, "cpu");
-    assert_eq!(si.device, "none");
-    assert_eq!(
-        (si.device_memory_free_bytes, si.device_memory_total_bytes),
-        (0, 0)
-    );
+    match memcommit::tree::cuda::probe_device() {
+        Err(_) => {
+            assert_eq!(si.backend, "cpu");
+            assert_eq!(si.device, "none");
+            assert_eq!(
+                (si.device_memory_free_bytes, si.device_memory_total_bytes),
+                (0, 0)
+            );
+        }
+        Ok(gpu) => {
+            assert_eq!(si.backend, "cuda");
+            assert_eq!(si.device, gpu.name);
+            assert_eq!(si.device_memory_total_bytes, gpu.total_bytes);
+            assert!(si.device_memory_free_bytes <= si.device_memory_total_bytes);
+        }
+    }
     assert_eq!(si.trees, trees);
     assert_eq!(
         si.total_reserved_bytes,
@@ -720,9 +730,12 @@ async fn calls_out_of_order_are_failed_precondition() {
     srv.stop().await;
 }
 
-#[cfg(not(feature = "cuda"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cuda_backend_is_unavailable_in_this_build() {
+async fn cuda_backend_is_unavailable_without_a_device() {
+    if let Ok(gpu) = memcommit::tree::cuda::probe_device() {
+        println!("skipped: a CUDA device is usable ({})", gpu.name);
+        return;
+    }
     let mut srv = start(Limits::default()).await;
     let c = &mut srv.client;
     let layout = layout_json(r#"{"address_spaces": [{"cell": "u8", "num_cells": 64}]}"#);

@@ -481,12 +481,16 @@ impl MemCommit for MemCommitService {
             .iter()
             .map(|t| t.device_node_bytes + t.device_raw_bytes)
             .sum();
+        // The GPU when the cuda backend is usable here (free memory read now), else "none".
+        let (device, free, total) = match tree::cuda::probe_device() {
+            Ok(d) => (d.name, d.free_bytes, d.total_bytes),
+            Err(_) => ("none".into(), 0, 0),
+        };
         Ok(Response::new(proto::GetServerInfoResponse {
             backend: self.default_backend.name().into(),
-            // No device backend is compiled in yet; the cuda work fills these in.
-            device: "none".into(),
-            device_memory_free_bytes: 0,
-            device_memory_total_bytes: 0,
+            device,
+            device_memory_free_bytes: free,
+            device_memory_total_bytes: total,
             total_reserved_bytes: self.registry.reserved_bytes(),
             total_host_bytes,
             total_device_bytes,

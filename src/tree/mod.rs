@@ -298,20 +298,28 @@ impl Backend {
         }
     }
 
-    /// The concrete backend `self` stands for on this machine: `auto` becomes `cpu` (with
-    /// the reason logged) until the CUDA backend exists.
+    /// The concrete backend `self` stands for on this machine: `auto` becomes `cuda` when
+    /// [`cuda::probe_device`] finds a usable GPU, else `cpu` (the reason is logged).
     ///
     /// # Errors
-    /// [`Error::Unavailable`] for `cuda` when no usable device backend is compiled in.
+    /// [`Error::Unavailable`] for `cuda` when no usable device backend is compiled in or no
+    /// device is usable, with the reason.
     pub fn resolve(self) -> Result<Backend> {
         match self {
-            Backend::Auto => {
-                tracing::info!("backend auto: using cpu (this build has no CUDA backend)");
-                Ok(Backend::Cpu)
-            }
-            Backend::Cuda => Err(Error::Unavailable(
-                "backend cuda: this build has no CUDA backend (build with --features cuda)".into(),
-            )),
+            Backend::Auto => match cuda::probe_device() {
+                Ok(info) => {
+                    tracing::info!("backend auto: using cuda ({})", info.name);
+                    Ok(Backend::Cuda)
+                }
+                Err(why) => {
+                    tracing::info!("backend auto: using cpu ({why})");
+                    Ok(Backend::Cpu)
+                }
+            },
+            Backend::Cuda => match cuda::probe_device() {
+                Ok(_) => Ok(Backend::Cuda),
+                Err(why) => Err(Error::Unavailable(format!("backend cuda: {why}"))),
+            },
             b => Ok(b),
         }
     }
@@ -366,6 +374,13 @@ pub fn build(
             image,
             omitted_levels,
         )),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => Box::new(cuda::CudaTree::build(
+            cuda::CudaDevice::new()?,
+            layout,
+            image,
+            omitted_levels,
+        )?),
         b => return Err(Error::Unavailable(format!("backend {}", b.name()))),
     })
 }

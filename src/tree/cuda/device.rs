@@ -1,7 +1,7 @@
 //! The `Device` trait: what [`super::CudaTree`] needs from a device — byte buffers, copies,
 //! one method per kernel launch (the shapes of `cuda/include/memcommit/launchers.h`) and a
 //! stream synchronisation. [`super::EmulatedDevice`] implements it on host memory through
-//! the kernel emulator; the cudarc device (feature `cuda`) will implement it on a GPU.
+//! the kernel emulator; `CudaDevice` (feature `cuda`) implements it on a GPU through cudarc.
 //!
 //! Work is ordered as on one CUDA stream: copies to the device and launches may run after
 //! the call returns, in call order; [`Device::copy_to_host`] and [`Device::synchronize`]

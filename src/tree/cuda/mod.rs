@@ -3,14 +3,26 @@
 //! The kernels live in `cuda/` (headers in `cuda/include/memcommit/`, bodies and launchers in
 //! `cuda/src/`). The same headers and kernel bodies are always compiled for the host, and
 //! [`EmulatedDevice`] runs every launch there one thread index at a time, so the device's
-//! arithmetic and index logic are tested on any machine (`tests/cuda_emulated.rs`). The
-//! cudarc device (feature `cuda`) comes in a later increment; the emulated tree is a test
-//! vehicle and not a user-facing backend.
+//! arithmetic and index logic are tested on any machine (`tests/cuda_emulated.rs`). With
+//! feature `cuda`, [`CudaDevice`] runs the same tree on a GPU through cudarc and the nvcc-built
+//! launchers (`tests/cuda_device.rs`); the emulated tree is a test vehicle and not a
+//! user-facing backend.
 
 mod device;
 mod emulated;
 mod ffi;
+#[cfg(feature = "cuda")]
+mod gpu;
 pub mod index;
+#[cfg(feature = "cuda")]
+#[allow(
+    dead_code,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    clippy::all
+)]
+mod launchers_bindings;
 mod plan;
 pub mod probe;
 mod tree;
@@ -18,7 +30,42 @@ mod words;
 
 pub use device::{Device, DevicePtr};
 pub use emulated::EmulatedDevice;
+#[cfg(feature = "cuda")]
+pub use gpu::CudaDevice;
 pub use tree::CudaTree;
+
+/// A usable GPU as [`probe_device`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The driver's device name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// CUDA device ordinal (always 0: `CUDA_VISIBLE_DEVICES` picks the GPU).
+    pub ordinal: usize,
+    /// Compute capability `(major, minor)`.
+    pub compute_capability: (u32, u32),
+    /// Free device memory in bytes at the time of the probe (`cuMemGetInfo`).
+    pub free_bytes: u64,
+    /// Total device memory in bytes.
+    pub total_bytes: u64,
+}
+
+/// Probes for a usable CUDA device: the driver library (`libcuda.so`, loaded at run time),
+/// then the device count, then device 0's compute capability (8.0 or newer). The context is
+/// opened once and kept; the memory figures are read on every call. Never panics.
+///
+/// # Errors
+/// Why no device is usable, e.g. `libcuda.so not found: no NVIDIA driver is installed`, or
+/// `this build has no CUDA backend (build with --features cuda)`.
+pub fn probe_device() -> Result<DeviceInfo, String> {
+    #[cfg(feature = "cuda")]
+    {
+        gpu::probe()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err("this build has no CUDA backend (build with --features cuda)".into())
+    }
+}
 
 use crate::layout::CellType;
 

@@ -66,7 +66,7 @@ impl<D: Device> Drop for Scratch<'_, D> {
 /// is the host's `Arc<MemoryImage>`, mirrored in one device buffer.
 ///
 /// Ownership: the tree keeps raw memory (and every host buffer it copies from) alive until
-/// its stream has synchronised, which every call does before returning.
+/// its stream has synchronised, which every call does before returning, on errors too.
 ///
 /// A failed batch leaves the tree unchanged when validation or a staging allocation fails;
 /// a device failure after the first launch marks the tree lost, and every later update or
@@ -195,25 +195,6 @@ impl<D: Device> CudaTree<D> {
 
     fn build_on_device(&self) -> Result<Digest> {
         let g = &self.geometry;
-        let nodes = self.nodes_ptr();
-        let zero = nodes.digest(g.zero(0));
-        for (s, slot) in g.slots.iter().enumerate() {
-            if let Some(slot) = slot {
-                // SAFETY: the slot's raw region holds exactly its bytes; `self.image` stays
-                // alive until `read_root` below has synchronised.
-                unsafe {
-                    self.device.copy_to_device(
-                        self.raw_ptr().offset(slot.raw_offset),
-                        self.image.slot_bytes(s as u32),
-                    )?
-                };
-            }
-        }
-        // SAFETY: the zero table holds address_height + 1 digests.
-        unsafe { self.device.zero_hashes(zero, g.address_height + 1)? };
-        for slot in g.slots.iter().flatten() {
-            self.build_slot(slot)?;
-        }
         // Every top-tree leaf: a slot's vertical path, or zero[address_height] when empty.
         let vertical: Vec<VerticalTask> = (0..1u64 << g.address_space_height)
             .map(|s| match g.slots.get(s as usize) {
@@ -235,9 +216,38 @@ impl<D: Device> CudaTree<D> {
             .collect();
         let mut staging = Staging::default();
         let tasks = staging.push(&vertical);
+        // Every host-to-device copy is queued before the first launch: a copy from pageable
+        // memory may wait for the stream, which would add a host sync after the launches.
         let scratch = Scratch::upload(&self.device, &staging)?;
+        let queued = self.settle(self.build_launches(&scratch, tasks));
+        drop(staging);
+        queued
+    }
+
+    /// The raw-memory uploads and every build launch, ending with the root's read-back.
+    fn build_launches(&self, scratch: &Scratch<'_, D>, tasks: Section) -> Result<Digest> {
+        let g = &self.geometry;
+        let nodes = self.nodes_ptr();
+        let zero = nodes.digest(g.zero(0));
+        for (s, slot) in g.slots.iter().enumerate() {
+            if let Some(slot) = slot {
+                // SAFETY: the slot's raw region holds exactly its bytes; `self.image` stays
+                // alive until `read_root` below (or `settle`) has synchronised.
+                unsafe {
+                    self.device.copy_to_device(
+                        self.raw_ptr().offset(slot.raw_offset),
+                        self.image.slot_bytes(s as u32),
+                    )?
+                };
+            }
+        }
+        // SAFETY: the zero table holds address_height + 1 digests.
+        unsafe { self.device.zero_hashes(zero, g.address_height + 1)? };
+        for slot in g.slots.iter().flatten() {
+            self.build_slot(slot)?;
+        }
         // SAFETY: task indices come from the geometry; the staging bytes outlive the sync in
-        // `read_root`.
+        // `read_root` (or in `settle`, on an error).
         unsafe {
             self.device
                 .vertical(nodes, zero, scratch.at(tasks), tasks.count)?;
@@ -265,7 +275,7 @@ impl<D: Device> CudaTree<D> {
         let zero = nodes.digest(self.geometry.zero(0));
         // SAFETY: every task's indices and offsets come from the geometry of these buffers;
         // the plan's lists are distinct per level; `staging` outlives the sync in
-        // `read_root`.
+        // `read_root` (or in `settle`, on an error).
         let launched = unsafe {
             self.device
                 .scatter(raw, scratch.at(writes), writes.count)
@@ -288,7 +298,19 @@ impl<D: Device> CudaTree<D> {
                     })
                 })
         };
-        launched.and_then(|()| self.read_root())
+        let root = self.settle(launched.and_then(|()| self.read_root()));
+        // Only now, after the sync, may the host copy of the lists go.
+        drop(staging);
+        root
+    }
+
+    /// Passes `result` on; on an error, first waits for the stream (ignoring a second
+    /// failure), so queued copies are done before their host buffers are dropped.
+    fn settle<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            let _ = self.device.synchronize();
+        }
+        result
     }
 
     fn opening_tasks(&self, positions: &[(u32, u64)]) -> Vec<OpenTask> {
@@ -370,22 +392,27 @@ impl<D: Device> MemoryTree for CudaTree<D> {
             let out = Scratch::new(&self.device, (words.len() * 4) as u64)?;
             let nodes = self.nodes_ptr();
             // SAFETY: `out` holds count · opening_len digests; task fields come from the
-            // geometry; `staging` outlives the sync in `copy_to_host`.
-            unsafe {
-                self.device.openings(
-                    self.raw_ptr(),
-                    nodes,
-                    nodes.digest(self.geometry.zero(0)),
-                    scratch.at(section),
-                    section.count,
-                    self.geometry.top_offset,
-                    self.geometry.address_height,
-                    self.geometry.address_space_height,
-                    out.buffer.ptr,
-                )?;
+            // geometry; `staging` outlives the sync in `copy_to_host` (or in `settle`).
+            let read = unsafe {
                 self.device
-                    .copy_to_host(as_bytes_mut(&mut words), out.buffer.ptr)?;
-            }
+                    .openings(
+                        self.raw_ptr(),
+                        nodes,
+                        nodes.digest(self.geometry.zero(0)),
+                        scratch.at(section),
+                        section.count,
+                        self.geometry.top_offset,
+                        self.geometry.address_height,
+                        self.geometry.address_space_height,
+                        out.buffer.ptr,
+                    )
+                    .and_then(|()| {
+                        self.device
+                            .copy_to_host(as_bytes_mut(&mut words), out.buffer.ptr)
+                    })
+            };
+            self.settle(read)?;
+            drop(staging);
         }
         Ok(positions
             .iter()

@@ -1,0 +1,381 @@
+//! Layer 5: `CudaTree<CudaDevice>` on a real GPU (feature `cuda`), against the vectors, the
+//! reference tree (the same random cases as the CPU and emulated property tests) and, on a
+//! 2^26-leaf layout, the CPU tree. Without a usable device each device test prints
+//! `skipped: no CUDA device (<reason>)` and returns; without feature `cuda` the file holds a
+//! single test that says so.
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_device_tests_need_feature_cuda() {
+    println!(
+        "skipped: no CUDA device (this build has no CUDA backend (build with --features cuda))"
+    );
+}
+
+#[cfg(feature = "cuda")]
+mod common;
+
+#[cfg(feature = "cuda")]
+mod device {
+    use std::sync::Arc;
+
+    use super::common::random::{batch_from, corrupt, layout};
+    use super::common::{digest, four_spaces, image_with, vectors};
+    use memcommit::hash::{zero_hashes, Digest};
+    use memcommit::image::MemoryImage;
+    use memcommit::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout};
+    use memcommit::tree::cpu::CpuTree;
+    use memcommit::tree::cuda::{probe, probe_device, CudaDevice, CudaTree, Device};
+    use memcommit::tree::reference::ReferenceTree;
+    use memcommit::tree::{self, verify_opening, Backend, MemoryTree, TouchedBlock};
+    use memcommit::Error;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    /// A fresh device (its own stream), or `None` after printing why the test is skipped.
+    fn device() -> Option<CudaDevice> {
+        match probe_device() {
+            Ok(_) => Some(CudaDevice::new().expect("a device after a successful probe")),
+            Err(why) => {
+                println!("skipped: no CUDA device ({why})");
+                None
+            }
+        }
+    }
+
+    fn on_gpu(layout: &MemoryLayout, image: Arc<MemoryImage>, k: u32) -> CudaTree<CudaDevice> {
+        let device = CudaDevice::new().expect("device");
+        CudaTree::build(device, layout.clone(), image, k).expect("device build")
+    }
+
+    /// Device node bytes: the DESIGN formula plus the zero table (address_height + 1 digests).
+    fn expected_device_node_bytes(layout: &MemoryLayout, k: u32) -> u64 {
+        tree::node_bytes(layout, k) + 32 * (u64::from(layout.address_height()) + 1)
+    }
+
+    fn check_openings(
+        layout: &MemoryLayout,
+        a: &dyn MemoryTree,
+        b: &dyn MemoryTree,
+        positions: &[(u32, u64)],
+    ) {
+        let x = a.openings(positions).expect("device openings");
+        let y = b.openings(positions).expect("check openings");
+        assert_eq!(x, y);
+        for o in &x {
+            verify_opening(&a.root(), layout, o).expect("opening verifies");
+        }
+    }
+
+    #[test]
+    fn probe_and_backend_selection_agree() {
+        let Some(device) = device() else {
+            return;
+        };
+        let info = probe_device().expect("probed");
+        assert!(
+            info.total_bytes > 0 && info.free_bytes <= info.total_bytes,
+            "{info:?}"
+        );
+        assert!(info.compute_capability.0 >= 8, "{info:?}");
+        assert!(device.describe().contains(&info.name));
+        let (free, total) = device.memory_info().expect("mem_get_info");
+        assert_eq!(total, info.total_bytes);
+        assert!(free <= total);
+        assert_eq!(Backend::Auto.resolve().expect("auto"), Backend::Cuda);
+        assert_eq!(Backend::Cuda.resolve().expect("cuda"), Backend::Cuda);
+        let (layout, leaves, root) = four_spaces();
+        let t = tree::build(
+            Backend::Cuda,
+            layout.clone(),
+            image_with(&layout, &leaves),
+            3,
+        )
+        .expect("tree::build on cuda");
+        assert_eq!((t.backend(), t.root()), (Backend::Cuda, root));
+    }
+
+    #[test]
+    fn zero_hash_vectors_through_the_zero_hash_kernel() {
+        let Some(device) = device() else {
+            return;
+        };
+        let v = vectors();
+        let count = 29u32;
+        let buf = device.alloc(32 * u64::from(count)).expect("alloc");
+        let mut bytes = vec![0u8; 32 * count as usize];
+        // SAFETY: `buf` holds `count` digests and is freed once, after the copy back (which
+        // synchronises).
+        unsafe {
+            device.zero_hashes(buf, count).expect("launch");
+            device.copy_to_host(&mut bytes, buf).expect("copy");
+            device.free(buf);
+        }
+        let got: Vec<Digest> = bytes
+            .chunks_exact(32)
+            .map(|d| {
+                probe::digest_from_montgomery(core::array::from_fn(|i| {
+                    u32::from_le_bytes(d[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+                }))
+            })
+            .collect();
+        for (h, z) in v["zero_hashes_0_to_8"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(got[h], digest(z), "zero[{h}]");
+        }
+        assert_eq!(got[28], digest(&v["zero_hash_28"]));
+        assert_eq!(&got[..], &zero_hashes()[..count as usize]);
+        assert_eq!(device.allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn four_spaces_vector_at_every_k() {
+        if device().is_none() {
+            return;
+        }
+        let (layout, leaves, root) = four_spaces();
+        for k in 0..=11 {
+            let t = on_gpu(&layout, image_with(&layout, &leaves), k);
+            assert_eq!(t.root(), root, "k = {k}");
+            let usage = t.memory_usage();
+            assert_eq!(
+                usage.device_node_bytes,
+                expected_device_node_bytes(&layout, k),
+                "k = {k}"
+            );
+            assert_eq!(usage.device_raw_bytes, layout.raw_bytes());
+            assert_eq!(usage.host_raw_bytes, layout.raw_bytes());
+            assert_eq!(
+                t.device().allocated_bytes(),
+                usage.device_node_bytes + usage.device_raw_bytes.max(16),
+                "only the node and raw buffers outlive a call"
+            );
+        }
+    }
+
+    #[test]
+    fn single_u8_space_vector() {
+        if device().is_none() {
+            return;
+        }
+        let v = &vectors()["single_u8_space_1024_leaves"];
+        let layout = super::common::layout(&v["layout"]);
+        let bytes: Vec<u8> = (0..8192u32).map(|k| (k % 256) as u8).collect();
+        let mut image = MemoryImage::zeroed(&layout).expect("image");
+        image.write(0, 0, &bytes).expect("write");
+        for k in [0, 3, 10] {
+            let t = on_gpu(&layout, Arc::new(image.clone()), k);
+            assert_eq!(t.root(), digest(&v["root"]), "k = {k}");
+        }
+    }
+
+    #[test]
+    fn updates_reach_the_four_spaces_root_from_zero() {
+        if device().is_none() {
+            return;
+        }
+        let (layout, leaves, root) = four_spaces();
+        for k in [0, 3, 7] {
+            let image = Arc::new(MemoryImage::zeroed(&layout).expect("image"));
+            let mut t = on_gpu(&layout, image, k);
+            assert_eq!(t.update(&[]).expect("empty batch"), t.root());
+            assert_eq!(t.update(&leaves).expect("update"), root, "k = {k}");
+            assert_eq!(t.image().block_cells(1, 1023), [9; 8]);
+            for o in &t.openings(&[(3, 7), (1, 1023)]).expect("openings") {
+                verify_opening(&root, &layout, o).expect("verifies");
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_memory_is_resource_exhausted() {
+        let Some(device) = device() else {
+            return;
+        };
+        // 1 PiB: more than any GPU has.
+        let err = device.alloc(1 << 50).expect_err("1 PiB");
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+        // The device still works afterwards.
+        let buf = device.alloc(64).expect("small alloc");
+        // SAFETY: allocated above, freed once.
+        unsafe { device.free(buf) };
+        device.synchronize().expect("sync");
+    }
+
+    #[test]
+    fn device_tree_equals_reference_on_random_cases() {
+        if device().is_none() {
+            return;
+        }
+        let strategy = (
+            layout(),
+            0u32..=6,
+            prop::collection::vec(any::<u64>(), 0..40),
+            prop::collection::vec(
+                (
+                    prop::collection::vec(any::<u64>(), 0..40),
+                    any::<bool>(),
+                    any::<u8>(),
+                ),
+                1..5,
+            ),
+        );
+        let mut runner = TestRunner::new(Config {
+            cases: 128,
+            ..Config::default()
+        });
+        let result = runner.run(&strategy, |(layout, k, image_seeds, batches)| {
+            let image = image_with(&layout, &batch_from(&layout, &image_seeds));
+            let mut dev = on_gpu(&layout, image.clone(), k);
+            let mut reference = ReferenceTree::build(layout.clone(), image, k);
+            prop_assert_eq!(dev.root(), reference.root());
+            prop_assert_eq!(
+                dev.memory_usage().device_node_bytes,
+                expected_device_node_bytes(&layout, k)
+            );
+            for (seeds, invalid, how) in batches {
+                let mut batch: Vec<TouchedBlock> = batch_from(&layout, &seeds);
+                if invalid && !batch.is_empty() {
+                    corrupt(&layout, &mut batch, how);
+                    let before = dev.root();
+                    let image_before = dev.image().clone();
+                    let err = dev.update(&batch).expect_err("invalid batch rejected");
+                    prop_assert!(matches!(err, Error::InvalidArgument { .. }), "{}", err);
+                    prop_assert!(reference.update(&batch).is_err());
+                    prop_assert_eq!(dev.root(), before);
+                    prop_assert_eq!(dev.image(), &image_before);
+                    continue;
+                }
+                let new_root = dev.update(&batch).expect("valid batch");
+                prop_assert_eq!(new_root, reference.update(&batch).expect("valid batch"));
+                prop_assert_eq!(dev.root(), reference.root());
+                prop_assert_eq!(dev.image(), reference.image());
+                let mut positions: Vec<_> = batch.iter().map(|b| (b.slot, b.block)).collect();
+                let rotated: Vec<u64> = seeds.iter().map(|s| s.rotate_left(7)).collect();
+                positions.extend(
+                    batch_from(&layout, &rotated)
+                        .iter()
+                        .take(3)
+                        .map(|b| (b.slot, b.block)),
+                );
+                check_openings(&layout, &dev, &reference, &positions);
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
+
+    /// xorshift64: a cheap deterministic stream for the large image and batches.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn layout_with_2_pow_26_leaves_equals_the_cpu_tree() {
+        if device().is_none() {
+            return;
+        }
+        // Slot 0: 2^26 blocks of u8 cells (512 MiB); slot 1: a small u16 slot with a vertical
+        // path; slot 2 empty.
+        let layout = MemoryLayout::new(LayoutSpec {
+            address_spaces: vec![
+                AddressSpace {
+                    cell: CellType::U8,
+                    num_cells: 1 << 29,
+                },
+                AddressSpace {
+                    cell: CellType::U16,
+                    num_cells: 1 << 13,
+                },
+                AddressSpace {
+                    cell: CellType::U8,
+                    num_cells: 0,
+                },
+            ],
+            address_space_height: None,
+            address_height: None,
+        })
+        .expect("layout");
+        assert_eq!(layout.address_height(), 26);
+        let mut image = MemoryImage::zeroed(&layout).expect("image");
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut chunk = vec![0u8; 1 << 20];
+        for at in (0..1usize << 29).step_by(chunk.len()) {
+            for w in chunk.chunks_exact_mut(8) {
+                w.copy_from_slice(&next(&mut state).to_le_bytes());
+            }
+            image.write(0, at as u64, &chunk).expect("write slot 0");
+        }
+        let image = Arc::new(image);
+        let k = 3;
+        let mut dev = on_gpu(&layout, image.clone(), k);
+        let mut cpu = CpuTree::build(layout.clone(), image, k).expect("cpu build");
+        assert_eq!(dev.root(), cpu.root(), "build");
+
+        let blocks = 1u64 << 26;
+        let cells = |state: &mut u64, cell: CellType| -> [u32; 8] {
+            core::array::from_fn(|_| (next(state) % (u64::from(cell.max_value()) + 1)) as u32)
+        };
+        // Scattered blocks; a dense run crossing many level-k nodes; the edges of each slot.
+        let mut batches: Vec<Vec<TouchedBlock>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        batches.push(
+            (0..4096)
+                .filter_map(|_| {
+                    let block = next(&mut state) % blocks;
+                    seen.insert(block).then(|| TouchedBlock {
+                        slot: 0,
+                        block,
+                        cells: cells(&mut state, CellType::U8),
+                    })
+                })
+                .collect(),
+        );
+        let start = next(&mut state) % (blocks - (1 << 16));
+        batches.push(
+            (start..start + (1 << 16))
+                .map(|block| TouchedBlock {
+                    slot: 0,
+                    block,
+                    cells: cells(&mut state, CellType::U8),
+                })
+                .collect(),
+        );
+        batches.push(vec![
+            TouchedBlock {
+                slot: 0,
+                block: 0,
+                cells: [255; 8],
+            },
+            TouchedBlock {
+                slot: 0,
+                block: blocks - 1,
+                cells: [1; 8],
+            },
+            TouchedBlock {
+                slot: 1,
+                block: 1023,
+                cells: [65535; 8],
+            },
+        ]);
+        for (i, batch) in batches.iter().enumerate() {
+            let root = dev.update(batch).expect("device update");
+            assert_eq!(root, cpu.update(batch).expect("cpu update"), "batch {i}");
+            let mut positions: Vec<(u32, u64)> =
+                batch.iter().take(8).map(|b| (b.slot, b.block)).collect();
+            positions.extend((0..8).map(|_| (0, next(&mut state) % blocks)));
+            positions.push((1, 0));
+            check_openings(&layout, &dev, &cpu, &positions);
+        }
+        assert_eq!(dev.image(), cpu.image());
+    }
+}
