@@ -7,26 +7,11 @@ mod common;
 use std::sync::Arc;
 
 use common::random::{batch_from, corrupt, layout};
-use common::{four_spaces, image_with};
+use common::{check_openings, four_spaces, image_with};
 use memcommit::image::MemoryImage;
-use memcommit::layout::MemoryLayout;
-use memcommit::tree::{self, verify_opening, Backend, MemoryTree, TouchedBlock};
+use memcommit::tree::{self, verify_opening, Backend, TouchedBlock};
 use memcommit::Error;
 use proptest::prelude::*;
-
-fn check_openings(
-    layout: &MemoryLayout,
-    cpu: &dyn MemoryTree,
-    reference: &dyn MemoryTree,
-    positions: &[(u32, u64)],
-) {
-    let a = cpu.openings(positions).expect("cpu openings");
-    let b = reference.openings(positions).expect("reference openings");
-    assert_eq!(a, b);
-    for o in &a {
-        verify_opening(&cpu.root(), layout, o).expect("opening verifies");
-    }
-}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]

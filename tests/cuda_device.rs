@@ -20,7 +20,7 @@ mod device {
     use std::sync::Arc;
 
     use super::common::random::{batch_from, corrupt, layout};
-    use super::common::{digest, four_spaces, image_with, vectors};
+    use super::common::{check_openings, digest, four_spaces, image_with, vectors};
     use memcommit::hash::{zero_hashes, Digest};
     use memcommit::image::MemoryImage;
     use memcommit::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout};
@@ -51,20 +51,6 @@ mod device {
     /// Device node bytes: the DESIGN formula plus the zero table (address_height + 1 digests).
     fn expected_device_node_bytes(layout: &MemoryLayout, k: u32) -> u64 {
         tree::node_bytes(layout, k) + 32 * (u64::from(layout.address_height()) + 1)
-    }
-
-    fn check_openings(
-        layout: &MemoryLayout,
-        a: &dyn MemoryTree,
-        b: &dyn MemoryTree,
-        positions: &[(u32, u64)],
-    ) {
-        let x = a.openings(positions).expect("device openings");
-        let y = b.openings(positions).expect("check openings");
-        assert_eq!(x, y);
-        for o in &x {
-            verify_opening(&a.root(), layout, o).expect("opening verifies");
-        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::random::{batch_from, corrupt, layout};
-use common::{digest, four_spaces, image_with, u32s, vectors};
+use common::{check_openings, digest, four_spaces, image_with, u32s, vectors};
 use memcommit::hash::{permute, zero_hashes, Digest, F, P};
 use memcommit::image::MemoryImage;
 use memcommit::layout::{CellType, MemoryLayout};
@@ -302,20 +302,6 @@ fn build_rejects_a_bad_k_or_image() {
     let other = common::layout(&vectors()["single_u8_space_1024_leaves"]["layout"]);
     let image = Arc::new(MemoryImage::zeroed(&other).expect("image"));
     assert!(CudaTree::build(EmulatedDevice::new(), layout, image, 3).is_err());
-}
-
-fn check_openings(
-    layout: &MemoryLayout,
-    a: &dyn MemoryTree,
-    b: &dyn MemoryTree,
-    positions: &[(u32, u64)],
-) {
-    let x = a.openings(positions).expect("emulated openings");
-    let y = b.openings(positions).expect("reference openings");
-    assert_eq!(x, y);
-    for o in &x {
-        verify_opening(&a.root(), layout, o).expect("opening verifies");
-    }
 }
 
 proptest! {

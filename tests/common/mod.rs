@@ -58,3 +58,23 @@ pub fn image_with(layout: &MemoryLayout, blocks: &[TouchedBlock]) -> Arc<MemoryI
     }
     Arc::new(image)
 }
+
+/// Asserts that `tree` and `check` give equal openings at `positions`, and that each
+/// verifies against `tree`'s root.
+pub fn check_openings(
+    layout: &MemoryLayout,
+    tree: &dyn memcommit::tree::MemoryTree,
+    check: &dyn memcommit::tree::MemoryTree,
+    positions: &[(u32, u64)],
+) {
+    let a = tree
+        .openings(positions)
+        .expect("openings of the tree under test");
+    let b = check
+        .openings(positions)
+        .expect("openings of the checking tree");
+    assert_eq!(a, b);
+    for o in &a {
+        memcommit::tree::verify_opening(&tree.root(), layout, o).expect("opening verifies");
+    }
+}
