@@ -8,49 +8,38 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use common::server::{spawn, LoopbackServer};
 use common::{four_spaces, image_with};
 use memcommit::hash::{Digest, P};
 use memcommit::layout::{CellType, MemoryLayout};
 use memcommit::service::client::Client;
-use memcommit::service::{codec, proto, serve, Limits, ServiceConfig, SERVICE_NAME};
+use memcommit::service::{codec, proto, Limits, ServiceConfig, SERVICE_NAME};
 use memcommit::tree::reference::ReferenceTree;
 use memcommit::tree::{node_bytes, verify_opening, Backend, MemoryTree, TouchedBlock};
 use prost::bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 
 /// A server on an ephemeral port plus a connected client.
 struct TestServer {
     url: String,
     client: Client,
-    stop: oneshot::Sender<()>,
-    handle: JoinHandle<anyhow::Result<()>>,
+    server: LoopbackServer,
 }
 
 async fn start(limits: Limits) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("local addr"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(serve(
-        ServiceConfig {
-            limits,
-            ..ServiceConfig::default()
-        },
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = spawn(ServiceConfig {
+        limits,
+        ..ServiceConfig::default()
+    })
+    .await;
+    let url = server.url();
     let client = Client::connect(&url).await.expect("connect");
     TestServer {
         url,
         client,
-        stop,
-        handle,
+        server,
     }
 }
 
@@ -58,8 +47,7 @@ impl TestServer {
     /// Shuts down gracefully and checks that `serve` returned `Ok`.
     async fn stop(self) {
         drop(self.client);
-        self.stop.send(()).expect("server still running");
-        self.handle.await.expect("serve task").expect("serve ok");
+        self.server.stop().await;
     }
 }
 

@@ -4,43 +4,36 @@
 
 mod common;
 
+use common::server::{spawn, LoopbackServer};
+
 use std::time::Duration;
 
 use common::image_with;
 use memcommit::layout::MemoryLayout;
 use memcommit::service::client::Client;
-use memcommit::service::{serve, Limits, ServiceConfig, SERVICE_NAME};
+use memcommit::service::{Limits, ServiceConfig, SERVICE_NAME};
 use memcommit::tree::reference::ReferenceTree;
 use memcommit::tree::{node_bytes, Backend, MemoryTree, TouchedBlock};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 
 struct TestServer {
     url: String,
     client: Client,
-    stop: oneshot::Sender<()>,
-    handle: JoinHandle<anyhow::Result<()>>,
+    server: LoopbackServer,
 }
 
 async fn start(limits: Limits) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("local addr"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let config = ServiceConfig {
+    let server = spawn(ServiceConfig {
         limits,
         ..ServiceConfig::default()
-    };
-    let handle = tokio::spawn(serve(config, listener, async {
-        let _ = stopped.await;
-    }));
+    })
+    .await;
+    let url = server.url();
     let client = Client::connect(&url).await.expect("connect");
     TestServer {
         url,
         client,
-        stop,
-        handle,
+        server,
     }
 }
 
@@ -66,8 +59,7 @@ impl TestServer {
         assert_eq!(status, ServingStatus::Serving as i32);
         self.client.list_trees().await.expect("list trees");
         drop(self.client);
-        self.stop.send(()).expect("server still running");
-        self.handle.await.expect("serve task").expect("serve ok");
+        self.server.stop().await;
     }
 }
 

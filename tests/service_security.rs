@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::server::{spawn, LoopbackServer};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,39 +13,18 @@ use common::image_with;
 use memcommit::hash::Digest;
 use memcommit::layout::MemoryLayout;
 use memcommit::service::client::{Client, ConnectOptions};
-use memcommit::service::{serve, AuthToken, ServiceConfig, TlsIdentity, SERVICE_NAME};
+use memcommit::service::{AuthToken, ServiceConfig, TlsIdentity, SERVICE_NAME};
 use memcommit::trace::{TraceEvent, TraceHeader, TraceWriter};
 use memcommit::tree::reference::ReferenceTree;
 use memcommit::tree::{verify_opening, Backend, MemoryTree, TouchedBlock};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::Code;
 
 const TOKEN: &str = "memcommit-test-token-0123456789";
 
-struct Server {
-    /// `127.0.0.1:PORT`.
-    addr: String,
-    stop: oneshot::Sender<()>,
-    handle: JoinHandle<anyhow::Result<()>>,
-}
+type Server = LoopbackServer;
 
 async fn start(config: ServiceConfig) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(serve(config, listener, async {
-        let _ = stopped.await;
-    }));
-    Server { addr, stop, handle }
-}
-
-impl Server {
-    async fn stop(self) {
-        self.stop.send(()).expect("server still running");
-        self.handle.await.expect("serve task").expect("serve ok");
-    }
+    spawn(config).await
 }
 
 /// A CA and a server certificate it signed, all PEM.

@@ -3,6 +3,8 @@
 
 pub mod random;
 
+pub mod server;
+
 use std::sync::Arc;
 
 use memcommit::hash::Digest;

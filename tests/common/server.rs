@@ -1,0 +1,38 @@
+//! A memcommit server on 127.0.0.1 with an ephemeral port, stopped gracefully by the test.
+
+use memcommit::service::{serve, ServiceConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server task and the means to stop it.
+pub struct LoopbackServer {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Binds 127.0.0.1:0 and serves `config` there until [`LoopbackServer::stop`].
+pub async fn spawn(config: ServiceConfig) -> LoopbackServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(serve(config, listener, async {
+        let _ = stopped.await;
+    }));
+    LoopbackServer { addr, stop, handle }
+}
+
+impl LoopbackServer {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts down gracefully and checks that `serve` returned `Ok`.
+    pub async fn stop(self) {
+        self.stop.send(()).expect("server still running");
+        self.handle.await.expect("serve task").expect("serve ok");
+    }
+}
