@@ -62,3 +62,62 @@ fn replay_auto_reports_the_chosen_k_and_all_roots_match() {
         "{stderr}"
     );
 }
+
+#[test]
+fn replay_of_a_trace_whose_header_says_auto() {
+    use memcommit::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout};
+    use memcommit::trace::{TraceEvent, TraceHeader, TraceWriter};
+    use memcommit::tree::OmittedLevels;
+
+    // One u8 slot of 2^10 blocks: raw 8192 bytes, nodes 2^(11−k)·32 bytes with the top root.
+    let layout = MemoryLayout::new(LayoutSpec {
+        address_spaces: vec![AddressSpace {
+            cell: CellType::U8,
+            num_cells: 8 << 10,
+        }],
+        address_space_height: None,
+        address_height: None,
+    })
+    .expect("layout");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("auto.trace");
+    let mut w = TraceWriter::create(
+        &path,
+        &TraceHeader {
+            layout,
+            omitted_levels: Some(OmittedLevels::Auto),
+        },
+    )
+    .expect("create");
+    w.write(&TraceEvent::Build { expect_root: None })
+        .expect("write");
+    w.finish().expect("finish");
+    // 40960 = 2^10·32 nodes (k = 1) + 8192 raw: k = 0 does not fit.
+    let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .arg("replay")
+        .arg(&path)
+        .args(["--backend", "cpu", "--memory-budget", "40960"])
+        .output()
+        .expect("run memcommit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("omitted_levels 1 (auto)"), "{stdout}");
+    // The flag overrides the header.
+    let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .arg("replay")
+        .arg(&path)
+        .args(["--backend", "cpu", "--omitted-levels", "4"])
+        .output()
+        .expect("run memcommit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("omitted_levels 4)"), "{stdout}");
+}

@@ -62,8 +62,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let trace = TraceReader::open(&args.trace)?;
-    let auto = args.omitted_levels == Some(OmittedLevels::Auto);
-    let omitted_levels = match args.omitted_levels {
+    // The flag wins over the trace header; either may say auto.
+    let requested = args.omitted_levels.or(trace.header().omitted_levels);
+    let auto = requested == Some(OmittedLevels::Auto);
+    let omitted_levels = match requested {
         None => None,
         Some(OmittedLevels::Fixed(k)) => Some(k),
         Some(OmittedLevels::Auto) => {

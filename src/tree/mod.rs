@@ -279,6 +279,36 @@ impl std::str::FromStr for OmittedLevels {
     }
 }
 
+/// As JSON: `k` is a number, `auto` the string `"auto"` (trace headers).
+impl Serialize for OmittedLevels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            OmittedLevels::Auto => s.serialize_str("auto"),
+            OmittedLevels::Fixed(k) => s.serialize_u32(*k),
+        }
+    }
+}
+
+/// Accepts a non-negative integer or `"auto"`; the range of an integer is checked by
+/// [`check_omitted_levels`] where the value is used.
+impl<'de> Deserialize<'de> for OmittedLevels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            K(u32),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::K(k) => Ok(OmittedLevels::Fixed(k)),
+            Raw::S(s) if s == "auto" => Ok(OmittedLevels::Auto),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "{s:?} is not \"auto\" or a non-negative integer"
+            ))),
+        }
+    }
+}
+
 impl std::fmt::Display for OmittedLevels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
