@@ -189,9 +189,10 @@ fn runs_at(backend: Backend, blocks: u64) -> bool {
     blocks >= 1 && (backend != Backend::Reference || blocks <= REFERENCE_MAX_BLOCKS)
 }
 
-/// Host bytes one configuration needs at its largest (k = 0 with the p3 baseline alive
-/// alongside is avoided: they run one after the other): raw memory, the k = 0 tree, and the
-/// p3 leaves and digests; used to cap sizes by available memory.
+/// Estimated peak host bytes of one (size, cell) configuration, used to cap sizes by
+/// available memory: the raw image plus the larger of the k = 0 tree (`2·blocks` digests)
+/// and the p3 baseline (two copies of the leaves as field elements and about `2·blocks`
+/// digests), which never run at the same time.
 pub fn host_bytes_needed(bytes: u64, cell: CellType) -> u64 {
     let blocks = blocks_of(bytes, cell);
     let p3 = blocks * (BLOCK_CELLS as u64 * 4) * 2 + 2 * blocks * 32;
@@ -510,4 +511,40 @@ fn measure(
         });
     }
     Ok((rows, tree.image().clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_distinct_valid_and_of_the_asked_size() {
+        for (blocks, n) in [(1024u64, 10u64), (1024, 700), (16, 16), (1, 1)] {
+            let batch = random_batch(blocks, n, CellType::U16, 7);
+            assert_eq!(batch.len() as u64, n);
+            assert!(batch.windows(2).all(|w| w[0].block < w[1].block));
+            assert!(batch.iter().all(|b| b.block < blocks));
+            assert!(batch.iter().all(|b| b.cells.iter().all(|&c| c <= 0xffff)));
+        }
+    }
+
+    #[test]
+    fn images_hold_valid_cells_and_timing_takes_median_and_min() {
+        let layout = layout_of(1 << 12, CellType::Field).unwrap();
+        let image = random_image(&layout, 3).unwrap();
+        let raw = image.slot_bytes(0);
+        assert!(raw.chunks_exact(4).all(|c| CellType::Field.read(c) < P));
+        assert!(raw.chunks_exact(4).any(|c| CellType::Field.read(c) != 0));
+        assert_eq!(
+            Timing::of(&[3.0, 1.0, 2.0]),
+            Timing {
+                median_ms: 2.0,
+                min_ms: 1.0
+            }
+        );
+        assert_eq!(Timing::of(&[4.0, 1.0, 2.0, 3.0]).median_ms, 2.5);
+        assert_eq!(blocks_of(1 << 20, CellType::U8), 1 << 17);
+        assert_eq!(blocks_of(1 << 20, CellType::Field), 1 << 15);
+        assert!(layout_of(1000, CellType::U8).is_err());
+    }
 }
