@@ -21,6 +21,9 @@ fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // prost-build finds protoc through this variable; a build script is single-threaded.
     std::env::set_var("PROTOC", protoc);
+    // The cuda rerun-if-changed lines below turn off cargo's default "any file changed", and
+    // tonic-prost-build emits none for the protos: list them, or a proto edit is not rebuilt.
+    println!("cargo:rerun-if-changed=proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         // `bytes` fields become `Bytes`, sliced from the receive buffer without a copy.

@@ -2,6 +2,7 @@
 //! (or a GPU) and served over gRPC. See `DESIGN.md` Part 1 for the binding conventions; the
 //! modules follow the data's path `layout + image → tree → root / openings → service`.
 
+pub mod bench;
 pub mod error;
 pub mod hash;
 pub mod image;

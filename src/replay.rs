@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::hash::Digest;
 use crate::service::client::Client;
 use crate::trace::{TraceEvent, TraceReader};
-use crate::tree::Backend;
+use crate::tree::{Backend, OmittedLevels};
 
 /// How to replay a trace.
 #[derive(Clone, Copy, Debug)]
@@ -85,12 +85,19 @@ pub async fn replay(
     mut on_progress: impl FnMut(Progress<'_>),
 ) -> Result<ReplaySummary> {
     let header = trace.header().clone();
+    let omitted_levels = match (options.omitted_levels, header.omitted_levels) {
+        (Some(k), _) | (None, Some(OmittedLevels::Fixed(k))) => Some(k),
+        (None, None) => None,
+        (None, Some(OmittedLevels::Auto)) => {
+            return Err(Error::FailedPrecondition(
+                "the trace asks for omitted_levels \"auto\": choose k for the server's memory \
+                 (tree::choose_omitted_levels) and pass it in ReplayOptions::omitted_levels"
+                    .into(),
+            ))
+        }
+    };
     let created = client
-        .create_tree(
-            &header.layout,
-            options.omitted_levels.or(header.omitted_levels),
-            options.backend,
-        )
+        .create_tree(&header.layout, omitted_levels, options.backend)
         .await
         .map_err(Error::from)?;
     let mut summary = ReplaySummary {

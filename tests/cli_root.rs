@@ -121,3 +121,52 @@ fn root_rejects_long_files_bad_slots_and_bad_cells() {
         }
     }
 }
+
+#[test]
+fn root_with_auto_omitted_levels_logs_the_chosen_k_and_keeps_the_root() {
+    // 1024 u8 leaves: raw 8192 bytes; nodes (2^(11−k) − 1 + 1)·32 bytes (slot + top root).
+    let v = &vectors()["single_u8_space_1024_leaves"];
+    let image: Vec<u8> = (0..8192u32).map(|k| (k % 256) as u8).collect();
+    let layout = v["layout"].to_string();
+    for (budget, k) in [("73728", 0), ("73727", 1), ("40960", 1), ("8320", 9)] {
+        let out = run_root(
+            &layout,
+            &[(0, image.clone())],
+            &["--omitted-levels", "auto", "--memory-budget", budget],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(
+            printed,
+            serde_json::json!({ "root": v["root"] }),
+            "budget {budget}"
+        );
+        assert!(
+            stderr(&out).contains(&format!("omitted_levels auto: chose k = {k} ")),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // The smallest need is at k = 9 (3 slot nodes + the top root + 8192 raw bytes).
+    let out = run_root(
+        &layout,
+        &[(0, image)],
+        &["--omitted-levels", "auto", "--memory-budget", "8319"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "resource exhausted: omitted_levels auto: nothing fits the memory budget of 8319 \
+             bytes; the smallest need is 8320 bytes"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_root(&layout, &[], &["--omitted-levels", "automatic"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not \"auto\" or an integer"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -558,6 +558,7 @@ async fn bad_layouts_and_arguments_are_invalid() {
             layout,
             omitted_levels: k,
             backend: backend.into(),
+            ..Default::default()
         };
     let space = |cell: proto::CellType, num_cells| proto::AddressSpace {
         cell: cell as i32,
@@ -636,6 +637,33 @@ async fn bad_layouts_and_arguments_are_invalid() {
             &needles,
         );
     }
+    // omitted_levels auto: 2^10 u8 blocks need 2^(11−k)·32 node bytes + 8192 raw bytes.
+    let auto = |k: Option<u32>, budget: u64| proto::CreateTreeRequest {
+        auto_omitted_levels: true,
+        memory_budget_bytes: Some(budget),
+        ..create(layout(vec![u8s(8 << 10)], None, None), k, "cpu")
+    };
+    err(
+        c.raw().create_tree(auto(Some(3), 1 << 30)).await,
+        Code::InvalidArgument,
+        &["omitted_levels", "must be unset when auto_omitted_levels"],
+    );
+    err(
+        c.raw().create_tree(auto(None, 8319)).await,
+        Code::ResourceExhausted,
+        &["budget of 8319 bytes", "smallest need is 8320 bytes"],
+    );
+    let created = c
+        .raw()
+        .create_tree(auto(None, 40960))
+        .await
+        .expect("auto fits")
+        .into_inner();
+    assert_eq!(created.omitted_levels, 1);
+    let si = c.server_info().await.expect("info");
+    assert_eq!(si.trees.len(), 1);
+    assert_eq!(si.trees[0].omitted_levels, 1);
+    c.drop_tree(&created.tree_id).await.expect("drop");
     err(
         c.get_root("").await,
         Code::InvalidArgument,

@@ -10,7 +10,7 @@ use memcommit::image::MemoryImage;
 use memcommit::layout::MemoryLayout;
 use memcommit::trace::lackey::{self, LackeyOptions};
 use memcommit::trace::{TraceEvent, TraceHeader, TraceReader, TraceWriter};
-use memcommit::tree::{self, Backend, MemoryTree, TouchedBlock};
+use memcommit::tree::{self, Backend, MemoryTree, OmittedLevels, TouchedBlock};
 use memcommit::Error;
 
 /// A u16 slot of 64 cells (128 bytes), an empty slot and a field slot of 16 cells.
@@ -81,7 +81,7 @@ fn round_trip_plain_and_zstd() {
     let dir = tempfile::tempdir().expect("tempdir");
     let header = TraceHeader {
         layout: layout(),
-        omitted_levels: Some(3),
+        omitted_levels: Some(OmittedLevels::Fixed(3)),
     };
     let events = sample_events();
     for name in ["t.trace", "t.trace.zst"] {
@@ -122,6 +122,22 @@ fn round_trip_plain_and_zstd() {
     write_trace(&path, &header, &[TraceEvent::Build { expect_root: None }]);
     let text = std::fs::read_to_string(&path).expect("read");
     assert!(!text.contains("omitted_levels"));
+    assert_eq!(
+        read_trace(&path),
+        (header, vec![TraceEvent::Build { expect_root: None }])
+    );
+    // "auto" is written as the string and reads back as Auto.
+    let path = dir.path().join("auto.trace");
+    let header = TraceHeader {
+        layout: layout(),
+        omitted_levels: Some(OmittedLevels::Auto),
+    };
+    write_trace(&path, &header, &[TraceEvent::Build { expect_root: None }]);
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(text
+        .lines()
+        .next()
+        .is_some_and(|l| l.ends_with(r#""omitted_levels":"auto"}"#)));
     assert_eq!(
         read_trace(&path),
         (header, vec![TraceEvent::Build { expect_root: None }])
@@ -402,6 +418,11 @@ fn malformed_headers_and_files() {
     ));
     assert_eq!(f, "line 1: omitted_levels");
     assert!(m.contains("21 exceeds the maximum 20"), "{m}");
+    let (f, m) = open_err(&format!(
+        "{{\"layout\": {LAYOUT}, \"omitted_levels\": \"often\"}}\n"
+    ));
+    assert_eq!(f, "line 1: omitted_levels");
+    assert!(m.contains(r#""often" is not "auto""#), "{m}");
     let (f, m) = open_err(r#"{"layout": {"address_spaces": [{"cell": "u8", "num_cells": 12}]}}"#);
     assert_eq!(f, "line 1: layout");
     assert!(
@@ -464,7 +485,7 @@ fn writer_checks_what_it_writes() {
 
     let header = TraceHeader {
         layout: layout(),
-        omitted_levels: Some(99),
+        omitted_levels: Some(OmittedLevels::Fixed(99)),
     };
     let err = TraceWriter::create(&path, &header)
         .err()

@@ -1,6 +1,7 @@
 //! clap definitions and dispatch. Each command lives in its own module with an `Args`
 //! struct and a `run` function.
 
+mod bench;
 mod record;
 mod replay;
 mod root;
@@ -28,6 +29,9 @@ enum Command {
     Root(root::Args),
     /// Drive a memcommit server through a trace file, checking every expect_root.
     Replay(replay::Args),
+    /// Sweep sizes, cell types, omitted_levels, batch sizes and backends: time, bytes and
+    /// the p3-merkle-tree baseline, as a table, DIR/bench.json and DIR/bench.svg.
+    Bench(bench::Args),
     /// Convert `valgrind --tool=lackey --trace-mem=yes` output into a trace file.
     Record(record::Args),
 }
@@ -45,6 +49,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Root(a) => root::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Record(a) => record::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(code) => code,

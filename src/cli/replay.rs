@@ -13,7 +13,7 @@ use memcommit::service::client::{Client, ConnectOptions};
 use memcommit::service::status::code_name;
 use memcommit::service::{self, tls::read_pem, AuthToken, ServiceConfig};
 use memcommit::trace::TraceReader;
-use memcommit::tree::Backend;
+use memcommit::tree::{Backend, OmittedLevels};
 
 /// Arguments of `memcommit replay`.
 #[derive(clap::Args, Debug)]
@@ -39,10 +39,16 @@ pub struct Args {
     /// CPU.
     #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
-    /// Overrides the trace's omitted_levels (default 3). Never changes a root, only memory
-    /// and time.
-    #[arg(long, value_name = "K")]
-    omitted_levels: Option<u32>,
+    /// Overrides the trace's omitted_levels (default 3): 0..=20, or `auto` for the smallest
+    /// k whose tree nodes plus raw memory fit --memory-budget. Never changes a root, only
+    /// memory and time.
+    #[arg(long, value_name = "K|auto")]
+    omitted_levels: Option<OmittedLevels>,
+    /// Memory budget of --omitted-levels auto, in bytes. Default (in-process server only):
+    /// 90% of free device memory on cuda, of available host memory otherwise; required with
+    /// --server, whose memory is not known here.
+    #[arg(long, value_name = "BYTES")]
+    memory_budget: Option<u64>,
     /// File holding the bearer token to send on every call (one line; the trailing newline
     /// is trimmed; an empty token or a world-readable file is refused). Without --server,
     /// the in-process server requires it too.
@@ -56,20 +62,42 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let trace = TraceReader::open(&args.trace)?;
+    // The flag wins over the trace header; either may say auto.
+    let requested = args.omitted_levels.or(trace.header().omitted_levels);
+    let auto = requested == Some(OmittedLevels::Auto);
+    let omitted_levels = match requested {
+        None => None,
+        Some(OmittedLevels::Fixed(k)) => Some(k),
+        Some(OmittedLevels::Auto) => {
+            if args.server.is_some() && args.memory_budget.is_none() {
+                anyhow::bail!(
+                    "--omitted-levels auto with --server needs --memory-budget (the server's \
+                     free memory is not known here)"
+                );
+            }
+            Some(super::root::resolve_omitted_levels(
+                OmittedLevels::Auto,
+                &trace.header().layout,
+                args.backend,
+                args.memory_budget,
+            )?)
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let summary = runtime.block_on(drive(&args, trace))?;
+    let summary = runtime.block_on(drive(&args, trace, omitted_levels))?;
     let mut ms = summary.step_ms.clone();
     ms.sort_by(f64::total_cmp);
     let line = format!(
-        "replayed {} root steps of {} (tree {}, omitted_levels {}): {} expect_root checked, all \
-         matched; {} bytes written, {} touched blocks; step p50 {:.2} ms, p99 {:.2} ms",
+        "replayed {} root steps of {} (tree {}, omitted_levels {}{}): {} expect_root checked, \
+         all matched; {} bytes written, {} touched blocks; step p50 {:.2} ms, p99 {:.2} ms",
         summary.steps,
         args.trace.display(),
         summary.tree_id,
         summary.omitted_levels,
+        if auto { " (auto)" } else { "" },
         summary.checked,
         summary.bytes_written,
         summary.blocks,
@@ -94,7 +122,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-async fn drive(args: &Args, trace: TraceReader) -> anyhow::Result<ReplaySummary> {
+async fn drive(
+    args: &Args,
+    trace: TraceReader,
+    omitted_levels: Option<u32>,
+) -> anyhow::Result<ReplaySummary> {
     let auth_token = args
         .auth_token_file
         .as_deref()
@@ -137,7 +169,7 @@ async fn drive(args: &Args, trace: TraceReader) -> anyhow::Result<ReplaySummary>
     let json = args.json;
     let replay_options = ReplayOptions {
         backend: args.backend,
-        omitted_levels: args.omitted_levels,
+        omitted_levels,
     };
     let result = replay(&mut client, trace, replay_options, |p| match p {
         Progress::Uploaded(bytes) => progress.set_message(format!("uploaded {bytes} bytes")),

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 
 use memcommit::image::MemoryImage;
 use memcommit::layout::MemoryLayout;
-use memcommit::tree::{self, Backend, DEFAULT_OMITTED_LEVELS};
+use memcommit::tree::{self, Backend, OmittedLevels, DEFAULT_BUDGET_PERCENT};
 
 /// Arguments of `memcommit root`.
 #[derive(clap::Args, Debug)]
@@ -27,10 +27,51 @@ pub struct Args {
     /// Tree backend: auto uses CUDA when a device is usable, else CPU.
     #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
-    /// Bottom levels of each slot subtree left out of storage. Never changes the root, only
-    /// memory and time.
-    #[arg(long, value_name = "K", default_value_t = DEFAULT_OMITTED_LEVELS)]
-    omitted_levels: u32,
+    /// Bottom levels of each slot subtree left out of storage (0..=20), or `auto`: the
+    /// smallest k whose tree nodes plus raw memory fit --memory-budget (the choice is
+    /// logged). Never changes the root, only memory and time.
+    #[arg(long, value_name = "K|auto", default_value = "3")]
+    omitted_levels: OmittedLevels,
+    /// Memory budget of --omitted-levels auto, in bytes. Default: 90% of free device memory
+    /// on cuda, of available host memory (MemAvailable) otherwise.
+    #[arg(long, value_name = "BYTES")]
+    memory_budget: Option<u64>,
+}
+
+/// The `k` to build with: `Fixed` as given; `Auto` chosen for `layout` within `budget`
+/// (default [`tree::default_memory_budget`] of `backend`), logged with its numbers.
+pub(crate) fn resolve_omitted_levels(
+    requested: OmittedLevels,
+    layout: &MemoryLayout,
+    backend: Backend,
+    budget: Option<u64>,
+) -> anyhow::Result<u32> {
+    let OmittedLevels::Fixed(k) = requested else {
+        let (budget, source) = match budget {
+            Some(b) => (b, "--memory-budget".to_string()),
+            None => (
+                tree::default_memory_budget(backend)
+                    .context("--omitted-levels auto: give --memory-budget")?,
+                format!(
+                    "{DEFAULT_BUDGET_PERCENT}% of free {} memory",
+                    if backend.resolve()? == Backend::Cuda {
+                        "device"
+                    } else {
+                        "host"
+                    }
+                ),
+            ),
+        };
+        let k = tree::choose_omitted_levels(layout, budget)?;
+        tracing::info!(
+            "omitted_levels auto: chose k = {k} (tree nodes {} + raw {} bytes within a budget \
+             of {budget} bytes, {source})",
+            tree::node_bytes(layout, k),
+            layout.raw_bytes()
+        );
+        return Ok(k);
+    };
+    Ok(k)
 }
 
 fn parse_image(s: &str) -> Result<(u32, PathBuf), String> {
@@ -65,7 +106,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .write(*slot, 0, &data)
             .with_context(|| format!("--image {slot}={}", file.display()))?;
     }
-    let tree = tree::build(args.backend, layout, Arc::new(image), args.omitted_levels)?;
+    let k = resolve_omitted_levels(
+        args.omitted_levels,
+        &layout,
+        args.backend,
+        args.memory_budget,
+    )?;
+    let tree = tree::build(args.backend, layout, Arc::new(image), k)?;
     println!("{}", serde_json::json!({ "root": tree.root() }));
     Ok(ExitCode::SUCCESS)
 }

@@ -169,6 +169,7 @@ impl Client {
                 layout: Some(codec::layout_to_proto(layout)),
                 omitted_levels,
                 backend: backend.name().into(),
+                ..Default::default()
             })
             .await?
             .into_inner();

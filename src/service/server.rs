@@ -222,12 +222,29 @@ impl MemCommit for MemCommitService {
     ) -> Reply<proto::CreateTreeResponse> {
         let req = req.into_inner();
         let layout = codec::layout_from_proto(req.layout.as_ref(), "layout")?;
-        let k = req.omitted_levels.unwrap_or(tree::DEFAULT_OMITTED_LEVELS);
-        tree::check_omitted_levels(k)?;
         let backend = match Backend::parse(&req.backend)? {
             Backend::Auto => self.default_backend,
             b => b.resolve()?,
         };
+        let k = if req.auto_omitted_levels {
+            if req.omitted_levels.is_some() {
+                return Err(Error::invalid(
+                    "omitted_levels",
+                    "must be unset when auto_omitted_levels is true",
+                )
+                .into());
+            }
+            let budget = match req.memory_budget_bytes {
+                Some(b) => b,
+                None => tree::default_memory_budget(backend)?,
+            };
+            let k = tree::choose_omitted_levels(&layout, budget)?;
+            tracing::info!(omitted_levels = k, budget, "omitted_levels auto");
+            k
+        } else {
+            req.omitted_levels.unwrap_or(tree::DEFAULT_OMITTED_LEVELS)
+        };
+        tree::check_omitted_levels(k)?;
         let node_bytes = tree::node_bytes(&layout, k);
         let raw_bytes = layout.raw_bytes();
         let reserved = limits::estimate(backend, node_bytes, raw_bytes);

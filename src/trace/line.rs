@@ -14,7 +14,7 @@ use super::TraceEvent;
 use crate::error::{Error, Result};
 use crate::hash::Digest;
 use crate::layout::{check_cell, CellType, MemoryLayout, BLOCK_CELLS};
-use crate::tree::{check_omitted_levels, validate_batch, TouchedBlock};
+use crate::tree::{check_omitted_levels, validate_batch, OmittedLevels, TouchedBlock};
 
 // ---- reading ------------------------------------------------------------------------------
 
@@ -23,7 +23,7 @@ use crate::tree::{check_omitted_levels, validate_batch, TouchedBlock};
 pub(super) struct HeaderIn {
     pub layout: MemoryLayout,
     #[serde(default)]
-    pub omitted_levels: Option<u32>,
+    pub omitted_levels: Option<OmittedLevels>,
 }
 
 #[derive(Deserialize)]
@@ -87,7 +87,7 @@ impl From<BlockIn> for TouchedBlock {
 pub(super) struct HeaderOut<'a> {
     pub layout: &'a MemoryLayout,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub omitted_levels: Option<u32>,
+    pub omitted_levels: Option<OmittedLevels>,
 }
 
 #[derive(Serialize)]
@@ -187,8 +187,8 @@ impl Sequence {
 }
 
 /// Checks the header's `omitted_levels`; the header is on line `line`.
-pub(super) fn check_header(omitted_levels: Option<u32>, line: u64) -> Result<()> {
-    if let Some(k) = omitted_levels {
+pub(super) fn check_header(omitted_levels: Option<OmittedLevels>, line: u64) -> Result<()> {
+    if let Some(OmittedLevels::Fixed(k)) = omitted_levels {
         check_omitted_levels(k).map_err(|e| prefixed(e, line, ""))?;
     }
     Ok(())
@@ -306,7 +306,7 @@ fn locate_header(v: &Value) -> Result<(), Bad> {
     let map = object(v, "", &["layout", "omitted_levels"], &["layout"])?;
     typed::<MemoryLayout>(&map["layout"], "layout")?;
     if let Some(k) = map.get("omitted_levels") {
-        typed::<Option<u32>>(k, "omitted_levels")?;
+        typed::<Option<OmittedLevels>>(k, "omitted_levels")?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! compressed when the path ends in `.zst`.
 //!
 //! ```text
-//! {"layout": {...}, "omitted_levels": 3}                       header (omitted_levels optional)
+//! {"layout": {...}, "omitted_levels": 3}                       header (omitted_levels optional: K or "auto")
 //! {"write": {"slot": 0, "offset": 4096, "hex": "00ff..."}}     zero or more, initial image
 //! {"build": {}, "expect_root": [...]}                          exactly one: root step 0
 //! {"update": {"blocks": [{"slot": 0, "block": 5, "cells": [...]}]}, "expect_root": [...]}
@@ -33,8 +33,9 @@ pub struct TraceHeader {
     /// The memory layout the trace's tree is built for.
     pub layout: MemoryLayout,
     /// `omitted_levels` for the tree (`None`: the consumer's default, normally
-    /// [`crate::tree::DEFAULT_OMITTED_LEVELS`]). It never changes a root.
-    pub omitted_levels: Option<u32>,
+    /// [`crate::tree::DEFAULT_OMITTED_LEVELS`]; `auto`: the consumer picks it with
+    /// [`crate::tree::choose_omitted_levels`]). It never changes a root.
+    pub omitted_levels: Option<crate::tree::OmittedLevels>,
 }
 
 /// One line after the header.

@@ -247,6 +247,124 @@ pub fn check_omitted_levels(k: u32) -> Result<()> {
     Ok(())
 }
 
+/// Share of free memory an automatic budget takes: the rest is left to the process's
+/// other allocations and to other processes.
+pub const DEFAULT_BUDGET_PERCENT: u64 = 90;
+
+/// An `omitted_levels` request: a fixed `k`, or `auto` for the smallest `k` whose tree fits
+/// a memory budget ([`choose_omitted_levels`]). Parses from `auto` or an integer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OmittedLevels {
+    /// The smallest `k` that fits the budget.
+    Auto,
+    /// This `k` (at most [`MAX_OMITTED_LEVELS`]).
+    Fixed(u32),
+}
+
+impl std::str::FromStr for OmittedLevels {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "auto" {
+            return Ok(OmittedLevels::Auto);
+        }
+        let k = s.parse().map_err(|_| {
+            Error::invalid(
+                "omitted_levels",
+                format!("{s:?} is not \"auto\" or an integer 0..={MAX_OMITTED_LEVELS}"),
+            )
+        })?;
+        check_omitted_levels(k)?;
+        Ok(OmittedLevels::Fixed(k))
+    }
+}
+
+/// As JSON: `k` is a number, `auto` the string `"auto"` (trace headers).
+impl Serialize for OmittedLevels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            OmittedLevels::Auto => s.serialize_str("auto"),
+            OmittedLevels::Fixed(k) => s.serialize_u32(*k),
+        }
+    }
+}
+
+/// Accepts a non-negative integer or `"auto"`; the range of an integer is checked by
+/// [`check_omitted_levels`] where the value is used.
+impl<'de> Deserialize<'de> for OmittedLevels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            K(u32),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::K(k) => Ok(OmittedLevels::Fixed(k)),
+            Raw::S(s) if s == "auto" => Ok(OmittedLevels::Auto),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "{s:?} is not \"auto\" or a non-negative integer"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for OmittedLevels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OmittedLevels::Auto => f.write_str("auto"),
+            OmittedLevels::Fixed(k) => write!(f, "{k}"),
+        }
+    }
+}
+
+/// The smallest `k` in `0..=MAX_OMITTED_LEVELS` whose tree bytes ([`node_bytes`]) plus raw
+/// bytes (`layout.raw_bytes()`) fit in `budget_bytes`. Smaller `k` is faster (fewer nodes
+/// recomputed per update), so the fastest tree that fits wins.
+///
+/// # Errors
+/// [`Error::ResourceExhausted`] naming the budget and the smallest need (at
+/// the `k` that stores the fewest nodes) when nothing fits.
+pub fn choose_omitted_levels(layout: &MemoryLayout, budget_bytes: u64) -> Result<u32> {
+    let raw = layout.raw_bytes();
+    if let Some(k) = (0..=MAX_OMITTED_LEVELS)
+        .find(|&k| node_bytes(layout, k).saturating_add(raw) <= budget_bytes)
+    {
+        return Ok(k);
+    }
+    // A slot no taller than k is stored in full, so the need is not monotone in k: report
+    // the smallest over all k.
+    let (k, nodes) = (0..=MAX_OMITTED_LEVELS)
+        .map(|k| (k, node_bytes(layout, k)))
+        .min_by_key(|&(_, n)| n)
+        .unwrap_or((0, node_bytes(layout, 0)));
+    Err(Error::ResourceExhausted(format!(
+        "omitted_levels auto: nothing fits the memory budget of {budget_bytes} bytes; the \
+         smallest need is {} bytes ({nodes} of tree nodes at k = {k} + {raw} of raw memory)",
+        nodes.saturating_add(raw)
+    )))
+}
+
+/// The default memory budget of `omitted_levels = auto` on `backend`, in bytes:
+/// [`DEFAULT_BUDGET_PERCENT`] of the device's free memory (`cuMemGetInfo`) for `cuda`, else
+/// of the host's available memory (`MemAvailable` of `/proc/meminfo`). `auto` is resolved
+/// first.
+///
+/// # Errors
+/// [`Error::Unavailable`] when the free memory cannot be read (no device, or no
+/// `/proc/meminfo`): give the budget explicitly.
+pub fn default_memory_budget(backend: Backend) -> Result<u64> {
+    let free = match backend.resolve()? {
+        Backend::Cuda => cuda::probe_device()
+            .map(|d| d.free_bytes)
+            .map_err(|why| Error::Unavailable(format!("free device memory: {why}")))?,
+        _ => crate::bench::system::host_available_bytes().ok_or_else(|| {
+            Error::Unavailable("available host memory: cannot read /proc/meminfo".into())
+        })?,
+    };
+    Ok(free / 100 * DEFAULT_BUDGET_PERCENT)
+}
+
 /// Root of an empty slot (0 cells, or past the end of the list): `zero[address_height]`.
 pub fn empty_slot_root(layout: &MemoryLayout) -> Digest {
     zero_hashes()[layout.address_height() as usize]
@@ -411,4 +529,93 @@ pub fn check_positions(layout: &MemoryLayout, positions: &[(u32, u64)]) -> Resul
         check_position(layout, slot, block, || format!("positions[{i}]"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{AddressSpace, CellType, LayoutSpec};
+
+    /// One u8 slot of 2^20 blocks: raw 8 MiB, nodes (2^(21−k) − 1)·32 bytes.
+    fn layout() -> MemoryLayout {
+        MemoryLayout::new(LayoutSpec {
+            address_spaces: vec![AddressSpace {
+                cell: CellType::U8,
+                num_cells: 8 << 20,
+            }],
+            address_space_height: None,
+            address_height: None,
+        })
+        .unwrap()
+    }
+
+    fn need(k: u32) -> u64 {
+        ((1u64 << (21 - k)) - 1) * 32 + (8 << 20) + 32
+    }
+
+    #[test]
+    fn auto_picks_the_smallest_k_that_fits() {
+        let l = layout();
+        // node_bytes adds the 1-digest top tree.
+        assert_eq!(node_bytes(&l, 0) + l.raw_bytes(), need(0));
+        assert_eq!(choose_omitted_levels(&l, u64::MAX).unwrap(), 0);
+        assert_eq!(choose_omitted_levels(&l, need(0)).unwrap(), 0);
+        assert_eq!(choose_omitted_levels(&l, need(0) - 1).unwrap(), 1);
+        assert_eq!(choose_omitted_levels(&l, need(3)).unwrap(), 3);
+        assert_eq!(choose_omitted_levels(&l, need(2) - 1).unwrap(), 3);
+        // k = 19 stores 3 nodes of the 2^20-block slot; k = 20 would store it in full.
+        assert_eq!(choose_omitted_levels(&l, need(19)).unwrap(), 19);
+    }
+
+    #[test]
+    fn auto_with_nothing_fitting_is_resource_exhausted() {
+        let l = layout();
+        let smallest = need(19);
+        match choose_omitted_levels(&l, smallest - 1) {
+            Err(Error::ResourceExhausted(m)) => {
+                assert!(
+                    m.contains(&format!("budget of {} bytes", smallest - 1)),
+                    "{m}"
+                );
+                assert!(
+                    m.contains(&format!("smallest need is {smallest} bytes")),
+                    "{m}"
+                );
+                assert!(m.contains("at k = 19"), "{m}");
+            }
+            other => panic!("expected ResourceExhausted, got {other:?}"),
+        }
+        assert!(matches!(
+            choose_omitted_levels(&l, 0),
+            Err(Error::ResourceExhausted(_))
+        ));
+    }
+
+    #[test]
+    fn omitted_levels_parses_auto_and_integers() {
+        assert_eq!(
+            "auto".parse::<OmittedLevels>().unwrap(),
+            OmittedLevels::Auto
+        );
+        assert_eq!(
+            "5".parse::<OmittedLevels>().unwrap(),
+            OmittedLevels::Fixed(5)
+        );
+        assert_eq!(OmittedLevels::Fixed(5).to_string(), "5");
+        assert_eq!(OmittedLevels::Auto.to_string(), "auto");
+        for bad in ["21", "-1", "Auto", ""] {
+            assert!(matches!(
+                bad.parse::<OmittedLevels>(),
+                Err(Error::InvalidArgument { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn default_budget_is_a_share_of_host_memory_on_cpu() {
+        if let Some(avail) = crate::bench::system::host_available_bytes() {
+            let budget = default_memory_budget(Backend::Cpu).unwrap();
+            assert!(budget > 0 && budget <= avail, "{budget} of {avail}");
+        }
+    }
 }

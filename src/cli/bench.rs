@@ -1,0 +1,263 @@
+//! `memcommit bench`: the sweep of `memcommit::bench`, printed as a table and written to
+//! `DIR/bench.json` and `DIR/bench.svg`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use memcommit::bench::{self, chart, system, BenchConfig, BenchReport};
+use memcommit::layout::CellType;
+use memcommit::tree::{Backend, MAX_OMITTED_LEVELS};
+
+/// Arguments of `memcommit bench`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Sizes are raw memory bytes, every power of two from --min-bytes to \
+--max-bytes that fits in available host memory. Each build is also timed with \
+p3-merkle-tree's MerkleTree::new on the same leaves (the cells as field elements).\n\n\
+Defaults: --min-bytes 2^20 --max-bytes 2^32 --cells u8,u16,field --omitted-levels 0,1,2,3,4,5 \
+--touched 0.0001,0.001,0.01 --repeats 5.\n--quick: 2^20 to 2^22 bytes, u8 and field cells, k \
+0,1,3,5, touched 0.001 and 0.01, 3 repeats (explicit flags still win).\n\n\
+Examples:\n  memcommit bench --quick --out /tmp/bench\n  memcommit bench --out bench \
+--min-bytes 1048576 --max-bytes 268435456 --cells u8 --omitted-levels 0,3"
+)]
+pub struct Args {
+    /// Directory for bench.json and bench.svg (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// A small sweep that finishes in under 2 minutes on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    /// Smallest raw memory size, bytes (a power of two).
+    #[arg(long, value_name = "BYTES")]
+    min_bytes: Option<u64>,
+    /// Largest raw memory size, bytes (a power of two); sizes that do not fit in available
+    /// host memory are skipped.
+    #[arg(long, value_name = "BYTES")]
+    max_bytes: Option<u64>,
+    /// Cell types, comma-separated: u8, u16, field.
+    #[arg(long, value_delimiter = ',', value_parser = parse_cell)]
+    cells: Option<Vec<CellType>>,
+    /// omitted_levels values, comma-separated (each 0..=20).
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    omitted_levels: Option<Vec<u32>>,
+    /// Touched blocks per update batch as fractions of the blocks, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "F,...")]
+    touched: Option<Vec<f64>>,
+    /// Backends, comma-separated. cuda is skipped when no device is usable, reference above
+    /// 2^16 blocks.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "cpu,cuda,reference"
+    )]
+    backends: Vec<Backend>,
+    /// Timed repeats of each build and update batch (median and min are reported).
+    #[arg(long, value_name = "N")]
+    repeats: Option<usize>,
+}
+
+fn parse_cell(s: &str) -> Result<CellType, String> {
+    match s {
+        "u8" => Ok(CellType::U8),
+        "u16" => Ok(CellType::U16),
+        "field" => Ok(CellType::Field),
+        other => Err(format!("{other:?} is not one of u8, u16, field")),
+    }
+}
+
+/// The sweep the flags ask for, sizes capped by available host memory.
+fn config(args: &Args) -> anyhow::Result<BenchConfig> {
+    let q = args.quick;
+    let min = args.min_bytes.unwrap_or(1 << 20);
+    let max = args.max_bytes.unwrap_or(if q { 1 << 22 } else { 1 << 32 });
+    for (flag, v) in [("--min-bytes", min), ("--max-bytes", max)] {
+        if !v.is_power_of_two() || v < 32 {
+            bail!("{flag} {v} is not a power of two of at least 32 (one block of field cells)");
+        }
+    }
+    if min > max {
+        bail!("--min-bytes {min} is larger than --max-bytes {max}");
+    }
+    let cells = args.cells.clone().unwrap_or_else(|| {
+        if q {
+            vec![CellType::U8, CellType::Field]
+        } else {
+            vec![CellType::U8, CellType::U16, CellType::Field]
+        }
+    });
+    let omitted_levels = args.omitted_levels.clone().unwrap_or_else(|| {
+        if q {
+            vec![0, 1, 3, 5]
+        } else {
+            (0..=5).collect()
+        }
+    });
+    if let Some(k) = omitted_levels.iter().find(|&&k| k > MAX_OMITTED_LEVELS) {
+        bail!("--omitted-levels {k} exceeds the maximum {MAX_OMITTED_LEVELS}");
+    }
+    let touched = args.touched.clone().unwrap_or_else(|| {
+        if q {
+            vec![0.001, 0.01]
+        } else {
+            vec![0.0001, 0.001, 0.01]
+        }
+    });
+    if let Some(f) = touched.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
+        bail!("--touched {f} is not a fraction in (0, 1]");
+    }
+    let mut backends = Vec::new();
+    for b in &args.backends {
+        match b.resolve() {
+            Ok(b) if !backends.contains(&b) => backends.push(b),
+            Ok(_) => {}
+            Err(e) => tracing::info!("skipping backend {}: {e}", b.name()),
+        }
+    }
+    // Leave 10% of available memory to everything else.
+    let budget = system::host_available_bytes().map(|b| b / 10 * 9);
+    let mut sizes = Vec::new();
+    let mut size = min;
+    while size <= max {
+        let need = cells
+            .iter()
+            .map(|&c| bench::host_bytes_needed(size, c))
+            .max()
+            .unwrap_or(0);
+        if budget.is_some_and(|b| need > b) {
+            tracing::info!(
+                "stopping at {} bytes: {size} bytes needs about {need} bytes of host memory",
+                size / 2
+            );
+            break;
+        }
+        sizes.push(size);
+        size = match size.checked_mul(2) {
+            Some(s) => s,
+            None => break,
+        };
+    }
+    if sizes.is_empty() {
+        bail!("--min-bytes {min} does not fit in available host memory");
+    }
+    Ok(BenchConfig {
+        sizes,
+        cells,
+        omitted_levels,
+        touched,
+        backends,
+        repeats: args.repeats.unwrap_or(if q { 3 } else { 5 }).max(1),
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = config(&args)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let bar = progress_bar(config.steps());
+    let report = bench::run(&config, |what| {
+        bar.set_message(what.to_string());
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    print_table(&report);
+    let json = args.out.join("bench.json");
+    let text = serde_json::to_string_pretty(&report).context("serialising the report")?;
+    std::fs::write(&json, text + "\n").with_context(|| format!("writing {}", json.display()))?;
+    let svg = args.out.join("bench.svg");
+    chart::write_svg(&report, &svg)?;
+    println!(
+        "wrote {} and {} in {:.1} s",
+        json.display(),
+        svg.display(),
+        report.wall_s
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A bar on stderr when it is a terminal; hidden otherwise (CI logs, pipes).
+fn progress_bar(steps: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}", b as f64 / f64::from(1u32 << 20))
+}
+
+/// The table on stdout: baselines, then one row per build and touched fraction.
+fn print_table(r: &BenchReport) {
+    println!(
+        "memcommit bench: {} threads, device {}, peak RSS {}",
+        r.threads,
+        r.device.as_deref().unwrap_or("none"),
+        if r.rss_reset {
+            "per build (VmHWM reset before each)"
+        } else {
+            "of the whole process (VmHWM)"
+        }
+    );
+    println!(
+        "\np3-merkle-tree 0.8.0 MerkleTree::new on the same leaves (cells as field elements):"
+    );
+    println!(
+        "{:<6} {:>10} {:>9} {:>10} {:>10} {:>9} {:>5}",
+        "cell", "bytes", "blocks", "med ms", "min ms", "Mperm/s", "root"
+    );
+    for b in &r.baselines {
+        println!(
+            "{:<6} {:>10} {:>9} {:>10.2} {:>10.2} {:>9.2} {:>5}",
+            b.cell.name(),
+            b.bytes,
+            b.blocks,
+            b.build.median_ms,
+            b.build.min_ms,
+            b.perms_per_s / 1e6,
+            if b.root_matches { "same" } else { "DIFF" }
+        );
+    }
+    println!(
+        "\n{:<9} {:<5} {:>10} {:>8} {:>2} {:>7} {:>9} {:>9} {:>6} {:>8} {:>8} {:>7} {:>7} {:>9} {:>8} {:>8} {:>8}",
+        "backend", "cell", "bytes", "blocks", "k", "touched", "build med", "build min", "vs p3",
+        "upd med", "upd min", "Mperm/s", "upd Mp/s", "nodes MiB", "raw MiB", "RSS MiB", "dev MiB"
+    );
+    for x in &r.rows {
+        println!(
+            "{:<9} {:<5} {:>10} {:>8} {:>2} {:>7} {:>9.2} {:>9.2} {:>5.2}x {:>8.3} {:>8.3} {:>7.2} {:>7.2} {:>9} {:>8} {:>8} {:>8}",
+            x.backend.name(),
+            x.cell.name(),
+            x.bytes,
+            x.blocks,
+            x.k,
+            x.touched_blocks,
+            x.build.median_ms,
+            x.build.min_ms,
+            x.build_vs_p3,
+            x.update.median_ms,
+            x.update.min_ms,
+            x.build_perms_per_s / 1e6,
+            x.update_perms_per_s / 1e6,
+            mib(x.node_bytes),
+            mib(x.raw_bytes),
+            mib(x.peak_rss_bytes),
+            mib(x.peak_device_bytes),
+        );
+    }
+    println!(
+        "\nms: median and min of {} repeats. Permutations: build 2^(h+1) - 1 for 2^h blocks; \
+         update: distinct nodes recomputed (a level-k node costs 2^(k+1) - 1).",
+        r.config.repeats
+    );
+}

@@ -1,0 +1,123 @@
+//! `memcommit replay --omitted-levels auto` on the bundled real trace, through the binary.
+
+use std::process::Command;
+
+use memcommit::trace::TraceReader;
+use memcommit::tree::{choose_omitted_levels, node_bytes};
+
+const TRACE: &str = "tests/data/sqlite3.trace.zst";
+
+#[test]
+fn replay_auto_reports_the_chosen_k_and_all_roots_match() {
+    let layout = TraceReader::open(TRACE.as_ref())
+        .expect("trace")
+        .header()
+        .layout
+        .clone();
+    // A budget between the k = 2 and k = 3 needs picks 3.
+    let budget = node_bytes(&layout, 3) + layout.raw_bytes() + 1;
+    assert!(budget < node_bytes(&layout, 2) + layout.raw_bytes());
+    assert_eq!(choose_omitted_levels(&layout, budget).expect("fits"), 3);
+    let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .args([
+            "replay",
+            TRACE,
+            "--backend",
+            "cpu",
+            "--omitted-levels",
+            "auto",
+        ])
+        .args(["--memory-budget", &budget.to_string()])
+        .output()
+        .expect("run memcommit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("omitted_levels 3 (auto)"), "{stdout}");
+    assert!(
+        stdout.contains("92 expect_root checked, all matched"),
+        "{stdout}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .args([
+            "replay",
+            TRACE,
+            "--omitted-levels",
+            "auto",
+            "--memory-budget",
+            "1000",
+        ])
+        .output()
+        .expect("run memcommit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "resource exhausted: omitted_levels auto: nothing fits the memory budget of 1000 bytes"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn replay_of_a_trace_whose_header_says_auto() {
+    use memcommit::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout};
+    use memcommit::trace::{TraceEvent, TraceHeader, TraceWriter};
+    use memcommit::tree::OmittedLevels;
+
+    // One u8 slot of 2^10 blocks: raw 8192 bytes, nodes 2^(11−k)·32 bytes with the top root.
+    let layout = MemoryLayout::new(LayoutSpec {
+        address_spaces: vec![AddressSpace {
+            cell: CellType::U8,
+            num_cells: 8 << 10,
+        }],
+        address_space_height: None,
+        address_height: None,
+    })
+    .expect("layout");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("auto.trace");
+    let mut w = TraceWriter::create(
+        &path,
+        &TraceHeader {
+            layout,
+            omitted_levels: Some(OmittedLevels::Auto),
+        },
+    )
+    .expect("create");
+    w.write(&TraceEvent::Build { expect_root: None })
+        .expect("write");
+    w.finish().expect("finish");
+    // 40960 = 2^10·32 nodes (k = 1) + 8192 raw: k = 0 does not fit.
+    let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .arg("replay")
+        .arg(&path)
+        .args(["--backend", "cpu", "--memory-budget", "40960"])
+        .output()
+        .expect("run memcommit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("omitted_levels 1 (auto)"), "{stdout}");
+    // The flag overrides the header.
+    let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .arg("replay")
+        .arg(&path)
+        .args(["--backend", "cpu", "--omitted-levels", "4"])
+        .output()
+        .expect("run memcommit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("omitted_levels 4)"), "{stdout}");
+}
