@@ -8,57 +8,18 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::server::{spawn, LoopbackServer};
+use common::server::{err, start};
 use common::{four_spaces, image_with};
 use memcommit::hash::{Digest, P};
 use memcommit::layout::{CellType, MemoryLayout};
 use memcommit::service::client::Client;
-use memcommit::service::{codec, proto, Limits, ServiceConfig, SERVICE_NAME};
+use memcommit::service::{codec, proto, Limits, SERVICE_NAME};
 use memcommit::tree::reference::ReferenceTree;
 use memcommit::tree::{node_bytes, verify_opening, Backend, MemoryTree, TouchedBlock};
 use prost::bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tonic::{Code, Status};
-
-/// A server on an ephemeral port plus a connected client.
-struct TestServer {
-    url: String,
-    client: Client,
-    server: LoopbackServer,
-}
-
-async fn start(limits: Limits) -> TestServer {
-    let server = spawn(ServiceConfig {
-        limits,
-        ..ServiceConfig::default()
-    })
-    .await;
-    let url = server.url();
-    let client = Client::connect(&url).await.expect("connect");
-    TestServer {
-        url,
-        client,
-        server,
-    }
-}
-
-impl TestServer {
-    /// Shuts down gracefully and checks that `serve` returned `Ok`.
-    async fn stop(self) {
-        drop(self.client);
-        self.server.stop().await;
-    }
-}
-
-fn err<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, needles: &[&str]) -> Status {
-    let s = r.expect_err("call should fail");
-    assert_eq!(s.code(), code, "{s:?}");
-    for n in needles {
-        assert!(s.message().contains(n), "{n:?} not in {:?}", s.message());
-    }
-    s
-}
+use tonic::Code;
 
 /// A block's cells as raw little-endian bytes of `cell`.
 fn raw_cells(cell: CellType, cells: &[u32]) -> Vec<u8> {

@@ -4,72 +4,39 @@
 
 mod common;
 
-use common::server::{spawn, LoopbackServer};
+use common::server::{err, start, TestServer};
 
 use std::time::Duration;
 
 use common::image_with;
 use memcommit::layout::MemoryLayout;
-use memcommit::service::client::Client;
-use memcommit::service::{Limits, ServiceConfig, SERVICE_NAME};
+use memcommit::service::{Limits, SERVICE_NAME};
 use memcommit::tree::reference::ReferenceTree;
 use memcommit::tree::{node_bytes, Backend, MemoryTree, TouchedBlock};
-use tonic::{Code, Status};
+use tonic::Code;
 
-struct TestServer {
-    url: String,
-    client: Client,
-    server: LoopbackServer,
-}
-
-async fn start(limits: Limits) -> TestServer {
-    let server = spawn(ServiceConfig {
-        limits,
-        ..ServiceConfig::default()
-    })
-    .await;
-    let url = server.url();
-    let client = Client::connect(&url).await.expect("connect");
-    TestServer {
-        url,
-        client,
-        server,
-    }
-}
-
-impl TestServer {
-    /// Checks that health says SERVING and MemCommit answers, then shuts down gracefully.
-    async fn healthy_then_stop(mut self) {
-        use tonic_health::pb::health_check_response::ServingStatus;
-        use tonic_health::pb::health_client::HealthClient;
-        use tonic_health::pb::HealthCheckRequest;
-        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
-        let status = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: SERVICE_NAME.into(),
-            })
-            .await
-            .expect("health")
-            .into_inner()
-            .status;
-        assert_eq!(status, ServingStatus::Serving as i32);
-        self.client.list_trees().await.expect("list trees");
-        drop(self.client);
-        self.server.stop().await;
-    }
-}
-
-fn err<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, needles: &[&str]) -> Status {
-    let s = r.expect_err("call should fail");
-    assert_eq!(s.code(), code, "{s:?}");
-    for n in needles {
-        assert!(s.message().contains(n), "{n:?} not in {:?}", s.message());
-    }
-    s
+/// Checks that health says SERVING and MemCommit answers, then shuts down gracefully.
+async fn healthy_then_stop(mut srv: TestServer) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel = tonic::transport::Endpoint::from_shared(srv.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: SERVICE_NAME.into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    srv.client.list_trees().await.expect("list trees");
+    drop(srv.client);
+    srv.server.stop().await;
 }
 
 fn layout(json: &str) -> MemoryLayout {
@@ -115,7 +82,7 @@ async fn max_trees() {
     c.create_tree(&small(), None, Backend::Cpu)
         .await
         .expect("after a drop");
-    srv.healthy_then_stop().await;
+    healthy_then_stop(srv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +109,7 @@ async fn max_tree_bytes() {
         .await
         .expect("smaller");
     assert_eq!(c.list_trees().await.expect("list").len(), 1);
-    srv.healthy_then_stop().await;
+    healthy_then_stop(srv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +140,7 @@ async fn max_host_bytes() {
     c.create_tree(&l, None, Backend::Cpu)
         .await
         .expect("after a drop");
-    srv.healthy_then_stop().await;
+    healthy_then_stop(srv).await;
 }
 
 /// CPU trees reserve no device bytes, so even a 1-byte device budget admits them. The
@@ -194,7 +161,7 @@ async fn max_device_bytes_does_not_count_cpu_trees() {
     }
     let info = c.server_info().await.expect("info");
     assert_eq!(info.total_device_bytes, 0);
-    srv.healthy_then_stop().await;
+    healthy_then_stop(srv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +199,7 @@ async fn max_blocks_per_batch() {
         r.new_root,
         reference.update(&big[..1000]).expect("reference")
     );
-    srv.healthy_then_stop().await;
+    healthy_then_stop(srv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +226,7 @@ async fn max_message_bytes() {
     c.update_blocks(&t.tree_id, &batch(100), false)
         .await
         .expect("small batch");
-    srv.healthy_then_stop().await;
+    healthy_then_stop(srv).await;
 }
 
 /// A call that cannot get its tree (busy building) within `request_timeout` fails with
@@ -321,7 +288,7 @@ async fn request_timeout() {
     assert_eq!(r.old_root, root);
     assert_ne!(r.new_root, root);
     c.drop_tree(&t.tree_id).await.expect("drop");
-    srv.healthy_then_stop().await;
+    healthy_then_stop(srv).await;
 }
 
 /// `memcommit serve` takes every limit flag (and the old `--max-total-bytes` name) and

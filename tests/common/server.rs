@@ -36,3 +36,51 @@ impl LoopbackServer {
         self.handle.await.expect("serve task").expect("serve ok");
     }
 }
+
+/// A [`LoopbackServer`] with default settings but `limits`, plus a connected client.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    pub client: memcommit::service::client::Client,
+    pub server: LoopbackServer,
+}
+
+/// Starts a [`TestServer`] with `limits`.
+pub async fn start(limits: memcommit::service::Limits) -> TestServer {
+    let server = spawn(ServiceConfig {
+        limits,
+        ..ServiceConfig::default()
+    })
+    .await;
+    let url = server.url();
+    let client = memcommit::service::client::Client::connect(&url)
+        .await
+        .expect("connect");
+    TestServer {
+        url,
+        client,
+        server,
+    }
+}
+
+impl TestServer {
+    /// Shuts down gracefully and checks that `serve` returned `Ok`.
+    pub async fn stop(self) {
+        drop(self.client);
+        self.server.stop().await;
+    }
+}
+
+/// Asserts that `r` failed with `code` and a message containing every needle.
+pub fn err<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needles: &[&str],
+) -> tonic::Status {
+    let s = r.expect_err("call should fail");
+    assert_eq!(s.code(), code, "{s:?}");
+    for n in needles {
+        assert!(s.message().contains(n), "{n:?} not in {:?}", s.message());
+    }
+    s
+}
