@@ -20,14 +20,13 @@ mod device {
     use std::sync::Arc;
 
     use super::common::random::{batch_from, corrupt, layout};
-    use super::common::{check_openings, digest, four_spaces, image_with, vectors};
-    use memcommit::hash::{zero_hashes, Digest};
+    use super::common::{check_openings, device_cases, four_spaces, image_with};
     use memcommit::image::MemoryImage;
     use memcommit::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout};
     use memcommit::tree::cpu::CpuTree;
-    use memcommit::tree::cuda::{probe, probe_device, CudaDevice, CudaTree, Device};
+    use memcommit::tree::cuda::{probe_device, CudaDevice, CudaTree, Device};
     use memcommit::tree::reference::ReferenceTree;
-    use memcommit::tree::{self, verify_opening, Backend, MemoryTree, TouchedBlock};
+    use memcommit::tree::{self, Backend, MemoryTree, TouchedBlock};
     use memcommit::Error;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
@@ -46,11 +45,6 @@ mod device {
     fn on_gpu(layout: &MemoryLayout, image: Arc<MemoryImage>, k: u32) -> CudaTree<CudaDevice> {
         let device = CudaDevice::new().expect("device");
         CudaTree::build(device, layout.clone(), image, k).expect("device build")
-    }
-
-    /// Device node bytes: the DESIGN formula plus the zero table (address_height + 1 digests).
-    fn expected_device_node_bytes(layout: &MemoryLayout, k: u32) -> u64 {
-        tree::node_bytes(layout, k) + 32 * (u64::from(layout.address_height()) + 1)
     }
 
     #[test]
@@ -86,35 +80,7 @@ mod device {
         let Some(device) = device() else {
             return;
         };
-        let v = vectors();
-        let count = 29u32;
-        let buf = device.alloc(32 * u64::from(count)).expect("alloc");
-        let mut bytes = vec![0u8; 32 * count as usize];
-        // SAFETY: `buf` holds `count` digests and is freed once, after the copy back (which
-        // synchronises).
-        unsafe {
-            device.zero_hashes(buf, count).expect("launch");
-            device.copy_to_host(&mut bytes, buf).expect("copy");
-            device.free(buf);
-        }
-        let got: Vec<Digest> = bytes
-            .chunks_exact(32)
-            .map(|d| {
-                probe::digest_from_montgomery(core::array::from_fn(|i| {
-                    u32::from_le_bytes(d[4 * i..4 * i + 4].try_into().expect("4 bytes"))
-                }))
-            })
-            .collect();
-        for (h, z) in v["zero_hashes_0_to_8"]
-            .as_array()
-            .expect("array")
-            .iter()
-            .enumerate()
-        {
-            assert_eq!(got[h], digest(z), "zero[{h}]");
-        }
-        assert_eq!(got[28], digest(&v["zero_hash_28"]));
-        assert_eq!(&got[..], &zero_hashes()[..count as usize]);
+        device_cases::zero_hash_vectors(&device);
         assert_eq!(device.allocated_bytes(), 0);
     }
 
@@ -123,24 +89,15 @@ mod device {
         if device().is_none() {
             return;
         }
-        let (layout, leaves, root) = four_spaces();
-        for k in 0..=11 {
-            let t = on_gpu(&layout, image_with(&layout, &leaves), k);
-            assert_eq!(t.root(), root, "k = {k}");
+        device_cases::four_spaces_vector_at_every_k(on_gpu, |t, layout| {
             let usage = t.memory_usage();
-            assert_eq!(
-                usage.device_node_bytes,
-                expected_device_node_bytes(&layout, k),
-                "k = {k}"
-            );
             assert_eq!(usage.device_raw_bytes, layout.raw_bytes());
-            assert_eq!(usage.host_raw_bytes, layout.raw_bytes());
             assert_eq!(
                 t.device().allocated_bytes(),
                 usage.device_node_bytes + usage.device_raw_bytes.max(16),
                 "only the node and raw buffers outlive a call"
             );
-        }
+        });
     }
 
     #[test]
@@ -148,15 +105,7 @@ mod device {
         if device().is_none() {
             return;
         }
-        let v = &vectors()["single_u8_space_1024_leaves"];
-        let layout = super::common::layout(&v["layout"]);
-        let bytes: Vec<u8> = (0..8192u32).map(|k| (k % 256) as u8).collect();
-        let mut image = MemoryImage::zeroed(&layout).expect("image");
-        image.write(0, 0, &bytes).expect("write");
-        for k in [0, 3, 10] {
-            let t = on_gpu(&layout, Arc::new(image.clone()), k);
-            assert_eq!(t.root(), digest(&v["root"]), "k = {k}");
-        }
+        device_cases::single_u8_space_vector(on_gpu);
     }
 
     #[test]
@@ -164,17 +113,7 @@ mod device {
         if device().is_none() {
             return;
         }
-        let (layout, leaves, root) = four_spaces();
-        for k in [0, 3, 7] {
-            let image = Arc::new(MemoryImage::zeroed(&layout).expect("image"));
-            let mut t = on_gpu(&layout, image, k);
-            assert_eq!(t.update(&[]).expect("empty batch"), t.root());
-            assert_eq!(t.update(&leaves).expect("update"), root, "k = {k}");
-            assert_eq!(t.image().block_cells(1, 1023), [9; 8]);
-            for o in &t.openings(&[(3, 7), (1, 1023)]).expect("openings") {
-                verify_opening(&root, &layout, o).expect("verifies");
-            }
-        }
+        device_cases::updates_reach_the_four_spaces_root_from_zero(on_gpu);
     }
 
     #[test]
@@ -221,7 +160,7 @@ mod device {
             prop_assert_eq!(dev.root(), reference.root());
             prop_assert_eq!(
                 dev.memory_usage().device_node_bytes,
-                expected_device_node_bytes(&layout, k)
+                device_cases::expected_device_node_bytes(&layout, k)
             );
             for (seeds, invalid, how) in batches {
                 let mut batch: Vec<TouchedBlock> = batch_from(&layout, &seeds);

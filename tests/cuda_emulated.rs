@@ -7,13 +7,13 @@ mod common;
 use std::sync::Arc;
 
 use common::random::{batch_from, corrupt, layout};
-use common::{check_openings, digest, four_spaces, image_with, u32s, vectors};
-use memcommit::hash::{permute, zero_hashes, Digest, F, P};
+use common::{check_openings, device_cases, digest, four_spaces, image_with, u32s, vectors};
+use memcommit::hash::{permute, F, P};
 use memcommit::image::MemoryImage;
 use memcommit::layout::{CellType, MemoryLayout};
-use memcommit::tree::cuda::{index, probe, CudaTree, Device, EmulatedDevice};
+use memcommit::tree::cuda::{index, probe, CudaTree, EmulatedDevice};
 use memcommit::tree::reference::ReferenceTree;
-use memcommit::tree::{self, verify_opening, MemoryTree, TouchedBlock};
+use memcommit::tree::{self, MemoryTree, TouchedBlock};
 use memcommit::Error;
 use p3_baby_bear::{
     BABYBEAR_POSEIDON2_RC_16_EXTERNAL_FINAL, BABYBEAR_POSEIDON2_RC_16_EXTERNAL_INITIAL,
@@ -24,11 +24,6 @@ use proptest::prelude::*;
 
 fn emulated(layout: &MemoryLayout, image: Arc<MemoryImage>, k: u32) -> CudaTree<EmulatedDevice> {
     CudaTree::build(EmulatedDevice::new(), layout.clone(), image, k).expect("emulated build")
-}
-
-/// Device node bytes: the DESIGN formula plus the zero table (address_height + 1 digests).
-fn expected_device_node_bytes(layout: &MemoryLayout, k: u32) -> u64 {
-    tree::node_bytes(layout, k) + 32 * (u64::from(layout.address_height()) + 1)
 }
 
 #[test]
@@ -160,36 +155,7 @@ fn leaf_encoding_from_raw_bytes() {
 
 #[test]
 fn zero_hash_vectors_through_the_zero_hash_kernel() {
-    let v = vectors();
-    let device = EmulatedDevice::new();
-    let count = 29u32;
-    let buf = device.alloc(32 * u64::from(count)).expect("alloc");
-    let mut bytes = vec![0u8; 32 * count as usize];
-    // SAFETY: `buf` holds `count` digests and is freed once, after the copy back.
-    unsafe {
-        device.zero_hashes(buf, count).expect("launch");
-        device.copy_to_host(&mut bytes, buf).expect("copy");
-        device.free(buf);
-    }
-    let got: Vec<Digest> = bytes
-        .chunks_exact(32)
-        .map(|d| {
-            let words = core::array::from_fn(|i| {
-                u32::from_le_bytes(d[4 * i..4 * i + 4].try_into().expect("4 bytes"))
-            });
-            probe::digest_from_montgomery(words)
-        })
-        .collect();
-    for (h, z) in v["zero_hashes_0_to_8"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(got[h], digest(z), "zero[{h}]");
-    }
-    assert_eq!(got[28], digest(&v["zero_hash_28"]));
-    assert_eq!(&got[..], &zero_hashes()[..count as usize]);
+    device_cases::zero_hash_vectors(&EmulatedDevice::new());
 }
 
 #[test]
@@ -228,53 +194,25 @@ fn index_arithmetic_equals_the_header() {
 
 #[test]
 fn four_spaces_vector_at_every_k() {
-    let (layout, leaves, root) = four_spaces();
-    for k in 0..=11 {
-        let t = emulated(&layout, image_with(&layout, &leaves), k);
-        assert_eq!(t.root(), root, "k = {k}");
+    device_cases::four_spaces_vector_at_every_k(emulated, |t, layout| {
         let usage = t.memory_usage();
-        assert_eq!(
-            usage.device_node_bytes,
-            expected_device_node_bytes(&layout, k),
-            "k = {k}"
-        );
         assert!(usage.device_raw_bytes >= layout.raw_bytes());
-        assert_eq!(usage.host_raw_bytes, layout.raw_bytes());
         assert_eq!(
             t.device().allocated_bytes(),
             (usage.device_node_bytes + usage.device_raw_bytes).next_multiple_of(16),
             "only the node and raw buffers outlive a call"
         );
-    }
+    });
 }
 
 #[test]
 fn single_u8_space_vector() {
-    let v = &vectors()["single_u8_space_1024_leaves"];
-    let layout = common::layout(&v["layout"]);
-    let bytes: Vec<u8> = (0..8192u32).map(|k| (k % 256) as u8).collect();
-    let mut image = MemoryImage::zeroed(&layout).expect("image");
-    image.write(0, 0, &bytes).expect("write");
-    for k in [0, 3, 10] {
-        let t = emulated(&layout, Arc::new(image.clone()), k);
-        assert_eq!(t.root(), digest(&v["root"]), "k = {k}");
-    }
+    device_cases::single_u8_space_vector(emulated);
 }
 
 #[test]
 fn updates_reach_the_four_spaces_root_from_zero() {
-    let (layout, leaves, root) = four_spaces();
-    for k in [0, 3, 7] {
-        let image = Arc::new(MemoryImage::zeroed(&layout).expect("image"));
-        let mut t = emulated(&layout, image, k);
-        assert_eq!(t.update(&[]).expect("empty batch"), t.root());
-        assert_eq!(t.update(&leaves).expect("update"), root, "k = {k}");
-        assert_eq!(t.image().block_cells(1, 1023), [9; 8]);
-        let o = t.openings(&[(3, 7), (1, 1023)]).expect("openings");
-        for o in &o {
-            verify_opening(&root, &layout, o).expect("verifies");
-        }
-    }
+    device_cases::updates_reach_the_four_spaces_root_from_zero(emulated);
 }
 
 #[test]
@@ -325,7 +263,7 @@ proptest! {
         let mut dev = emulated(&layout, image.clone(), k);
         let mut reference = ReferenceTree::build(layout.clone(), image, k);
         prop_assert_eq!(dev.root(), reference.root());
-        prop_assert_eq!(dev.memory_usage().device_node_bytes, expected_device_node_bytes(&layout, k));
+        prop_assert_eq!(dev.memory_usage().device_node_bytes, device_cases::expected_device_node_bytes(&layout, k));
         for (seeds, invalid, how) in batches {
             let mut batch: Vec<TouchedBlock> = batch_from(&layout, &seeds);
             if invalid && !batch.is_empty() {

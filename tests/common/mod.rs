@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the vector file and layout/image builders.
 #![allow(dead_code)]
 
+pub mod device_cases;
 pub mod random;
 
 pub mod server;
