@@ -7,6 +7,22 @@ use memcommit::tree::{choose_omitted_levels, node_bytes};
 
 const TRACE: &str = "tests/data/sqlite3.trace.zst";
 
+/// Runs `memcommit replay TRACE ARGS…`, asserts it succeeded, and returns its stdout.
+fn replay_ok(trace: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .arg("replay")
+        .arg(trace)
+        .args(args)
+        .output()
+        .expect("run memcommit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn replay_auto_reports_the_chosen_k_and_all_roots_match() {
     let layout = TraceReader::open(TRACE.as_ref())
@@ -18,23 +34,17 @@ fn replay_auto_reports_the_chosen_k_and_all_roots_match() {
     let budget = node_bytes(&layout, 3) + layout.raw_bytes() + 1;
     assert!(budget < node_bytes(&layout, 2) + layout.raw_bytes());
     assert_eq!(choose_omitted_levels(&layout, budget).expect("fits"), 3);
-    let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
-        .args([
-            "replay",
-            TRACE,
+    let budget = budget.to_string();
+    let stdout = replay_ok(
+        TRACE.as_ref(),
+        &[
             "--backend",
             "cpu",
             "--omitted-levels",
             "auto",
-        ])
-        .args(["--memory-budget", &budget.to_string()])
-        .output()
-        .expect("run memcommit");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--memory-budget",
+            &budget,
+        ],
     );
     assert!(stdout.contains("omitted_levels 3 (auto)"), "{stdout}");
     assert!(
@@ -93,31 +103,9 @@ fn replay_of_a_trace_whose_header_says_auto() {
         .expect("write");
     w.finish().expect("finish");
     // 40960 = 2^10·32 nodes (k = 1) + 8192 raw: k = 0 does not fit.
-    let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
-        .arg("replay")
-        .arg(&path)
-        .args(["--backend", "cpu", "--memory-budget", "40960"])
-        .output()
-        .expect("run memcommit");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = replay_ok(&path, &["--backend", "cpu", "--memory-budget", "40960"]);
     assert!(stdout.contains("omitted_levels 1 (auto)"), "{stdout}");
     // The flag overrides the header.
-    let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
-        .arg("replay")
-        .arg(&path)
-        .args(["--backend", "cpu", "--omitted-levels", "4"])
-        .output()
-        .expect("run memcommit");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = replay_ok(&path, &["--backend", "cpu", "--omitted-levels", "4"]);
     assert!(stdout.contains("omitted_levels 4)"), "{stdout}");
 }
