@@ -23,8 +23,8 @@ use crate::hash::{
 use crate::image::MemoryImage;
 use crate::layout::{MemoryLayout, BLOCK_CELLS};
 use crate::tree::{
-    block_key, check_positions, empty_slot_root, stored_base_level, validate_batch, Backend,
-    MemoryTree, MemoryUsage, Opening, TouchedBlock,
+    check_positions, empty_slot_root, stored_base_level, validated_keys, Backend, MemoryTree,
+    MemoryUsage, Opening, TouchedBlock,
 };
 
 /// Leaves hashed together by one rayon task when computing level-`b` nodes: 128 KiB of
@@ -295,7 +295,7 @@ impl MemoryTree for CpuTree {
     }
 
     fn update(&mut self, blocks: &[TouchedBlock]) -> Result<Digest> {
-        validate_batch(&self.layout, blocks)?;
+        let keys = validated_keys(&self.layout, blocks)?;
         if blocks.is_empty() {
             return Ok(self.root());
         }
@@ -304,8 +304,6 @@ impl MemoryTree for CpuTree {
         for b in blocks {
             image.write_block(b.slot, b.block, &b.cells);
         }
-        let mut keys: Vec<u64> = blocks.iter().map(block_key).collect();
-        keys.par_sort_unstable();
         let mut touched_slots = Vec::new();
         for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
             let slot = (group[0] >> 32) as u32;

@@ -49,6 +49,16 @@ pub struct TouchedBlock {
 /// [`Error::InvalidArgument`] naming the first bad entry, e.g. `blocks[3].block`; for a
 /// repeat, the entry where the `(slot, block)` appears the second time.
 pub fn validate_batch(layout: &MemoryLayout, blocks: &[TouchedBlock]) -> Result<()> {
+    validated_keys(layout, blocks).map(drop)
+}
+
+/// [`validate_batch`], returning the batch's [`block_key`]s sorted, which the checks for
+/// repeats already produce: backends group and dedup touched blocks from them instead of
+/// sorting the batch a second time.
+///
+/// # Errors
+/// As [`validate_batch`].
+pub fn validated_keys(layout: &MemoryLayout, blocks: &[TouchedBlock]) -> Result<Vec<u64>> {
     for (i, b) in blocks.iter().enumerate() {
         check_position(layout, b.slot, b.block, || format!("blocks[{i}]"))?;
         let cell = layout.address_spaces()[b.slot as usize].cell;
@@ -69,7 +79,7 @@ pub fn validate_batch(layout: &MemoryLayout, blocks: &[TouchedBlock]) -> Result<
             ),
         ));
     }
-    Ok(())
+    Ok(keys)
 }
 
 /// `(slot << 32) | block`: blocks are below 2^32 ([`crate::layout::MAX_ADDRESS_HEIGHT`]), so

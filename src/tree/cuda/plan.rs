@@ -3,8 +3,6 @@
 //! parents level by level, then vertical paths and the top tree), worked out from the sorted
 //! touched set.
 
-use rayon::slice::ParallelSliceMut;
-
 use super::ffi::{as_bytes, HashTask, PairTask, Plain, VerticalTask, WriteTask};
 use super::index::Geometry;
 use crate::tree::TouchedBlock;
@@ -66,16 +64,11 @@ fn parents_of(children: &[u64]) -> Vec<u64> {
 }
 
 impl UpdatePlan {
-    /// Plans `blocks`, which [`crate::tree::validate_batch`] accepted for the layout of
-    /// `geometry` (so every slot is non-empty and every block in range and distinct).
-    pub fn new(geometry: &Geometry, blocks: &[TouchedBlock]) -> Self {
+    /// Plans `blocks`, whose sorted `keys` [`crate::tree::validated_keys`] returned for the
+    /// layout of `geometry` (so every slot is non-empty and every block in range and
+    /// distinct).
+    pub fn new(geometry: &Geometry, blocks: &[TouchedBlock], keys: &[u64]) -> Self {
         let mut plan = UpdatePlan::default();
-        // Blocks are < 2^32 (MAX_ADDRESS_HEIGHT), so (slot, block) sorts as one u64 key.
-        let mut keys: Vec<u64> = blocks
-            .iter()
-            .map(|b| (u64::from(b.slot) << 32) | b.block)
-            .collect();
-        keys.par_sort_unstable();
         let mut touched_slots = Vec::new();
         for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
             let slot = (group[0] >> 32) as u32;

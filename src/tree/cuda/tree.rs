@@ -13,7 +13,7 @@ use crate::hash::{Digest, DIGEST_BYTES};
 use crate::image::MemoryImage;
 use crate::layout::MemoryLayout;
 use crate::tree::{
-    check_image, check_omitted_levels, check_positions, validate_batch, Backend, MemoryTree,
+    check_image, check_omitted_levels, check_positions, validated_keys, Backend, MemoryTree,
     MemoryUsage, Opening, TouchedBlock,
 };
 
@@ -355,11 +355,11 @@ impl<D: Device> MemoryTree for CudaTree<D> {
 
     fn update(&mut self, blocks: &[TouchedBlock]) -> Result<Digest> {
         self.check_live()?;
-        validate_batch(&self.layout, blocks)?;
+        let keys = validated_keys(&self.layout, blocks)?;
         if blocks.is_empty() {
             return Ok(self.root);
         }
-        let plan = UpdatePlan::new(&self.geometry, blocks);
+        let plan = UpdatePlan::new(&self.geometry, blocks, &keys);
         match self.run_update(&plan) {
             Ok(root) => {
                 // The device has the batch; bring the host's raw memory level with it.
