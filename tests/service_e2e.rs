@@ -1145,3 +1145,97 @@ fn serve_cli_exits_zero_on_sigterm() {
         "{rest:?}"
     );
 }
+
+/// `serve --memory-budget`: the server's budget drives `auto_omitted_levels` when a request
+/// gives none, a request's own budget wins, and GetServerInfo reports the budget and which
+/// trees had k chosen for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_memory_budget_drives_auto_omitted_levels_and_is_reported() {
+    // 2^10 u8 blocks: 2^(11−k)·32 node bytes + 8192 raw bytes, so 40960 bytes fit k = 1
+    // (32768 + 8192) but not k = 0 (65536 + 8192), and 10240 fit k = 5 (2048 + 8192).
+    let layout = Some(codec::layout_to_proto(&layout_json(
+        r#"{"address_spaces": [{"cell": "u8", "num_cells": 8192}]}"#,
+    )));
+    let auto = |budget: Option<u64>| proto::CreateTreeRequest {
+        layout: layout.clone(),
+        backend: "cpu".into(),
+        auto_omitted_levels: true,
+        memory_budget_bytes: budget,
+        ..proto::CreateTreeRequest::default()
+    };
+    for (server_budget, expect_k) in [(40960u64, 1u32), (73728, 0), (10240, 5)] {
+        let server = common::server::spawn(memcommit::service::ServiceConfig {
+            memory_budget: Some(server_budget),
+            ..Default::default()
+        })
+        .await;
+        let mut c = Client::connect(&server.url()).await.expect("connect");
+        let chosen = c
+            .raw()
+            .create_tree(auto(None))
+            .await
+            .expect("auto")
+            .into_inner();
+        assert_eq!(chosen.omitted_levels, expect_k, "budget {server_budget}");
+        // The request's budget wins over the server's.
+        let own = c
+            .raw()
+            .create_tree(auto(Some(1 << 30)))
+            .await
+            .expect("own budget")
+            .into_inner();
+        assert_eq!(own.omitted_levels, 0);
+        let fixed = c
+            .create_tree(
+                &layout_json(r#"{"address_spaces": [{"cell": "u8", "num_cells": 8}]}"#),
+                Some(2),
+                Backend::Cpu,
+            )
+            .await
+            .expect("fixed k");
+        let si = c.server_info().await.expect("info");
+        assert_eq!(si.memory_budget_bytes, server_budget);
+        assert!(si.memory_budget_configured);
+        let info = |id: &str| {
+            si.trees
+                .iter()
+                .find(|t| t.tree_id == id)
+                .expect("listed")
+                .clone()
+        };
+        let (a, b, f) = (
+            info(&chosen.tree_id),
+            info(&own.tree_id),
+            info(&fixed.tree_id),
+        );
+        assert_eq!((a.omitted_levels, a.omitted_levels_auto), (expect_k, true));
+        assert_eq!((b.omitted_levels, b.omitted_levels_auto), (0, true));
+        assert_eq!((f.omitted_levels, f.omitted_levels_auto), (2, false));
+        drop(c);
+        server.stop().await;
+    }
+    // Below the smallest need (8320 bytes, as in `bad_layouts_and_arguments_are_invalid`):
+    // RESOURCE_EXHAUSTED naming the server's budget.
+    let server = common::server::spawn(memcommit::service::ServiceConfig {
+        memory_budget: Some(8319),
+        ..Default::default()
+    })
+    .await;
+    let mut c = Client::connect(&server.url()).await.expect("connect");
+    err(
+        c.raw().create_tree(auto(None)).await,
+        Code::ResourceExhausted,
+        &["budget of 8319 bytes", "smallest need is 8320 bytes"],
+    );
+    drop(c);
+    server.stop().await;
+    // Without --memory-budget the default is read from the host and reported as such.
+    let mut srv = start(Limits::default()).await;
+    let si = srv.client.server_info().await.expect("info");
+    assert!(!si.memory_budget_configured);
+    assert!(
+        si.memory_budget_bytes > 0,
+        "MemAvailable is readable on Linux"
+    );
+    srv.stop().await;
+}

@@ -8,6 +8,7 @@
 
 pub mod chart;
 pub mod count;
+pub mod replay;
 pub mod system;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout, BLOCK_CELL
 use crate::tree::{self, Backend, MemoryTree, TouchedBlock};
 
 pub use count::{build_permutations, update_permutations};
+pub use replay::{percentile, ReplayTiming, TraceBench};
 
 /// The reference backend runs only up to this many blocks: it is scalar and sparse.
 pub const REFERENCE_MAX_BLOCKS: u64 = 1 << 16;
@@ -44,8 +46,13 @@ pub struct BenchConfig {
     pub touched: Vec<f64>,
     /// Concrete backends (`cpu`, `cuda`, `reference`).
     pub backends: Vec<Backend>,
-    /// Timed repetitions of every build and every update batch.
+    /// Timed repetitions of every build and every update batch (and replays per mode of
+    /// every trace).
     pub repeats: usize,
+    /// Real traces for the replay benchmark ([`replay::bench_trace`]), each replayed at
+    /// every `k` of `omitted_levels` on every backend but `reference`.
+    #[serde(default)]
+    pub traces: Vec<std::path::PathBuf>,
 }
 
 impl BenchConfig {
@@ -62,7 +69,17 @@ impl BenchConfig {
                 }
             }
         }
-        n
+        n + (self.traces.len() * self.trace_backends().len() * self.omitted_levels.len()) as u64
+    }
+
+    /// Backends the traces are replayed on: the reference tree is left out, being scalar and
+    /// sparse.
+    pub fn trace_backends(&self) -> Vec<Backend> {
+        self.backends
+            .iter()
+            .copied()
+            .filter(|&b| b != Backend::Reference)
+            .collect()
     }
 }
 
@@ -176,6 +193,9 @@ pub struct BenchReport {
     pub baselines: Vec<Baseline>,
     /// Measurements.
     pub rows: Vec<Row>,
+    /// Replay benchmarks of `config.traces`.
+    #[serde(default)]
+    pub traces: Vec<TraceBench>,
     /// Wall time of the whole sweep, seconds.
     pub wall_s: f64,
 }
@@ -374,6 +394,7 @@ pub fn run(config: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Bench
         rss_reset: system::reset_peak_rss(),
         baselines: Vec::new(),
         rows: Vec::new(),
+        traces: Vec::new(),
         wall_s: 0.0,
     };
     let mut seed = 1u64;
@@ -405,6 +426,15 @@ pub fn run(config: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Bench
                 }
             }
         }
+    }
+    for path in &config.traces {
+        report.traces.extend(replay::bench_trace(
+            path,
+            &config.trace_backends(),
+            &config.omitted_levels,
+            repeats,
+            &mut progress,
+        )?);
     }
     report.wall_s = started.elapsed().as_secs_f64();
     Ok(report)

@@ -19,10 +19,12 @@ use memcommit::tree::{Backend, MAX_OMITTED_LEVELS};
 --max-bytes that fits in available host memory. Each build is also timed with \
 p3-merkle-tree's MerkleTree::new on the same leaves (the cells as field elements).\n\n\
 Defaults: --min-bytes 2^20 --max-bytes 2^32 --cells u8,u16,field --omitted-levels 0,1,2,3,4,5 \
---touched 0.0001,0.001,0.01 --repeats 5.\n--quick: 2^20 to 2^22 bytes, u8 and field cells, k \
+--touched 0.0001,0.001,0.01 --repeats 5.\n--trace replays a real trace in-process and through \
+gRPC at each --omitted-levels value (cpu and cuda backends).\n--quick: 2^20 to 2^22 bytes, u8 and field cells, k \
 0,1,3,5, touched 0.001 and 0.01, 3 repeats (explicit flags still win).\n\n\
 Examples:\n  memcommit bench --quick --out /tmp/bench\n  memcommit bench --out bench \
---min-bytes 1048576 --max-bytes 268435456 --cells u8 --omitted-levels 0,3"
+--min-bytes 1048576 --max-bytes 268435456 --cells u8 --omitted-levels 0,3\n  memcommit bench --out bench \
+--no-sweep --trace tests/data/sqlite3.trace.zst --omitted-levels 0,3 --repeats 5"
 )]
 pub struct Args {
     /// Directory for bench.json and bench.svg (created if missing).
@@ -56,9 +58,18 @@ pub struct Args {
         default_value = "cpu,cuda,reference"
     )]
     backends: Vec<Backend>,
-    /// Timed repeats of each build and update batch (median and min are reported).
+    /// Timed repeats of each build and update batch (median and min are reported), and
+    /// replays per mode of each --trace.
     #[arg(long, value_name = "N")]
     repeats: Option<usize>,
+    /// A real trace (JSON Lines, .zst compressed or not) to replay in-process and through
+    /// gRPC at every --omitted-levels value: per-step p50/p99 of both, their ratio, and
+    /// permutations per second over the whole trace. Repeatable.
+    #[arg(long = "trace", value_name = "TRACE")]
+    traces: Vec<PathBuf>,
+    /// Skip the size sweep (and bench.svg); only replay the --trace files.
+    #[arg(long, requires = "traces")]
+    no_sweep: bool,
 }
 
 fn parse_cell(s: &str) -> Result<CellType, String> {
@@ -144,6 +155,14 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
     if sizes.is_empty() {
         bail!("--min-bytes {min} does not fit in available host memory");
     }
+    if args.no_sweep {
+        sizes.clear();
+    }
+    for t in &args.traces {
+        if !t.is_file() {
+            bail!("--trace {}: no such file", t.display());
+        }
+    }
     Ok(BenchConfig {
         sizes,
         cells,
@@ -151,6 +170,7 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
         touched,
         backends,
         repeats: args.repeats.unwrap_or(if q { 3 } else { 5 }).max(1),
+        traces: args.traces.clone(),
     })
 }
 
@@ -169,14 +189,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let json = args.out.join("bench.json");
     let text = serde_json::to_string_pretty(&report).context("serialising the report")?;
     std::fs::write(&json, text + "\n").with_context(|| format!("writing {}", json.display()))?;
-    let svg = args.out.join("bench.svg");
-    chart::write_svg(&report, &svg)?;
-    println!(
-        "wrote {} and {} in {:.1} s",
-        json.display(),
-        svg.display(),
-        report.wall_s
-    );
+    if report.rows.is_empty() {
+        println!("wrote {} in {:.1} s", json.display(), report.wall_s);
+    } else {
+        let svg = args.out.join("bench.svg");
+        chart::write_svg(&report, &svg)?;
+        println!(
+            "wrote {} and {} in {:.1} s",
+            json.display(),
+            svg.display(),
+            report.wall_s
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -197,7 +221,8 @@ fn mib(b: u64) -> String {
     format!("{:.1}", b as f64 / f64::from(1u32 << 20))
 }
 
-/// The table on stdout: baselines, then one row per build and touched fraction.
+/// The table on stdout: baselines, then one row per build and touched fraction, then the
+/// replays.
 fn print_table(r: &BenchReport) {
     println!(
         "memcommit bench: {} threads, device {}, peak RSS {}",
@@ -209,6 +234,69 @@ fn print_table(r: &BenchReport) {
             "of the whole process (VmHWM)"
         }
     );
+    if !r.rows.is_empty() || !r.baselines.is_empty() {
+        print_sweep(r);
+    }
+    if !r.traces.is_empty() {
+        print_traces(r);
+    }
+}
+
+/// The replay benchmark: per-step latency in-process and through gRPC, their ratio, and
+/// permutations per second over the whole trace.
+fn print_traces(r: &BenchReport) {
+    println!(
+        "\nreplay: update steps in-process (the tree called directly) vs through gRPC on \
+         127.0.0.1, {} replays per mode; build = step 0",
+        r.config.repeats
+    );
+    println!(
+        "{:<9} {:>2} {:>5} {:>8} {:>10} {:>10} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>9} {:>9}",
+        "backend",
+        "k",
+        "steps",
+        "blocks",
+        "build ms",
+        "build rpc",
+        "p50 ms",
+        "p50 rpc",
+        "ratio",
+        "p99 ms",
+        "p99 rpc",
+        "ratio",
+        "Mperm/s",
+        "Mp/s rpc"
+    );
+    for t in &r.traces {
+        println!(
+            "{:<9} {:>2} {:>5} {:>8} {:>10.2} {:>10.2} {:>9.3} {:>9.3} {:>5.2}x {:>9.3} {:>9.3} {:>5.2}x {:>9.2} {:>9.2}",
+            t.backend.name(),
+            t.k,
+            t.steps,
+            t.blocks,
+            t.in_process.build.median_ms,
+            t.grpc.build.median_ms,
+            t.in_process.step_p50_ms,
+            t.grpc.step_p50_ms,
+            t.grpc_vs_in_process_p50,
+            t.in_process.step_p99_ms,
+            t.grpc.step_p99_ms,
+            t.grpc_vs_in_process_p99,
+            t.in_process.perms_per_s / 1e6,
+            t.grpc.perms_per_s / 1e6,
+        );
+    }
+    let mut names: Vec<&str> = r.traces.iter().map(|t| t.trace.as_str()).collect();
+    names.dedup();
+    println!(
+        "traces: {}; every expect_root checked in both modes. Mperm/s: permutations of the \
+         whole replay (build + updates) per second of build + update time.",
+        names.join(", ")
+    );
+}
+
+/// The sweep: p3 baselines, then one row per build and touched fraction.
+fn print_sweep(r: &BenchReport) {
     println!(
         "\np3-merkle-tree 0.8.0 MerkleTree::new on the same leaves (cells as field elements):"
     );

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use memcommit::replay::{replay, Progress, ReplayOptions, ReplaySummary};
 use memcommit::service::client::{Client, ConnectOptions};
 use memcommit::service::status::code_name;
-use memcommit::service::{self, tls::read_pem, AuthToken, ServiceConfig};
+use memcommit::service::{tls::read_pem, AuthToken, LoopbackServer, ServiceConfig};
 use memcommit::trace::TraceReader;
 use memcommit::tree::{Backend, OmittedLevels};
 
@@ -101,8 +101,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         summary.checked,
         summary.bytes_written,
         summary.blocks,
-        percentile(&ms, 0.50),
-        percentile(&ms, 0.99),
+        memcommit::bench::percentile(&ms, 0.50),
+        memcommit::bench::percentile(&ms, 0.99),
     );
     // With --json, stdout carries only the per-step lines.
     if args.json {
@@ -111,15 +111,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Nearest-rank percentile of sorted values (0 when empty).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 async fn drive(
@@ -143,22 +134,13 @@ async fn drive(
     let (url, server) = match &args.server {
         Some(url) => (url.clone(), None),
         None => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("binding the in-process server on 127.0.0.1")?;
-            let url = format!("http://{}", listener.local_addr()?);
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(service::serve(
-                ServiceConfig {
-                    auth_token,
-                    ..ServiceConfig::default()
-                },
-                listener,
-                async move {
-                    let _ = stopped.await;
-                },
-            ));
-            (url, Some((stop, task)))
+            let server = LoopbackServer::start(ServiceConfig {
+                auth_token,
+                memory_budget: args.memory_budget,
+                ..ServiceConfig::default()
+            })
+            .await?;
+            (server.url.clone(), Some(server))
         }
     };
     let mut client = Client::connect_with(&url, &options)
@@ -183,9 +165,8 @@ async fn drive(
     })
     .await;
     progress.finish_and_clear();
-    if let Some((stop, task)) = server {
-        let _ = stop.send(());
-        task.await.context("in-process server task")??;
+    if let Some(server) = server {
+        server.stop().await?;
     }
     result.with_context(|| format!("replaying {}", args.trace.display()))
 }

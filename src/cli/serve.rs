@@ -62,6 +62,12 @@ pub struct Args {
     /// The PEM private key of --tls-cert. Needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Memory budget of CreateTree's auto_omitted_levels when a request gives none, in
+    /// bytes: the smallest k whose tree nodes plus raw memory fit it is chosen. Default: 90%
+    /// of free device memory on cuda, of available host memory on cpu, read at each
+    /// CreateTree. GetServerInfo reports the budget in force.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    memory_budget: Option<u64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -93,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         limits,
         auth_token,
         tls,
+        memory_budget: args.memory_budget,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

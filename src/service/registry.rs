@@ -48,6 +48,8 @@ pub(crate) struct TreeHandle {
     /// The concrete backend (never `Auto`).
     pub backend: Backend,
     pub omitted_levels: u32,
+    /// Whether the server chose `omitted_levels` (`auto_omitted_levels`).
+    pub omitted_levels_auto: bool,
     /// Bytes reserved against the memory limits.
     pub reserved: MemoryEstimate,
     pub state: Arc<tokio::sync::Mutex<State>>,
@@ -174,7 +176,7 @@ impl Registry {
         id: String,
         layout: MemoryLayout,
         backend: Backend,
-        omitted_levels: u32,
+        (omitted_levels, omitted_levels_auto): (u32, bool),
         reserved: MemoryEstimate,
         image: MemoryImage,
     ) -> Arc<TreeHandle> {
@@ -187,6 +189,7 @@ impl Registry {
             layout,
             backend,
             omitted_levels,
+            omitted_levels_auto,
             reserved,
             state: Arc::new(tokio::sync::Mutex::new(State::Created {
                 image: Arc::new(image),

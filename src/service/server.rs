@@ -29,6 +29,9 @@ pub(crate) struct MemCommitService {
     limits: Limits,
     /// What `auto` resolves to on this server.
     default_backend: Backend,
+    /// Budget of `auto_omitted_levels` when a request gives none (`serve --memory-budget`);
+    /// `None`: [`tree::default_memory_budget`] at the time of the call.
+    memory_budget: Option<u64>,
 }
 
 impl MemCommitService {
@@ -37,7 +40,14 @@ impl MemCommitService {
             registry: Registry::new(limits),
             limits,
             default_backend,
+            memory_budget: None,
         }
+    }
+
+    /// Sets the server's budget for `auto_omitted_levels`, in bytes.
+    pub fn with_memory_budget(mut self, budget: Option<u64>) -> Self {
+        self.memory_budget = budget;
+        self
     }
 }
 
@@ -211,6 +221,7 @@ fn tree_info(t: &TreeHandle) -> proto::TreeInfo {
         host_raw_bytes: s.usage.host_raw_bytes,
         device_node_bytes: s.usage.device_node_bytes,
         device_raw_bytes: s.usage.device_raw_bytes,
+        omitted_levels_auto: t.omitted_levels_auto,
     }
 }
 
@@ -234,7 +245,7 @@ impl MemCommit for MemCommitService {
                 )
                 .into());
             }
-            let budget = match req.memory_budget_bytes {
+            let budget = match req.memory_budget_bytes.or(self.memory_budget) {
                 Some(b) => b,
                 None => tree::default_memory_budget(backend)?,
             };
@@ -255,12 +266,20 @@ impl MemCommit for MemCommitService {
                 .await
                 .map_err(|e| Status::internal(format!("allocating the image: {e}")))??;
         let id = uuid::Uuid::new_v4().to_string();
-        let handle = Registry::handle(id.clone(), layout.clone(), backend, k, reserved, image);
+        let handle = Registry::handle(
+            id.clone(),
+            layout.clone(),
+            backend,
+            (k, req.auto_omitted_levels),
+            reserved,
+            image,
+        );
         self.registry.insert(reservation, handle);
         tracing::info!(
             tree_id = %id,
             backend = backend.name(),
             omitted_levels = k,
+            omitted_levels_auto = req.auto_omitted_levels,
             node_bytes,
             raw_bytes,
             "tree created"
@@ -503,6 +522,10 @@ impl MemCommit for MemCommitService {
             Ok(d) => (d.name, d.free_bytes, d.total_bytes),
             Err(_) => ("none".into(), 0, 0),
         };
+        let memory_budget_bytes = match self.memory_budget {
+            Some(b) => b,
+            None => tree::default_memory_budget(self.default_backend).unwrap_or(0),
+        };
         Ok(Response::new(proto::GetServerInfoResponse {
             backend: self.default_backend.name().into(),
             device,
@@ -516,6 +539,8 @@ impl MemCommit for MemCommitService {
             max_trees: self.limits.max_trees as u64,
             max_total_bytes: self.limits.max_host_bytes,
             version: env!("CARGO_PKG_VERSION").into(),
+            memory_budget_bytes,
+            memory_budget_configured: self.memory_budget.is_some(),
         }))
     }
 }
