@@ -255,8 +255,11 @@ impl Lcg {
 }
 
 /// An image of `layout`'s one slot filled with pseudo-random valid cells, written 1 MiB at
-/// a time so only one copy of the memory is ever held.
-fn random_image(layout: &MemoryLayout, seed: u64) -> Result<MemoryImage> {
+/// a time so only one copy of the memory is ever held. The same `seed` gives the same image.
+///
+/// # Errors
+/// [`Error::ResourceExhausted`] when the image cannot be allocated.
+pub fn random_image(layout: &MemoryLayout, seed: u64) -> Result<MemoryImage> {
     let mut image = MemoryImage::zeroed(layout)?;
     let cell = layout.address_spaces()[0].cell;
     let total = layout.address_spaces()[0].raw_bytes();
@@ -274,8 +277,9 @@ fn random_image(layout: &MemoryLayout, seed: u64) -> Result<MemoryImage> {
     Ok(image)
 }
 
-/// `n` distinct random blocks of slot 0 (`n ≤ blocks`) with random valid cells.
-fn random_batch(blocks: u64, n: u64, cell: CellType, seed: u64) -> Vec<TouchedBlock> {
+/// `n` distinct random blocks of slot 0 of a `blocks`-block space (`n ≤ blocks`), sorted,
+/// with random valid `cell` values. The same `seed` gives the same batch.
+pub fn random_batch(blocks: u64, n: u64, cell: CellType, seed: u64) -> Vec<TouchedBlock> {
     let mut rng = Lcg(seed);
     let mut chosen: Vec<u64> = if n * 2 > blocks {
         // Dense: a partial Fisher–Yates shuffle of all blocks.
