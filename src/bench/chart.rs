@@ -96,11 +96,15 @@ fn draw(report: &BenchReport, path: &Path) -> std::result::Result<(), Box<dyn st
         .x_label_area_size(50)
         .y_label_area_size(90)
         .build_cartesian_2d(
-            (x0 / 1.5..x1 * 1.5).log_scale(),
-            (y0 / 1.5..y1 * 1.5).log_scale(),
+            // Base 2: grid lines at powers of two (ms; whole KiB / MiB / GiB), which
+            // plotters labels evenly at any range, unlike base 10's decade subdivisions.
+            (x0 / 1.5..x1 * 1.5).log_scale().base(2.0),
+            (y0 / 1.5..y1 * 1.5).log_scale().base(2.0),
         )?;
+    // Only the labelled grid lines: log axes' minor lines crowd the points.
     chart
         .configure_mesh()
+        .light_line_style(TRANSPARENT)
         .x_desc("median build ms + median update ms (largest touched fraction)")
         .y_desc("bytes (tree nodes + raw memory; device peak on a GPU)")
         .y_label_formatter(&|b| human_bytes(*b))
@@ -113,21 +117,42 @@ fn draw(report: &BenchReport, path: &Path) -> std::result::Result<(), Box<dyn st
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         chart.draw_series(xy.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
-        chart.draw_series(points.iter().map(|p| {
-            Text::new(
-                format!("k={}", p.k),
-                (p.ms, p.bytes as f64),
-                ("sans-serif", 12),
-            )
-        }))?;
+        chart.draw_series(
+            point_labels(points)
+                .into_iter()
+                .map(|(text, at)| Text::new(text, at, ("sans-serif", 12))),
+        )?;
     }
+    // Lower right: larger k (fewer bytes) sits low, slower sizes sit right, so that
+    // corner is the emptiest.
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// One label per run of consecutive points that would print on top of each other (same
+/// bytes, times within 15 %), e.g. `k=0,1,3` for a backend whose bytes do not depend on k.
+fn point_labels(points: &[Point]) -> Vec<(String, (f64, f64))> {
+    let mut out: Vec<(Vec<u32>, &Point)> = Vec::new();
+    for p in points {
+        match out.last_mut() {
+            Some((ks, first)) if first.bytes == p.bytes && (p.ms / first.ms - 1.0).abs() < 0.15 => {
+                ks.push(p.k)
+            }
+            _ => out.push((vec![p.k], p)),
+        }
+    }
+    out.into_iter()
+        .map(|(ks, p)| {
+            let ks: Vec<String> = ks.iter().map(u32::to_string).collect();
+            (format!("k={}", ks.join(",")), (p.ms, p.bytes as f64))
+        })
+        .collect()
 }
 
 /// Bytes as B, KiB, MiB or GiB with one decimal.
@@ -149,6 +174,20 @@ pub fn human_bytes(b: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coinciding_points_share_one_label() {
+        let p = |k, ms, bytes| Point { k, ms, bytes };
+        let labels = point_labels(&[
+            p(0, 100.0, 64),
+            p(1, 102.0, 64),
+            p(3, 120.0, 64),
+            p(5, 121.0, 32),
+        ]);
+        let texts: Vec<&str> = labels.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(texts, ["k=0,1", "k=3", "k=5"]);
+        assert_eq!(labels[0].1, (100.0, 64.0));
+    }
 
     #[test]
     fn human_bytes_units() {
