@@ -98,10 +98,11 @@ run_step() { # name, then the command
   "$@" >"$log" 2>&1
   local rc=$?
   local result
-  result="$(grep -E '^test result:|^replayed ' "$log" | tail -1)"
+  result="$(grep -E '^test result:|^replayed |^wrote ' "$log" | tail -1)"
   printf '%-28s rc=%-3s %4ss  %s\n' "$name" "$rc" $((SECONDS - start)) "$result" | tee -a "$summary"
   { echo "===== $name (rc=$rc)"; cat "$log"; } >>"$all"
   [ "$name" = cuda_device ] && cp "$log" "$out/cuda_device.log"
+  case "$name" in bench*) cp "$log" "$out/bench-cuda.log" ;; esac
   rm -f "$log"
   [ "$rc" = 0 ] || failed=1
 }
@@ -117,6 +118,13 @@ for t in "$bin"/tests/*; do
 done
 run_step "replay --backend cuda" "$bin/memcommit" replay "$gpu/data/sqlite3.trace.zst" --backend cuda
 run_step "replay --backend cpu" "$bin/memcommit" replay "$gpu/data/sqlite3.trace.zst" --backend cpu
+# The GPU sweep of issue 4 (bench.json, bench.svg and the table land in $OUT/bench-cuda):
+# u16 slots of 2^20 to 2^30 bytes at k 0..5 on cpu and cuda with the p3 baseline, and the
+# bundled trace replayed in-process and through gRPC on both backends.
+run_step "bench --backends cpu,cuda" "$bin/memcommit" bench --out "$out/bench-cuda" \
+  --backends cpu,cuda --cells u16 --min-bytes 1048576 --max-bytes 1073741824 \
+  --omitted-levels 0,1,2,3,4,5 --touched 0.0001,0.001,0.01 --repeats 5 \
+  --trace "$gpu/data/sqlite3.trace.zst"
 
 echo "failed=$failed" | tee -a "$summary"
 exit "$failed"
