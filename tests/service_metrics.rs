@@ -378,3 +378,105 @@ async fn request_ids_are_echoed_and_logged() {
     drop(c);
     server.stop().await;
 }
+
+/// Reads `memcommit serve` stderr lines (JSON) on a thread, handing each one over.
+fn json_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("log line {line:?} is not JSON: {e}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The first line for which `pick` returns something, within 60 s.
+fn wait_for<T>(
+    rx: &std::sync::mpsc::Receiver<serde_json::Value>,
+    pick: impl Fn(&serde_json::Value) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let v = rx.recv_timeout(left).expect("log line before the deadline");
+        if let Some(t) = pick(&v) {
+            return t;
+        }
+    }
+}
+
+fn address_of(v: &serde_json::Value, message_prefix: &str) -> Option<SocketAddr> {
+    let fields = &v["fields"];
+    fields["message"]
+        .as_str()?
+        .starts_with(message_prefix)
+        .then(|| fields["address"].as_str()?.parse().ok())?
+}
+
+/// Kills the server process when dropped, so a failing assertion leaves none behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_serves_metrics_and_json_logs() {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn memcommit serve");
+    let mut child = KillOnDrop(child);
+    let rx = json_lines(&mut child.0);
+    let metrics = wait_for(&rx, |v| address_of(v, "metrics at"));
+    let grpc = wait_for(&rx, |v| address_of(v, "memcommit listening"));
+
+    let mut c = Client::connect(&format!("http://{grpc}"))
+        .await
+        .expect("connect");
+    let create = proto::CreateTreeRequest {
+        layout: Some(memcommit::service::codec::layout_to_proto(&layout())),
+        backend: "cpu".into(),
+        ..Default::default()
+    };
+    let r = c
+        .raw()
+        .create_tree(with_id(b"cli-json-1", create))
+        .await
+        .expect("create");
+    assert_eq!(echoed(r.metadata()), "cli-json-1");
+    // The handler's line carries the span's fields as JSON.
+    let span = wait_for(&rx, |v| {
+        (v["fields"]["message"] == "tree created").then(|| v["span"].clone())
+    });
+    assert_eq!(span["name"], "rpc");
+    assert_eq!(span["method"], "CreateTree");
+    assert_eq!(span["request_id"], "cli-json-1");
+
+    let m = scrape(metrics).await;
+    assert_eq!(m["memcommit_trees"], 1.0);
+    assert_eq!(calls(&m), expect_calls(&[("CreateTree", "OK", 1)]), "{m:?}");
+    drop((c, child));
+}
