@@ -7,7 +7,7 @@
 //! not counted.
 
 use crate::layout::MemoryLayout;
-use crate::tree::{block_key, stored_base_level, TouchedBlock};
+use crate::tree::{block_key, stored_base_level, Backend, TouchedBlock};
 
 /// Permutations of a full build: for each non-empty slot of real height `h`,
 /// `2^h` leaf hashes + `2^h − 1` compressions + `address_height − h` on its vertical path,
@@ -55,6 +55,32 @@ pub fn update_permutations(layout: &MemoryLayout, k: u32, blocks: &[TouchedBlock
         total += u64::from(ah - h);
     }
     total + distinct_ancestors(&mut slots, layout.address_space_height())
+}
+
+/// Permutations of openings at (valid) `positions` at `omitted_levels = k` on `backend`:
+/// only the siblings below a slot's stored base level `b` ([`stored_base_level`]) are
+/// hashed, from raw memory. The CPU tree hashes the `2^b` blocks under the block's level-`b`
+/// ancestor and folds them (`2^(b+1) − 1`, so 1 at `b = 0`); a CUDA thread hashes each
+/// sibling subtree of height `l < b` alone (`Σ 2^(l+1) − 1 = 2^(b+1) − 2 − b`). The
+/// reference tree stores every node (0).
+pub fn opening_permutations(
+    backend: Backend,
+    layout: &MemoryLayout,
+    k: u32,
+    positions: &[(u32, u64)],
+) -> u64 {
+    positions
+        .iter()
+        .filter_map(|&(slot, _)| layout.address_spaces().get(slot as usize)?.height())
+        .map(|h| {
+            let b = stored_base_level(h, k);
+            match backend {
+                Backend::Cpu | Backend::Auto => (2u64 << b) - 1,
+                Backend::Cuda => (2u64 << b) - 2 - u64::from(b),
+                Backend::Reference => 0,
+            }
+        })
+        .sum()
 }
 
 /// Sum over `levels` rounds of halving the sorted indices of the distinct parents.
@@ -126,6 +152,23 @@ mod tests {
         // Blocks 0 and 1023 meet only at the root: 2·11 − 1.
         let far = [touched(0, 0), touched(0, 1023)];
         assert_eq!(update_permutations(&l, 0, &far), 21);
+    }
+
+    #[test]
+    fn openings_hash_below_the_stored_base() {
+        // h = 10: at k = 3 the CPU hashes 8 leaves and 7 compressions per opening, a CUDA
+        // thread the subtrees of heights 0, 1, 2 (1 + 3 + 7); at k = 0 the CPU hashes the
+        // block's own leaf and CUDA nothing.
+        let l = layout(&[8 << 10], None, None);
+        let two = [(0, 5), (0, 6)];
+        assert_eq!(opening_permutations(Backend::Cpu, &l, 3, &two), 30);
+        assert_eq!(opening_permutations(Backend::Cuda, &l, 3, &two), 22);
+        assert_eq!(opening_permutations(Backend::Cpu, &l, 0, &two), 2);
+        assert_eq!(opening_permutations(Backend::Cuda, &l, 0, &two), 0);
+        assert_eq!(opening_permutations(Backend::Reference, &l, 3, &two), 0);
+        // A slot of height 1 at k = 3 is stored in full (b = 0).
+        let small = layout(&[64, 16, 0], Some(2), Some(4));
+        assert_eq!(opening_permutations(Backend::Cpu, &small, 3, &[(1, 0)]), 1);
     }
 
     #[test]

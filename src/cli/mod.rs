@@ -39,11 +39,18 @@ enum Command {
 /// Runs the parsed command. Logs go to stderr (`RUST_LOG` sets the filter, default
 /// `info`); stdout carries only the command's output.
 pub fn main(cli: Cli) -> ExitCode {
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match &cli.command {
+        // The current span's fields (method, request_id) on every line, not the span list.
+        Command::Serve(a) if a.log_format == serve::LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        _ => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let result = match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Root(a) => root::run(a),

@@ -13,12 +13,30 @@ use memcommit::service::{
     DEFAULT_MAX_TREE_BYTES, DEFAULT_REQUEST_TIMEOUT,
 };
 
+/// How `memcommit serve` writes its logs (to stderr).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `tracing`'s text format.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
 /// Arguments of `memcommit serve`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Address to listen on (IP:PORT; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT). Off by default. The
+    /// endpoint needs no token: bind it to a private interface.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log lines as human-readable text or as JSON objects (one a line, with the
+    /// `rpc` span's method and request_id).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Largest request or response message, in bytes (256 MiB).
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
@@ -109,7 +127,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
-        service::serve(config, listener, service::shutdown_signal()).await
+        let metrics_listener = match args.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --metrics-listen {addr}"))?,
+            ),
+            None => None,
+        };
+        service::serve_with_metrics(
+            config,
+            listener,
+            metrics_listener,
+            service::shutdown_signal(),
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

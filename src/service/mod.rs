@@ -6,12 +6,16 @@
 //! - [`codec`] converts the packed wire forms to the core types.
 //! - Errors map to status codes one to one ([`status::code`]).
 //! - [`auth`]: bearer tokens on MemCommit calls; [`tls`]: rustls identities.
+//! - `observe`: request ids (`x-request-id`), the `rpc{method, request_id}` span and the
+//!   per-call metrics; `metrics`: the Prometheus listener ([`serve_with_metrics`]).
 
 pub mod auth;
 pub mod client;
 pub mod codec;
 mod limits;
 pub mod loopback;
+mod metrics;
+mod observe;
 mod registry;
 mod server;
 pub mod status;
@@ -19,6 +23,7 @@ pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
@@ -33,10 +38,12 @@ pub use limits::{
     DEFAULT_MAX_TREE_BYTES, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use loopback::LoopbackServer;
+pub use observe::{MAX_REQUEST_ID_LEN, REQUEST_ID_HEADER};
 pub use tls::TlsIdentity;
 
 use crate::tree::Backend;
 use auth::RequireBearer;
+use observe::Observe;
 use proto::mem_commit_server::MemCommitServer;
 use server::{is_message_too_large, message_limit_status, MemCommitService};
 
@@ -84,17 +91,48 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`serve`], plus Prometheus metrics at `http://METRICS_ADDR/metrics` when
+/// `metrics_listener` is given (no auth: bind it to a private interface). The metrics
+/// listener stops when the gRPC server returns.
+///
+/// # Errors
+/// As [`serve`], and if the metrics listener's address cannot be read.
+pub async fn serve_with_metrics(
+    config: ServiceConfig,
+    listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let limits = config.limits;
     let addr = listener
         .local_addr()
         .context("reading the listener's address")?;
     let default_backend = Backend::Auto.resolve()?;
 
-    let memcommit = MemCommitServer::new(
-        MemCommitService::new(limits, default_backend).with_memory_budget(config.memory_budget),
-    )
-    .max_decoding_message_size(limits.max_message_bytes)
-    .max_encoding_message_size(limits.max_message_bytes);
+    let service =
+        MemCommitService::new(limits, default_backend).with_memory_budget(config.memory_budget);
+    // Dropping the set (when this function returns) stops the metrics listener.
+    let mut background = tokio::task::JoinSet::new();
+    let metrics = match metrics_listener {
+        Some(l) => {
+            let metrics_addr = l
+                .local_addr()
+                .context("reading the metrics listener's address")?;
+            let m = Arc::new(metrics::Metrics::new(service.trees(), default_backend));
+            background.spawn(metrics::serve_metrics(l, Arc::clone(&m)));
+            tracing::info!(address = %metrics_addr, "metrics at http://{metrics_addr}/metrics");
+            Some(m)
+        }
+        None => None,
+    };
+    let service = service.with_metrics(metrics.clone());
+
+    let memcommit = MemCommitServer::new(service)
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<MemCommitServer<MemCommitService>>()
@@ -136,13 +174,16 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         // Auth outside the size mapping: an unauthenticated call is refused before its body
-        // is read.
-        .add_service(RequireBearer {
-            inner: MessageLimit {
-                inner: memcommit,
-                max_message_bytes: limits.max_message_bytes,
+        // is read. Observe outside both, so refused calls get request ids and are counted.
+        .add_service(Observe {
+            inner: RequireBearer {
+                inner: MessageLimit {
+                    inner: memcommit,
+                    max_message_bytes: limits.max_message_bytes,
+                },
+                token: config.auth_token.clone(),
             },
-            token: config.auth_token.clone(),
+            metrics,
         })
         // TCP_NODELAY: without it a reply that follows a partial segment waits for the
         // client's delayed ACK (~40 ms on Linux); the replay benchmark showed it on most

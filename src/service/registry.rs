@@ -87,6 +87,14 @@ pub(crate) struct Registry {
     inner: Mutex<Inner>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("trees", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A tree slot and bytes held against the limits until the tree is inserted; released on
 /// drop otherwise (e.g. when allocating the image fails).
 pub(crate) struct Reservation<'a> {
@@ -247,6 +255,30 @@ impl Registry {
     /// Bytes reserved over all trees, host and device together.
     pub fn reserved_bytes(&self) -> u64 {
         lock(&self.inner).reserved.total()
+    }
+
+    /// Bytes reserved over all trees, host and device apart.
+    pub fn reserved(&self) -> MemoryEstimate {
+        lock(&self.inner).reserved
+    }
+
+    /// Trees alive (inserted and not removed).
+    pub fn len(&self) -> usize {
+        lock(&self.inner).trees.len()
+    }
+
+    /// The bytes all trees hold, from their summaries, as `GetServerInfo` adds them up.
+    pub fn used(&self) -> MemoryUsage {
+        let trees: Vec<_> = lock(&self.inner).trees.values().cloned().collect();
+        trees
+            .iter()
+            .map(|t| t.summary().usage)
+            .fold(MemoryUsage::default(), |a, u| MemoryUsage {
+                host_node_bytes: a.host_node_bytes + u.host_node_bytes,
+                host_raw_bytes: a.host_raw_bytes + u.host_raw_bytes,
+                device_node_bytes: a.device_node_bytes + u.device_node_bytes,
+                device_raw_bytes: a.device_raw_bytes + u.device_raw_bytes,
+            })
     }
 }
 

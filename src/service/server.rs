@@ -14,6 +14,7 @@ use crate::tree::{self, Backend, MemoryTree};
 
 use super::codec;
 use super::limits::{self, timeout_text, Limits};
+use super::metrics::{self, Metrics};
 use super::proto;
 use super::proto::mem_commit_server::MemCommit;
 use super::registry::{not_found, Registry, State, Summary, TreeHandle};
@@ -25,22 +26,25 @@ const RESPONSE_OVERHEAD: u64 = 256;
 
 /// The service state shared by every call.
 pub(crate) struct MemCommitService {
-    registry: Registry,
+    registry: Arc<Registry>,
     limits: Limits,
     /// What `auto` resolves to on this server.
     default_backend: Backend,
     /// Budget of `auto_omitted_levels` when a request gives none (`serve --memory-budget`);
     /// `None`: [`tree::default_memory_budget`] at the time of the call.
     memory_budget: Option<u64>,
+    /// Where permutations are counted, when metrics are on.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl MemCommitService {
     pub fn new(limits: Limits, default_backend: Backend) -> Self {
         MemCommitService {
-            registry: Registry::new(limits),
+            registry: Arc::new(Registry::new(limits)),
             limits,
             default_backend,
             memory_budget: None,
+            metrics: None,
         }
     }
 
@@ -48,6 +52,24 @@ impl MemCommitService {
     pub fn with_memory_budget(mut self, budget: Option<u64>) -> Self {
         self.memory_budget = budget;
         self
+    }
+
+    /// The trees, for the metrics' gauges.
+    pub fn trees(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Counts permutations into `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
+/// Adds `count()` permutations when metrics are on; the count is not computed otherwise.
+fn count_permutations(m: Option<&Metrics>, count: impl FnOnce() -> u64) {
+    if let Some(m) = m {
+        m.add_permutations(count());
     }
 }
 
@@ -187,7 +209,10 @@ where
         .lock(&tree, Arc::clone(&tree.state).lock_owned())
         .await?;
     let id = tree.id.clone();
+    // The call's `rpc{method, request_id}` span, so the blocking work's logs carry it.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         let mut guard = guard;
         let mut state = std::mem::replace(&mut *guard, State::Poisoned);
         let r = f(&tree, &mut state);
@@ -357,7 +382,8 @@ impl MemCommit for MemCommitService {
     ) -> Reply<proto::BuildTreeResponse> {
         let deadline = Deadline::new(&self.limits);
         let tree = self.registry.get(&req.get_ref().tree_id)?;
-        let root = with_tree(tree, deadline, |t, state| {
+        let metrics = self.metrics.clone();
+        let root = with_tree(tree, deadline, move |t, state| {
             let image = match state {
                 State::Created { image } => Arc::clone(image),
                 State::Built(_) => {
@@ -371,6 +397,9 @@ impl MemCommit for MemCommitService {
             };
             let started = Instant::now();
             let built = tree::build(t.backend, t.layout.clone(), image, t.omitted_levels)?;
+            count_permutations(metrics.as_deref(), || {
+                metrics::build_permutations(t.backend, &t.layout)
+            });
             let root = built.root();
             t.set_summary(Summary {
                 root: Some(root),
@@ -405,6 +434,7 @@ impl MemCommit for MemCommitService {
         limits.check_batch(codec::packed_entries(&msg.slots), "blocks")?;
         let tree = self.registry.get(&req.tree_id)?;
         let return_openings = req.return_openings;
+        let metrics = self.metrics.clone();
         let resp = with_tree(tree, deadline, move |t, state| {
             let mt = built(t, state)?;
             let blocks = codec::decode_blocks(&msg, "blocks")?;
@@ -418,12 +448,17 @@ impl MemCommit for MemCommitService {
             let started = Instant::now();
             let old_root = mt.root();
             let new_root = mt.update(&blocks)?;
+            let (backend, layout, k) = (t.backend, &t.layout, t.omitted_levels);
+            count_permutations(metrics.as_deref(), || {
+                metrics::update_permutations(backend, layout, k, &blocks)
+            });
             let openings = if return_openings {
                 let positions: Vec<_> = blocks.iter().map(|b| (b.slot, b.block)).collect();
-                mt.openings(&positions)?
-                    .iter()
-                    .map(codec::opening_to_proto)
-                    .collect()
+                let openings = mt.openings(&positions)?;
+                count_permutations(metrics.as_deref(), || {
+                    metrics::opening_permutations(backend, layout, k, &positions)
+                });
+                openings.iter().map(codec::opening_to_proto).collect()
             } else {
                 Vec::new()
             };
@@ -471,11 +506,15 @@ impl MemCommit for MemCommitService {
         let msg = req.positions.unwrap_or_default();
         limits.check_batch(codec::packed_entries(&msg.slots), "positions")?;
         let tree = self.registry.get(&req.tree_id)?;
+        let metrics = self.metrics.clone();
         let resp = with_tree(tree, deadline, move |t, state| {
             let mt = built(t, state)?;
             let positions = codec::decode_positions(&msg, "positions")?;
             check_openings_fit(positions.len(), t, &limits)?;
             let openings = mt.openings(&positions)?;
+            count_permutations(metrics.as_deref(), || {
+                metrics::opening_permutations(t.backend, &t.layout, t.omitted_levels, &positions)
+            });
             Ok(proto::GetOpeningsResponse {
                 root: Some(codec::digest_to_proto(&mt.root())),
                 openings: openings.iter().map(codec::opening_to_proto).collect(),

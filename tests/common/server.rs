@@ -24,6 +24,27 @@ pub async fn spawn(config: ServiceConfig) -> LoopbackServer {
     LoopbackServer { addr, stop, handle }
 }
 
+/// Binds 127.0.0.1:0 twice and serves `config` on the first with Prometheus metrics on the
+/// second until [`LoopbackServer::stop`]; returns the server and the metrics address.
+pub async fn spawn_with_metrics(config: ServiceConfig) -> (LoopbackServer, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let metrics = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind metrics");
+    let metrics_addr = metrics.local_addr().expect("metrics addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(memcommit::service::serve_with_metrics(
+        config,
+        listener,
+        Some(metrics),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (LoopbackServer { addr, stop, handle }, metrics_addr)
+}
+
 impl LoopbackServer {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
