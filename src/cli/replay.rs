@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use memcommit::load::percentile;
 use memcommit::replay::{replay, Progress, ReplayOptions, ReplaySummary};
-use memcommit::service::client::{Client, ConnectOptions};
-use memcommit::service::status::code_name;
-use memcommit::service::{self, tls::read_pem, AuthToken, ServiceConfig};
 use memcommit::trace::TraceReader;
 use memcommit::tree::{Backend, OmittedLevels};
+
+use super::connect::ConnectArgs;
 
 /// Arguments of `memcommit replay`.
 #[derive(clap::Args, Debug)]
@@ -31,10 +31,6 @@ pub struct Args {
     /// Print one JSON line per root step: {"step", "root", "expect_root", "blocks", "ms"}.
     #[arg(long)]
     json: bool,
-    /// A running memcommit server (e.g. http://127.0.0.1:50051). Without it, replay starts
-    /// one in-process on 127.0.0.1 with an ephemeral port.
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
     /// Backend the server builds the tree on: auto uses CUDA if a device is usable, else
     /// CPU.
     #[arg(long, value_enum, default_value = "auto")]
@@ -49,15 +45,8 @@ pub struct Args {
     /// --server, whose memory is not known here.
     #[arg(long, value_name = "BYTES")]
     memory_budget: Option<u64>,
-    /// File holding the bearer token to send on every call (one line; the trailing newline
-    /// is trimmed; an empty token or a world-readable file is refused). Without --server,
-    /// the in-process server requires it too.
-    #[arg(long, value_name = "FILE")]
-    auth_token_file: Option<PathBuf>,
-    /// PEM CA certificate that the server's TLS certificate must chain to. Needed for (and
-    /// only for) an https:// --server.
-    #[arg(long, value_name = "FILE", requires = "server")]
-    tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -69,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
         Some(OmittedLevels::Fixed(k)) => Some(k),
         Some(OmittedLevels::Auto) => {
-            if args.server.is_some() && args.memory_budget.is_none() {
+            if args.connect.server.is_some() && args.memory_budget.is_none() {
                 anyhow::bail!(
                     "--omitted-levels auto with --server needs --memory-budget (the server's \
                      free memory is not known here)"
@@ -113,58 +102,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Nearest-rank percentile of sorted values (0 when empty).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 async fn drive(
     args: &Args,
     trace: TraceReader,
     omitted_levels: Option<u32>,
 ) -> anyhow::Result<ReplaySummary> {
-    let auth_token = args
-        .auth_token_file
-        .as_deref()
-        .map(AuthToken::from_file)
-        .transpose()?;
-    let options = ConnectOptions {
-        auth_token: auth_token.clone(),
-        tls_ca_pem: args
-            .tls_ca
-            .as_deref()
-            .map(|p| read_pem(p, "TLS CA"))
-            .transpose()?,
-    };
-    let (url, server) = match &args.server {
-        Some(url) => (url.clone(), None),
-        None => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("binding the in-process server on 127.0.0.1")?;
-            let url = format!("http://{}", listener.local_addr()?);
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(service::serve(
-                ServiceConfig {
-                    auth_token,
-                    ..ServiceConfig::default()
-                },
-                listener,
-                async move {
-                    let _ = stopped.await;
-                },
-            ));
-            (url, Some((stop, task)))
-        }
-    };
-    let mut client = Client::connect_with(&url, &options)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()))
-        .with_context(|| format!("connecting to {url}"))?;
+    let target = args.connect.start().await?;
+    let mut client = target.connect().await?;
     let progress = progress_bar();
     let json = args.json;
     let replay_options = ReplayOptions {
@@ -183,9 +127,8 @@ async fn drive(
     })
     .await;
     progress.finish_and_clear();
-    if let Some((stop, task)) = server {
-        let _ = stop.send(());
-        task.await.context("in-process server task")??;
+    if let Some(server) = target.server {
+        server.stop().await?;
     }
     result.with_context(|| format!("replaying {}", args.trace.display()))
 }
