@@ -98,6 +98,19 @@ fn built<'a>(t: &TreeHandle, state: &'a mut State) -> Result<&'a mut dyn MemoryT
     }
 }
 
+/// The status of a batch the backend failed to apply after validation (a device error,
+/// memory, an injected fault): it names the tree and says the batch was not applied.
+/// Backends undo a part-applied batch (the CUDA tree keeps its last good root and image
+/// and marks itself lost instead).
+fn batch_failed(t: &TreeHandle, e: Error) -> Status {
+    let not_applied = |m: String| format!("tree {}: the batch was not applied: {m}", t.id);
+    match e {
+        Error::Unavailable(m) => Error::Unavailable(not_applied(m)).into(),
+        Error::ResourceExhausted(m) => Error::ResourceExhausted(not_applied(m)).into(),
+        e => e.into(),
+    }
+}
+
 /// Refuses a response of `n` openings that could not be sent under the message limit,
 /// before anything changes.
 fn check_openings_fit(n: usize, t: &TreeHandle, limits: &Limits) -> Result<(), Status> {
@@ -398,7 +411,7 @@ impl MemCommit for MemCommitService {
             deadline.check("the batch to be decoded")?;
             let started = Instant::now();
             let old_root = mt.root();
-            let new_root = mt.update(&blocks)?;
+            let new_root = mt.update(&blocks).map_err(|e| batch_failed(t, e))?;
             let openings = if return_openings {
                 let positions: Vec<_> = blocks.iter().map(|b| (b.slot, b.block)).collect();
                 mt.openings(&positions)?
