@@ -52,6 +52,9 @@ pub(crate) struct TreeHandle {
     pub reserved: MemoryEstimate,
     pub state: Arc<tokio::sync::Mutex<State>>,
     summary: Mutex<Summary>,
+    /// Why the initial image can no longer be trusted (a `WriteMemory` stream that ended
+    /// abnormally); set outside the state's mutex, by a drop guard that cannot wait for it.
+    aborted: Mutex<Option<String>>,
 }
 
 /// Locks a std mutex, recovering from poison: every value guarded here is updated by a
@@ -67,6 +70,17 @@ impl TreeHandle {
 
     pub fn set_summary(&self, s: Summary) {
         *lock(&self.summary) = s;
+    }
+
+    /// Marks the unbuilt tree unusable: BuildTree and WriteMemory refuse it from now on.
+    /// The first reason is kept.
+    pub fn abort(&self, why: String) {
+        lock(&self.aborted).get_or_insert(why);
+    }
+
+    /// Why the tree was aborted, if it was.
+    pub fn aborted(&self) -> Option<String> {
+        lock(&self.aborted).clone()
     }
 }
 
@@ -195,6 +209,7 @@ impl Registry {
                 usage,
                 ..Summary::default()
             }),
+            aborted: Mutex::new(None),
         })
     }
 
