@@ -187,10 +187,13 @@ fn random_batch(layout: &MemoryLayout, n: usize, rng: &mut Rng) -> Vec<TouchedBl
     out
 }
 
-/// A status from the server as an [`Error`], with what was being done.
+/// A status from the server as an [`Error::Remote`] with the same code, its message led by
+/// what was being done.
 fn call_failed(what: &str, s: tonic::Status) -> Error {
-    let e = Error::from(s);
-    Error::Unavailable(format!("{what}: {e}"))
+    Error::Remote {
+        code: s.code(),
+        message: format!("{what}: {}", s.message()),
+    }
 }
 
 fn mismatch(what: String) -> Error {

@@ -116,7 +116,7 @@ impl Drop for StreamGuard {
         if let Some(t) = self.tree.take() {
             let why = format!(
                 "a WriteMemory stream ended abnormally (client cancelled or disconnected, or \
-                 the transport failed) after {} chunks ({} bytes) had been applied",
+                 the transport failed) after at least {} chunks ({} bytes) were applied",
                 self.chunks, self.bytes
             );
             tracing::warn!(tree_id = %t.id, "{why}; tree aborted");
@@ -137,6 +137,27 @@ fn built<'a>(t: &TreeHandle, state: &'a mut State) -> Result<&'a mut dyn MemoryT
     match state {
         State::Built(tree) => Ok(tree.as_mut()),
         other => Err(not_built(t, other)),
+    }
+}
+
+/// Applies chunk `i` of a `WriteMemory` stream to the tree's initial image.
+fn write_chunk(
+    t: &TreeHandle,
+    state: &mut State,
+    chunk: &proto::WriteMemoryChunk,
+    i: u64,
+) -> Result<(), Status> {
+    match (state, t.aborted()) {
+        (State::Created { .. }, Some(why)) => Err(aborted(t, &why)),
+        (State::Created { image }, None) => Arc::make_mut(image)
+            .write(chunk.slot, chunk.byte_offset, &chunk.data)
+            .map_err(|e| within(e, &format!("chunks[{i}]")).into()),
+        (State::Built(_), _) => Err(Error::FailedPrecondition(format!(
+            "tree {} is already built: WriteMemory writes the initial image, before BuildTree",
+            t.id
+        ))
+        .into()),
+        (other, _) => Err(not_built(t, other)),
     }
 }
 
@@ -372,19 +393,7 @@ impl MemCommit for MemCommitService {
                 // Per chunk, so a long upload is never cut off between chunks.
                 let deadline = Deadline::new(&self.limits);
                 with_tree(handle, deadline, move |t, state| {
-                    match (state, t.aborted()) {
-                        (State::Created { .. }, Some(why)) => Err(aborted(t, &why)),
-                        (State::Created { image }, None) => std::sync::Arc::make_mut(image)
-                            .write(chunk.slot, chunk.byte_offset, &chunk.data)
-                            .map_err(|e| within(e, &format!("chunks[{i}]")).into()),
-                        (State::Built(_), _) => Err(Error::FailedPrecondition(format!(
-                        "tree {} is already built: WriteMemory writes the initial image, before \
-                         BuildTree",
-                        t.id
-                    ))
-                        .into()),
-                        (other, _) => Err(not_built(t, other)),
-                    }
+                    write_chunk(t, state, &chunk, i)
                 })
                 .await?;
                 guard.bytes += len;
