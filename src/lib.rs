@@ -7,6 +7,7 @@ pub mod error;
 pub mod hash;
 pub mod image;
 pub mod layout;
+pub mod load;
 pub mod replay;
 pub mod tree;
 

@@ -205,7 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// A bar on stderr when it is a terminal; hidden otherwise (CI logs, pipes).
-fn progress_bar(steps: u64) -> ProgressBar {
+pub(super) fn progress_bar(steps: u64) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

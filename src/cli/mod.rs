@@ -2,6 +2,8 @@
 //! struct and a `run` function.
 
 mod bench;
+mod connect;
+mod load;
 mod record;
 mod replay;
 mod root;
@@ -29,6 +31,9 @@ enum Command {
     Root(root::Args),
     /// Drive a memcommit server through a trace file, checking every expect_root.
     Replay(replay::Args),
+    /// K concurrent clients × M update batches with openings, plus create/drop churn,
+    /// every root and opening checked against the reference tree.
+    LoadTest(load::Args),
     /// Sweep sizes, cell types, omitted_levels, batch sizes and backends: time, bytes and
     /// the p3-merkle-tree baseline, as a table, DIR/bench.json and DIR/bench.svg.
     Bench(bench::Args),
@@ -55,6 +60,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Root(a) => root::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::LoadTest(a) => load::run(a),
         Command::Record(a) => record::run(a),
         Command::Bench(a) => bench::run(a),
     };

@@ -9,11 +9,10 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use memcommit::replay::{replay, Progress, ReplayOptions, ReplaySummary};
-use memcommit::service::client::{Client, ConnectOptions};
-use memcommit::service::status::code_name;
-use memcommit::service::{tls::read_pem, AuthToken, LoopbackServer, ServiceConfig};
 use memcommit::trace::TraceReader;
 use memcommit::tree::{Backend, OmittedLevels};
+
+use super::connect::ConnectArgs;
 
 /// Arguments of `memcommit replay`.
 #[derive(clap::Args, Debug)]
@@ -31,10 +30,6 @@ pub struct Args {
     /// Print one JSON line per root step: {"step", "root", "expect_root", "blocks", "ms"}.
     #[arg(long)]
     json: bool,
-    /// A running memcommit server (e.g. http://127.0.0.1:50051). Without it, replay starts
-    /// one in-process on 127.0.0.1 with an ephemeral port.
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
     /// Backend the server builds the tree on: auto uses CUDA if a device is usable, else
     /// CPU.
     #[arg(long, value_enum, default_value = "auto")]
@@ -49,15 +44,8 @@ pub struct Args {
     /// --server, whose memory is not known here.
     #[arg(long, value_name = "BYTES")]
     memory_budget: Option<u64>,
-    /// File holding the bearer token to send on every call (one line; the trailing newline
-    /// is trimmed; an empty token or a world-readable file is refused). Without --server,
-    /// the in-process server requires it too.
-    #[arg(long, value_name = "FILE")]
-    auth_token_file: Option<PathBuf>,
-    /// PEM CA certificate that the server's TLS certificate must chain to. Needed for (and
-    /// only for) an https:// --server.
-    #[arg(long, value_name = "FILE", requires = "server")]
-    tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -69,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
         Some(OmittedLevels::Fixed(k)) => Some(k),
         Some(OmittedLevels::Auto) => {
-            if args.server.is_some() && args.memory_budget.is_none() {
+            if args.connect.server.is_some() && args.memory_budget.is_none() {
                 anyhow::bail!(
                     "--omitted-levels auto with --server needs --memory-budget (the server's \
                      free memory is not known here)"
@@ -118,35 +106,8 @@ async fn drive(
     trace: TraceReader,
     omitted_levels: Option<u32>,
 ) -> anyhow::Result<ReplaySummary> {
-    let auth_token = args
-        .auth_token_file
-        .as_deref()
-        .map(AuthToken::from_file)
-        .transpose()?;
-    let options = ConnectOptions {
-        auth_token: auth_token.clone(),
-        tls_ca_pem: args
-            .tls_ca
-            .as_deref()
-            .map(|p| read_pem(p, "TLS CA"))
-            .transpose()?,
-    };
-    let (url, server) = match &args.server {
-        Some(url) => (url.clone(), None),
-        None => {
-            let server = LoopbackServer::start(ServiceConfig {
-                auth_token,
-                memory_budget: args.memory_budget,
-                ..ServiceConfig::default()
-            })
-            .await?;
-            (server.url.clone(), Some(server))
-        }
-    };
-    let mut client = Client::connect_with(&url, &options)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()))
-        .with_context(|| format!("connecting to {url}"))?;
+    let target = args.connect.start(args.memory_budget).await?;
+    let mut client = target.connect().await?;
     let progress = progress_bar();
     let json = args.json;
     let replay_options = ReplayOptions {
@@ -165,7 +126,7 @@ async fn drive(
     })
     .await;
     progress.finish_and_clear();
-    if let Some(server) = server {
+    if let Some(server) = target.server {
         server.stop().await?;
     }
     result.with_context(|| format!("replaying {}", args.trace.display()))

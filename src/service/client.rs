@@ -187,7 +187,9 @@ impl Client {
     ///
     /// # Errors
     /// `INVALID_ARGUMENT` (slot, offset, length, field cell ≥ p), `NOT_FOUND`,
-    /// `FAILED_PRECONDITION` (already built). Chunks before a failing one stay written.
+    /// `FAILED_PRECONDITION` (already built, or aborted). Chunks before a refused one stay
+    /// written; a stream cut off (dropped connection) aborts the tree, which must then be
+    /// dropped and created again.
     pub async fn write_memory(
         &mut self,
         tree_id: &str,

@@ -54,6 +54,9 @@ pub(crate) struct TreeHandle {
     pub reserved: MemoryEstimate,
     pub state: Arc<tokio::sync::Mutex<State>>,
     summary: Mutex<Summary>,
+    /// Why the initial image can no longer be trusted (a `WriteMemory` stream that ended
+    /// abnormally); set outside the state's mutex, by a drop guard that cannot wait for it.
+    aborted: Mutex<Option<String>>,
 }
 
 /// Locks a std mutex, recovering from poison: every value guarded here is updated by a
@@ -69,6 +72,17 @@ impl TreeHandle {
 
     pub fn set_summary(&self, s: Summary) {
         *lock(&self.summary) = s;
+    }
+
+    /// Marks the unbuilt tree unusable: BuildTree and WriteMemory refuse it from now on.
+    /// The first reason is kept.
+    pub fn abort(&self, why: String) {
+        lock(&self.aborted).get_or_insert(why);
+    }
+
+    /// Why the tree was aborted, if it was.
+    pub fn aborted(&self) -> Option<String> {
+        lock(&self.aborted).clone()
     }
 }
 
@@ -206,6 +220,7 @@ impl Registry {
                 usage,
                 ..Summary::default()
             }),
+            aborted: Mutex::new(None),
         })
     }
 

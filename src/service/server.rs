@@ -105,13 +105,55 @@ fn within(e: Error, prefix: &str) -> Error {
 /// The status for a call that needs a built tree but found `state`.
 fn not_built(t: &TreeHandle, state: &State) -> Status {
     match state {
-        State::Created { .. } => Error::FailedPrecondition(format!(
-            "tree {} is not built yet: call BuildTree first",
-            t.id
-        ))
-        .into(),
+        State::Created { .. } => match t.aborted() {
+            Some(why) => aborted(t, &why),
+            None => Error::FailedPrecondition(format!(
+                "tree {} is not built yet: call BuildTree first",
+                t.id
+            ))
+            .into(),
+        },
         State::Dropped => not_found(&t.id).into(),
         State::Poisoned | State::Built(_) => poisoned(t),
+    }
+}
+
+/// The status for any call but DropTree on a tree whose initial image was cut off.
+fn aborted(t: &TreeHandle, why: &str) -> Status {
+    Error::FailedPrecondition(format!(
+        "tree {} is aborted: {why}, so its image may be half-written; drop it (DropTree) \
+         and create it again",
+        t.id
+    ))
+    .into()
+}
+
+/// Marks the stream's tree aborted when dropped armed: the `WriteMemory` handler future was
+/// dropped (client cancel or disconnect) or the stream failed, so some chunks may be
+/// missing. Disarmed at the stream's clean end and on the handler's own error replies.
+struct StreamGuard {
+    tree: Option<Arc<TreeHandle>>,
+    chunks: u64,
+    bytes: u64,
+}
+
+impl StreamGuard {
+    fn disarm(&mut self) {
+        self.tree = None;
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(t) = self.tree.take() {
+            let why = format!(
+                "a WriteMemory stream ended abnormally (client cancelled or disconnected, or \
+                 the transport failed) after at least {} chunks ({} bytes) were applied",
+                self.chunks, self.bytes
+            );
+            tracing::warn!(tree_id = %t.id, "{why}; tree aborted");
+            t.abort(why);
+        }
     }
 }
 
@@ -127,6 +169,40 @@ fn built<'a>(t: &TreeHandle, state: &'a mut State) -> Result<&'a mut dyn MemoryT
     match state {
         State::Built(tree) => Ok(tree.as_mut()),
         other => Err(not_built(t, other)),
+    }
+}
+
+/// Applies chunk `i` of a `WriteMemory` stream to the tree's initial image.
+fn write_chunk(
+    t: &TreeHandle,
+    state: &mut State,
+    chunk: &proto::WriteMemoryChunk,
+    i: u64,
+) -> Result<(), Status> {
+    match (state, t.aborted()) {
+        (State::Created { .. }, Some(why)) => Err(aborted(t, &why)),
+        (State::Created { image }, None) => Arc::make_mut(image)
+            .write(chunk.slot, chunk.byte_offset, &chunk.data)
+            .map_err(|e| within(e, &format!("chunks[{i}]")).into()),
+        (State::Built(_), _) => Err(Error::FailedPrecondition(format!(
+            "tree {} is already built: WriteMemory writes the initial image, before BuildTree",
+            t.id
+        ))
+        .into()),
+        (other, _) => Err(not_built(t, other)),
+    }
+}
+
+/// The status of a batch the backend failed to apply after validation (a device error,
+/// memory, an injected fault): it names the tree and says the batch was not applied.
+/// Backends undo a part-applied batch (the CUDA tree keeps its last good root and image
+/// and marks itself lost instead).
+fn batch_failed(t: &TreeHandle, e: Error) -> Status {
+    let not_applied = |m: String| format!("tree {}: the batch was not applied: {m}", t.id);
+    match e {
+        Error::Unavailable(m) => Error::Unavailable(not_applied(m)).into(),
+        Error::ResourceExhausted(m) => Error::ResourceExhausted(not_applied(m)).into(),
+        e => e.into(),
     }
 }
 
@@ -325,55 +401,59 @@ impl MemCommit for MemCommitService {
     ) -> Reply<proto::WriteMemoryResponse> {
         let mut stream = req.into_inner();
         let limit = self.limits.max_message_bytes;
-        let mut tree: Option<Arc<TreeHandle>> = None;
-        let (mut bytes_written, mut chunks) = (0u64, 0u64);
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|s| message_limit_status(s, limit))?
-        {
-            let i = chunks;
-            let handle = match &tree {
-                None => {
-                    let t = self.registry.get(&chunk.tree_id)?;
-                    tree = Some(Arc::clone(&t));
-                    t
-                }
-                Some(t) if chunk.tree_id.is_empty() || chunk.tree_id == t.id => Arc::clone(t),
-                Some(t) => {
-                    return Err(Error::invalid(
-                        format!("chunks[{i}].tree_id"),
-                        format!(
-                            "{:?} differs from the stream's tree {:?}",
-                            chunk.tree_id, t.id
-                        ),
-                    )
-                    .into())
-                }
-            };
-            let len = chunk.data.len() as u64;
-            // Per chunk, so a long upload is never cut off between chunks.
-            let deadline = Deadline::new(&self.limits);
-            with_tree(handle, deadline, move |t, state| match state {
-                State::Created { image } => std::sync::Arc::make_mut(image)
-                    .write(chunk.slot, chunk.byte_offset, &chunk.data)
-                    .map_err(|e| within(e, &format!("chunks[{i}]")).into()),
-                State::Built(_) => Err(Error::FailedPrecondition(format!(
-                    "tree {} is already built: WriteMemory writes the initial image, before \
-                     BuildTree",
-                    t.id
-                ))
-                .into()),
-                other => Err(not_built(t, other)),
+        let mut guard = StreamGuard {
+            tree: None,
+            chunks: 0,
+            bytes: 0,
+        };
+        // Set when the stream itself fails; a chunk over the limit is refused in an error
+        // reply like an invalid one, and leaves the tree usable.
+        let mut broken = false;
+        let result = async {
+            while let Some(chunk) = stream.message().await.map_err(|s| {
+                broken = !is_message_too_large(&s);
+                message_limit_status(s, limit)
+            })? {
+                let i = guard.chunks;
+                let handle = match &guard.tree {
+                    None => {
+                        let t = self.registry.get(&chunk.tree_id)?;
+                        guard.tree = Some(Arc::clone(&t));
+                        t
+                    }
+                    Some(t) if chunk.tree_id.is_empty() || chunk.tree_id == t.id => Arc::clone(t),
+                    Some(t) => {
+                        return Err(Error::invalid(
+                            format!("chunks[{i}].tree_id"),
+                            format!(
+                                "{:?} differs from the stream's tree {:?}",
+                                chunk.tree_id, t.id
+                            ),
+                        )
+                        .into())
+                    }
+                };
+                let len = chunk.data.len() as u64;
+                // Per chunk, so a long upload is never cut off between chunks.
+                let deadline = Deadline::new(&self.limits);
+                with_tree(handle, deadline, move |t, state| {
+                    write_chunk(t, state, &chunk, i)
+                })
+                .await?;
+                guard.bytes += len;
+                guard.chunks += 1;
+            }
+            Ok(proto::WriteMemoryResponse {
+                bytes_written: guard.bytes,
+                chunks: guard.chunks,
             })
-            .await?;
-            bytes_written += len;
-            chunks += 1;
         }
-        Ok(Response::new(proto::WriteMemoryResponse {
-            bytes_written,
-            chunks,
-        }))
+        .await;
+        // A clean end or an error reply of ours: the client knows which chunks were applied.
+        if !broken {
+            guard.disarm();
+        }
+        result.map(Response::new)
     }
 
     async fn build_tree(
@@ -385,7 +465,10 @@ impl MemCommit for MemCommitService {
         let metrics = self.metrics.clone();
         let root = with_tree(tree, deadline, move |t, state| {
             let image = match state {
-                State::Created { image } => Arc::clone(image),
+                State::Created { image } => match t.aborted() {
+                    Some(why) => return Err(aborted(t, &why)),
+                    None => Arc::clone(image),
+                },
                 State::Built(_) => {
                     return Err(Error::FailedPrecondition(format!(
                         "tree {} is already built",
@@ -396,6 +479,7 @@ impl MemCommit for MemCommitService {
                 other => return Err(not_built(t, other)),
             };
             let started = Instant::now();
+            tracing::info!(tree_id = %t.id, backend = t.backend.name(), "tree build started");
             let built = tree::build(t.backend, t.layout.clone(), image, t.omitted_levels)?;
             count_permutations(metrics.as_deref(), || {
                 metrics::build_permutations(t.backend, &t.layout)
@@ -447,7 +531,7 @@ impl MemCommit for MemCommitService {
             deadline.check("the batch to be decoded")?;
             let started = Instant::now();
             let old_root = mt.root();
-            let new_root = mt.update(&blocks)?;
+            let new_root = mt.update(&blocks).map_err(|e| batch_failed(t, e))?;
             let (backend, layout, k) = (t.backend, &t.layout, t.omitted_levels);
             count_permutations(metrics.as_deref(), || {
                 metrics::update_permutations(backend, layout, k, &blocks)

@@ -10,6 +10,11 @@
 //! An update validates the batch, writes raw memory, recomputes every *distinct* level-`b`
 //! ancestor of the touched blocks once, then every distinct parent level by level, then the
 //! vertical paths and the top tree (DESIGN.md "Update").
+//!
+//! Every overwritten image block and node is logged as it is replaced (the swap that writes
+//! a fresh digest leaves the old one in the buffer it came from, so the log costs no extra
+//! pass), and a batch that fails part-way is rolled back from the log: image, nodes and
+//! root are as before. Only injected faults ([`crate::tree::fault`]) fail there today.
 
 use std::sync::Arc;
 
@@ -23,8 +28,8 @@ use crate::hash::{
 use crate::image::MemoryImage;
 use crate::layout::{MemoryLayout, BLOCK_CELLS};
 use crate::tree::{
-    check_positions, empty_slot_root, stored_base_level, validated_keys, Backend, MemoryTree,
-    MemoryUsage, Opening, TouchedBlock,
+    check_positions, empty_slot_root, fault, stored_base_level, validated_keys, Backend,
+    MemoryTree, MemoryUsage, Opening, TouchedBlock,
 };
 
 /// Leaves hashed together by one rayon task when computing level-`b` nodes: 128 KiB of
@@ -129,10 +134,13 @@ fn hash_from_raw(
     );
 }
 
+/// One level's overwritten nodes: their indices (sorted, distinct) and old digests.
+type LevelUndo = (Vec<u64>, Vec<Digest>);
+
 /// Recomputes, for each distinct parent `p` of the sorted distinct `dirty` indices,
 /// `parents[p] = compress(children[2p], children[2p+1])`. Returns the parents, sorted and
-/// distinct.
-fn update_parents(children: &[Digest], parents: &mut [Digest], dirty: &[u64]) -> Vec<u64> {
+/// distinct, and the digests they held before.
+fn update_parents(children: &[Digest], parents: &mut [Digest], dirty: &[u64]) -> LevelUndo {
     let mut up: Vec<u64> = dirty.iter().map(|i| i >> 1).collect();
     up.dedup();
     let mut fresh = vec![Digest::ZERO; up.len()];
@@ -146,10 +154,11 @@ fn update_parents(children: &[Digest], parents: &mut [Digest], dirty: &[u64]) ->
                 s[8..].copy_from_slice(&children[c + 1].0);
             })
         });
-    for (&p, d) in up.iter().zip(&fresh) {
-        parents[p as usize] = *d;
+    // Swapping leaves the old digests in `fresh`: the undo log costs no extra pass.
+    for (&p, d) in up.iter().zip(&mut fresh) {
+        std::mem::swap(&mut parents[p as usize], d);
     }
-    up
+    (up, fresh)
 }
 
 /// Fills `levels[1..]` from `levels[0]`, one parallel pass per level.
@@ -167,12 +176,63 @@ fn build_upper_levels(levels: &mut [Vec<Digest>]) {
     }
 }
 
-/// Runs [`update_parents`] from level 0 to the top of `levels`.
-fn update_upper_levels(levels: &mut [Vec<Digest>], mut dirty: Vec<u64>) {
+/// Runs [`update_parents`] from level 1 to the top of `levels`. `undo` holds level 0's
+/// entry (its dirty indices and old digests) on entry; each level's is pushed after it, so
+/// `undo[i]` is level `i`. A fault point follows each level; `what` names the levels in its
+/// error.
+fn update_upper_levels(
+    levels: &mut [Vec<Digest>],
+    undo: &mut Vec<LevelUndo>,
+    what: &dyn Fn(usize) -> String,
+) -> Result<()> {
     for l in 1..levels.len() {
         let (lower, upper) = levels.split_at_mut(l);
-        dirty = update_parents(&lower[l - 1], &mut upper[0], &dirty);
+        let dirty = undo.last().map_or(&[][..], |(d, _)| d.as_slice());
+        let level = update_parents(&lower[l - 1], &mut upper[0], dirty);
+        undo.push(level);
+        fault::point(|| what(l))?;
     }
+    Ok(())
+}
+
+/// Writes logged digests back into `levels` (`undo[i]` is level `i`).
+fn restore_levels(levels: &mut [Vec<Digest>], undo: Vec<LevelUndo>) {
+    for (level, (indices, old)) in levels.iter_mut().zip(undo) {
+        for (i, d) in indices.into_iter().zip(old) {
+            level[i as usize] = d;
+        }
+    }
+}
+
+/// The rest of one slot's update once its base level is recomputed (and logged as
+/// `undo[0]`): the levels above it, then the vertical path, with a fault point after each.
+fn update_slot(nodes: &mut SlotNodes, slot: u32, undo: &mut Vec<LevelUndo>) -> Result<()> {
+    let base = nodes.base as usize;
+    fault::point(|| format!("slot {slot} level {base}"))?;
+    update_upper_levels(&mut nodes.levels, undo, &|l| {
+        format!("slot {slot} level {}", base + l)
+    })?;
+    nodes.recompute_vertical();
+    fault::point(|| format!("slot {slot} vertical path"))
+}
+
+/// What one slot's part of an update overwrote.
+struct SlotUndo {
+    slot: usize,
+    /// `levels[i]` is the slot's stored level `base + i`.
+    levels: Vec<LevelUndo>,
+    /// The vertical path before the update.
+    vertical: Vec<Digest>,
+}
+
+/// Everything an update overwrote, so a batch that fails part-way can be undone whole.
+#[derive(Default)]
+struct Undo {
+    /// `(slot, block, old cells)` of each block written to the image.
+    image: Vec<(u32, u64, [u32; BLOCK_CELLS])>,
+    slots: Vec<SlotUndo>,
+    /// `top[l]` is level `l` of the top tree (level 0: the slot roots).
+    top: Vec<LevelUndo>,
 }
 
 impl CpuTree {
@@ -214,6 +274,68 @@ impl CpuTree {
         };
         tree.top = tree.build_top();
         Ok(tree)
+    }
+
+    /// Applies a validated batch (`keys` from [`validated_keys`]), logging in `undo` every
+    /// block and node it overwrites before the next fault point. Only an injected fault
+    /// ([`fault::point`]) fails here; the caller then rolls back from `undo`.
+    fn apply(&mut self, blocks: &[TouchedBlock], keys: &[u64], undo: &mut Undo) -> Result<()> {
+        let image = Arc::make_mut(&mut self.image);
+        undo.image.reserve_exact(blocks.len());
+        for b in blocks {
+            let old = image.block_cells(b.slot, b.block);
+            undo.image.push((b.slot, b.block, old));
+            image.write_block(b.slot, b.block, &b.cells);
+        }
+        fault::point(|| "the raw image write".into())?;
+        let mut touched_slots = Vec::new();
+        for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
+            let slot = (group[0] >> 32) as u32;
+            touched_slots.push(u64::from(slot));
+            let Some(nodes) = self.slots[slot as usize].as_mut() else {
+                continue;
+            };
+            let base = nodes.base;
+            let mut dirty: Vec<u64> = group.iter().map(|k| (k & 0xffff_ffff) >> base).collect();
+            dirty.dedup();
+            let mut fresh = vec![Digest::ZERO; dirty.len()];
+            hash_from_raw(&self.image, slot, base, |i| dirty[i], &mut fresh);
+            for (&i, d) in dirty.iter().zip(&mut fresh) {
+                std::mem::swap(&mut nodes.levels[0][i as usize], d);
+            }
+            let mut log = SlotUndo {
+                slot: slot as usize,
+                levels: vec![(dirty, fresh)],
+                vertical: nodes.vertical.clone(),
+            };
+            let r = update_slot(nodes, slot, &mut log.levels);
+            undo.slots.push(log);
+            r?;
+        }
+        let mut roots = Vec::with_capacity(touched_slots.len());
+        for &s in &touched_slots {
+            let root = self.slot_root(s as usize);
+            roots.push(std::mem::replace(&mut self.top[0][s as usize], root));
+        }
+        undo.top.push((touched_slots, roots));
+        fault::point(|| "top level 0".into())?;
+        update_upper_levels(&mut self.top, &mut undo.top, &|l| format!("top level {l}"))
+    }
+
+    /// Undoes a partly applied batch from its log: the image, every node and the root are
+    /// as before the batch.
+    fn roll_back(&mut self, undo: Undo) {
+        let image = Arc::make_mut(&mut self.image);
+        for (slot, block, cells) in undo.image.iter().rev() {
+            image.write_block(*slot, *block, cells);
+        }
+        for s in undo.slots {
+            if let Some(nodes) = self.slots[s.slot].as_mut() {
+                restore_levels(&mut nodes.levels, s.levels);
+                nodes.vertical = s.vertical;
+            }
+        }
+        restore_levels(&mut self.top, undo.top);
     }
 
     fn slot_root(&self, slot: usize) -> Digest {
@@ -299,34 +421,14 @@ impl MemoryTree for CpuTree {
         if blocks.is_empty() {
             return Ok(self.root());
         }
-        // Nothing below can fail: the batch is applied whole.
-        let image = Arc::make_mut(&mut self.image);
-        for b in blocks {
-            image.write_block(b.slot, b.block, &b.cells);
-        }
-        let mut touched_slots = Vec::new();
-        for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
-            let slot = (group[0] >> 32) as u32;
-            touched_slots.push(u64::from(slot));
-            let Some(nodes) = self.slots[slot as usize].as_mut() else {
-                continue;
-            };
-            let base = nodes.base;
-            let mut dirty: Vec<u64> = group.iter().map(|k| (k & 0xffff_ffff) >> base).collect();
-            dirty.dedup();
-            let mut fresh = vec![Digest::ZERO; dirty.len()];
-            hash_from_raw(&self.image, slot, base, |i| dirty[i], &mut fresh);
-            for (&i, d) in dirty.iter().zip(&fresh) {
-                nodes.levels[0][i as usize] = *d;
+        let mut undo = Undo::default();
+        match self.apply(blocks, &keys, &mut undo) {
+            Ok(()) => Ok(self.root()),
+            Err(e) => {
+                self.roll_back(undo);
+                Err(e)
             }
-            update_upper_levels(&mut nodes.levels, dirty);
-            nodes.recompute_vertical();
         }
-        for &s in &touched_slots {
-            self.top[0][s as usize] = self.slot_root(s as usize);
-        }
-        update_upper_levels(&mut self.top, touched_slots);
-        Ok(self.root())
     }
 
     fn openings(&self, positions: &[(u32, u64)]) -> Result<Vec<Opening>> {

@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod fault;
 pub mod reference;
 
 use std::sync::Arc;

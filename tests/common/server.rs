@@ -105,3 +105,103 @@ pub fn err<T: std::fmt::Debug>(
     }
     s
 }
+
+/// A `memcommit serve` child process on 127.0.0.1 with an ephemeral port.
+#[cfg(unix)]
+pub struct ServeCli {
+    pub child: std::process::Child,
+    /// The port it listens on, read from its "memcommit listening" log line.
+    pub port: u16,
+    /// Its stderr lines after the "listening" line, read on a background thread.
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+/// Spawns `memcommit serve --listen 127.0.0.1:0 ARGS…` with `RUST_LOG=info` and waits for
+/// its "memcommit listening" line.
+#[cfg(unix)]
+pub fn serve_cli(args: &[&str]) -> ServeCli {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn memcommit serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // The log line carries `address=127.0.0.1:PORT`.
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("server exited early")
+            .expect("read stderr");
+        if line.contains("memcommit listening") {
+            let at = line.find("127.0.0.1:").expect("address in log line") + "127.0.0.1:".len();
+            let digits: String = line[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            break digits.parse::<u16>().expect("port");
+        }
+    };
+    let (send, recv) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    ServeCli {
+        child,
+        port,
+        lines: recv,
+    }
+}
+
+#[cfg(unix)]
+impl ServeCli {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits up to `timeout` for a stderr line containing `needle`; returns it.
+    pub fn wait_for_line(&self, needle: &str, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no stderr line with {needle:?} within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to `timeout` for the process to exit; kills it and panics past that.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("memcommit serve did not exit within {timeout:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
