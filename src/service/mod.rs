@@ -10,6 +10,8 @@
 pub mod auth;
 pub mod client;
 pub mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 mod registry;
 mod server;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::error::Error;
@@ -38,6 +39,66 @@ impl MemCommitService {
             limits,
             default_backend,
         }
+    }
+
+    /// The body of `WriteMemory`: writes each chunk of `stream` into the image of its tree
+    /// (the first chunk names the tree), in order, until the stream ends or a chunk fails.
+    /// The tonic method passes its `Streaming`; the fuzzers pass a plain stream.
+    pub async fn write_chunks(
+        &self,
+        mut stream: impl Stream<Item = Result<proto::WriteMemoryChunk, Status>> + Unpin,
+    ) -> Result<proto::WriteMemoryResponse, Status> {
+        let limit = self.limits.max_message_bytes;
+        let mut tree: Option<Arc<TreeHandle>> = None;
+        let (mut bytes_written, mut chunks) = (0u64, 0u64);
+        while let Some(chunk) = stream
+            .next()
+            .await
+            .transpose()
+            .map_err(|s| message_limit_status(s, limit))?
+        {
+            let i = chunks;
+            let handle = match &tree {
+                None => {
+                    let t = self.registry.get(&chunk.tree_id)?;
+                    tree = Some(Arc::clone(&t));
+                    t
+                }
+                Some(t) if chunk.tree_id.is_empty() || chunk.tree_id == t.id => Arc::clone(t),
+                Some(t) => {
+                    return Err(Error::invalid(
+                        format!("chunks[{i}].tree_id"),
+                        format!(
+                            "{:?} differs from the stream's tree {:?}",
+                            chunk.tree_id, t.id
+                        ),
+                    )
+                    .into())
+                }
+            };
+            let len = chunk.data.len() as u64;
+            // Per chunk, so a long upload is never cut off between chunks.
+            let deadline = Deadline::new(&self.limits);
+            with_tree(handle, deadline, move |t, state| match state {
+                State::Created { image } => std::sync::Arc::make_mut(image)
+                    .write(chunk.slot, chunk.byte_offset, &chunk.data)
+                    .map_err(|e| within(e, &format!("chunks[{i}]")).into()),
+                State::Built(_) => Err(Error::FailedPrecondition(format!(
+                    "tree {} is already built: WriteMemory writes the initial image, before \
+                     BuildTree",
+                    t.id
+                ))
+                .into()),
+                other => Err(not_built(t, other)),
+            })
+            .await?;
+            bytes_written += len;
+            chunks += 1;
+        }
+        Ok(proto::WriteMemoryResponse {
+            bytes_written,
+            chunks,
+        })
     }
 }
 
@@ -279,57 +340,7 @@ impl MemCommit for MemCommitService {
         &self,
         req: Request<Streaming<proto::WriteMemoryChunk>>,
     ) -> Reply<proto::WriteMemoryResponse> {
-        let mut stream = req.into_inner();
-        let limit = self.limits.max_message_bytes;
-        let mut tree: Option<Arc<TreeHandle>> = None;
-        let (mut bytes_written, mut chunks) = (0u64, 0u64);
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|s| message_limit_status(s, limit))?
-        {
-            let i = chunks;
-            let handle = match &tree {
-                None => {
-                    let t = self.registry.get(&chunk.tree_id)?;
-                    tree = Some(Arc::clone(&t));
-                    t
-                }
-                Some(t) if chunk.tree_id.is_empty() || chunk.tree_id == t.id => Arc::clone(t),
-                Some(t) => {
-                    return Err(Error::invalid(
-                        format!("chunks[{i}].tree_id"),
-                        format!(
-                            "{:?} differs from the stream's tree {:?}",
-                            chunk.tree_id, t.id
-                        ),
-                    )
-                    .into())
-                }
-            };
-            let len = chunk.data.len() as u64;
-            // Per chunk, so a long upload is never cut off between chunks.
-            let deadline = Deadline::new(&self.limits);
-            with_tree(handle, deadline, move |t, state| match state {
-                State::Created { image } => std::sync::Arc::make_mut(image)
-                    .write(chunk.slot, chunk.byte_offset, &chunk.data)
-                    .map_err(|e| within(e, &format!("chunks[{i}]")).into()),
-                State::Built(_) => Err(Error::FailedPrecondition(format!(
-                    "tree {} is already built: WriteMemory writes the initial image, before \
-                     BuildTree",
-                    t.id
-                ))
-                .into()),
-                other => Err(not_built(t, other)),
-            })
-            .await?;
-            bytes_written += len;
-            chunks += 1;
-        }
-        Ok(Response::new(proto::WriteMemoryResponse {
-            bytes_written,
-            chunks,
-        }))
+        self.write_chunks(req.into_inner()).await.map(Response::new)
     }
 
     async fn build_tree(
