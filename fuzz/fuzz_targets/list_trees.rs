@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
         let f = Fixture::new().await;
         let trees = f.handler.list_trees(list).await.expect("ListTrees").trees;
         assert_eq!(trees.len(), f.ids.len() - 1, "the live fixture trees");
-        let info = f.handler.get_server_info(info).await.expect("GetServerInfo");
+        let info = f
+            .handler
+            .get_server_info(info)
+            .await
+            .expect("GetServerInfo");
         let reserved: u64 = info.trees.iter().map(|t| t.reserved_bytes).sum();
         assert_eq!(info.total_reserved_bytes, reserved);
     });

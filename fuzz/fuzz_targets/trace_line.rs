@@ -12,7 +12,10 @@ const BUILD: &str = r#"{"build": {}}"#;
 
 fuzz_target!(|line: &[u8]| {
     let with = |before: &[&str]| {
-        let mut input: Vec<u8> = before.iter().flat_map(|l| [l.as_bytes(), b"\n"].concat()).collect();
+        let mut input: Vec<u8> = before
+            .iter()
+            .flat_map(|l| [l.as_bytes(), b"\n"].concat())
+            .collect();
         input.extend_from_slice(line);
         input
     };

@@ -12,8 +12,8 @@ use memcommit::service::codec;
 use memcommit::service::fuzzing::Handler;
 use memcommit::service::proto;
 use memcommit::service::Limits;
-use memcommit::tree::verify_opening;
 use memcommit::trace::TraceReader;
+use memcommit::tree::verify_opening;
 use memcommit::Error;
 pub use tonic::{Code, Status};
 
@@ -138,7 +138,10 @@ impl Fixture {
     /// The tree id a call uses: `sel` picks a fixture tree, or (past the last one) keeps
     /// the id the input decoded to.
     pub fn pick(&self, sel: u8, decoded: String) -> String {
-        self.ids.get(sel as usize % (self.ids.len() + 1)).cloned().unwrap_or(decoded)
+        self.ids
+            .get(sel as usize % (self.ids.len() + 1))
+            .cloned()
+            .unwrap_or(decoded)
     }
 }
 
@@ -151,7 +154,11 @@ pub fn check_status(s: &Status) {
         s.code(),
         s.message()
     );
-    assert!(!s.message().is_empty(), "status {:?} without a message", s.code());
+    assert!(
+        !s.message().is_empty(),
+        "status {:?} without a message",
+        s.code()
+    );
 }
 
 /// Checks a handler's result: a response passes `check`, an error passes [`check_status`].
