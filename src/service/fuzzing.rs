@@ -34,7 +34,11 @@ impl Handler {
         &self,
         req: proto::CreateTreeRequest,
     ) -> Result<proto::CreateTreeResponse, Status> {
-        Ok(self.service.create_tree(Request::new(req)).await?.into_inner())
+        Ok(self
+            .service
+            .create_tree(Request::new(req))
+            .await?
+            .into_inner())
     }
 
     /// `WriteMemory` over a client stream that sends `chunks` in order.
@@ -58,7 +62,11 @@ impl Handler {
         &self,
         req: proto::BuildTreeRequest,
     ) -> Result<proto::BuildTreeResponse, Status> {
-        Ok(self.service.build_tree(Request::new(req)).await?.into_inner())
+        Ok(self
+            .service
+            .build_tree(Request::new(req))
+            .await?
+            .into_inner())
     }
 
     /// `UpdateBlocks`.
@@ -110,7 +118,11 @@ impl Handler {
         &self,
         req: proto::DropTreeRequest,
     ) -> Result<proto::DropTreeResponse, Status> {
-        Ok(self.service.drop_tree(Request::new(req)).await?.into_inner())
+        Ok(self
+            .service
+            .drop_tree(Request::new(req))
+            .await?
+            .into_inner())
     }
 
     /// `ListTrees`.
@@ -121,7 +133,11 @@ impl Handler {
         &self,
         req: proto::ListTreesRequest,
     ) -> Result<proto::ListTreesResponse, Status> {
-        Ok(self.service.list_trees(Request::new(req)).await?.into_inner())
+        Ok(self
+            .service
+            .list_trees(Request::new(req))
+            .await?
+            .into_inner())
     }
 
     /// `GetServerInfo`.
