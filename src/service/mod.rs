@@ -12,6 +12,8 @@
 pub mod auth;
 pub mod client;
 pub mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 pub mod loopback;
 mod metrics;

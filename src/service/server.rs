@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::error::Error;
@@ -63,6 +64,71 @@ impl MemCommitService {
     pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// The body of `WriteMemory`: writes each chunk of `stream` into the image of its tree
+    /// (the first chunk names the tree), in order, until the stream ends or a chunk fails.
+    /// A stream that breaks (transport error, or this future dropped before the end) leaves
+    /// the tree aborted ([`StreamGuard`]). The tonic method passes its `Streaming`; the
+    /// fuzzers pass a plain stream.
+    pub async fn write_chunks(
+        &self,
+        mut stream: impl Stream<Item = Result<proto::WriteMemoryChunk, Status>> + Unpin,
+    ) -> Result<proto::WriteMemoryResponse, Status> {
+        let limit = self.limits.max_message_bytes;
+        let mut guard = StreamGuard {
+            tree: None,
+            chunks: 0,
+            bytes: 0,
+        };
+        // Set when the stream itself fails; a chunk over the limit is refused in an error
+        // reply like an invalid one, and leaves the tree usable.
+        let mut broken = false;
+        let result = async {
+            while let Some(chunk) = stream.next().await.transpose().map_err(|s| {
+                broken = !is_message_too_large(&s);
+                message_limit_status(s, limit)
+            })? {
+                let i = guard.chunks;
+                let handle = match &guard.tree {
+                    None => {
+                        let t = self.registry.get(&chunk.tree_id)?;
+                        guard.tree = Some(Arc::clone(&t));
+                        t
+                    }
+                    Some(t) if chunk.tree_id.is_empty() || chunk.tree_id == t.id => Arc::clone(t),
+                    Some(t) => {
+                        return Err(Error::invalid(
+                            format!("chunks[{i}].tree_id"),
+                            format!(
+                                "{:?} differs from the stream's tree {:?}",
+                                chunk.tree_id, t.id
+                            ),
+                        )
+                        .into())
+                    }
+                };
+                let len = chunk.data.len() as u64;
+                // Per chunk, so a long upload is never cut off between chunks.
+                let deadline = Deadline::new(&self.limits);
+                with_tree(handle, deadline, move |t, state| {
+                    write_chunk(t, state, &chunk, i)
+                })
+                .await?;
+                guard.bytes += len;
+                guard.chunks += 1;
+            }
+            Ok(proto::WriteMemoryResponse {
+                bytes_written: guard.bytes,
+                chunks: guard.chunks,
+            })
+        }
+        .await;
+        // A clean end or an error reply of ours: the client knows which chunks were applied.
+        if !broken {
+            guard.disarm();
+        }
+        result
     }
 }
 
@@ -399,61 +465,7 @@ impl MemCommit for MemCommitService {
         &self,
         req: Request<Streaming<proto::WriteMemoryChunk>>,
     ) -> Reply<proto::WriteMemoryResponse> {
-        let mut stream = req.into_inner();
-        let limit = self.limits.max_message_bytes;
-        let mut guard = StreamGuard {
-            tree: None,
-            chunks: 0,
-            bytes: 0,
-        };
-        // Set when the stream itself fails; a chunk over the limit is refused in an error
-        // reply like an invalid one, and leaves the tree usable.
-        let mut broken = false;
-        let result = async {
-            while let Some(chunk) = stream.message().await.map_err(|s| {
-                broken = !is_message_too_large(&s);
-                message_limit_status(s, limit)
-            })? {
-                let i = guard.chunks;
-                let handle = match &guard.tree {
-                    None => {
-                        let t = self.registry.get(&chunk.tree_id)?;
-                        guard.tree = Some(Arc::clone(&t));
-                        t
-                    }
-                    Some(t) if chunk.tree_id.is_empty() || chunk.tree_id == t.id => Arc::clone(t),
-                    Some(t) => {
-                        return Err(Error::invalid(
-                            format!("chunks[{i}].tree_id"),
-                            format!(
-                                "{:?} differs from the stream's tree {:?}",
-                                chunk.tree_id, t.id
-                            ),
-                        )
-                        .into())
-                    }
-                };
-                let len = chunk.data.len() as u64;
-                // Per chunk, so a long upload is never cut off between chunks.
-                let deadline = Deadline::new(&self.limits);
-                with_tree(handle, deadline, move |t, state| {
-                    write_chunk(t, state, &chunk, i)
-                })
-                .await?;
-                guard.bytes += len;
-                guard.chunks += 1;
-            }
-            Ok(proto::WriteMemoryResponse {
-                bytes_written: guard.bytes,
-                chunks: guard.chunks,
-            })
-        }
-        .await;
-        // A clean end or an error reply of ours: the client knows which chunks were applied.
-        if !broken {
-            guard.disarm();
-        }
-        result.map(Response::new)
+        self.write_chunks(req.into_inner()).await.map(Response::new)
     }
 
     async fn build_tree(

@@ -78,6 +78,15 @@ impl TraceReader {
         } else {
             Box::new(BufReader::with_capacity(1 << 20, file))
         };
+        Self::from_reader(path, input)
+    }
+
+    /// Reads a trace from `input` (plain JSON Lines; decompress first if needed) and reads
+    /// its header line. `path` only names the input in errors and in [`Self::path`].
+    ///
+    /// # Errors
+    /// As [`Self::open`], less the errors of opening a file.
+    pub fn from_reader(path: &Path, input: Box<dyn BufRead + Send>) -> Result<TraceReader> {
         let mut lines = Lines {
             path: path.to_path_buf(),
             input,
