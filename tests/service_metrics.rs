@@ -98,7 +98,7 @@ async fn calls_gauges_and_permutations_are_exact() {
             ..Limits::default()
         },
         auth_token: Some(token.clone()),
-        tls: None,
+        ..ServiceConfig::default()
     })
     .await;
     let url = server.url();
