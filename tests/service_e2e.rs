@@ -1086,64 +1086,20 @@ async fn graceful_shutdown_returns_ok_and_closes_the_listener() {
 #[cfg(unix)]
 #[test]
 fn serve_cli_exits_zero_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_memcommit"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--max-trees", "5"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn memcommit serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    // The log line carries `address=127.0.0.1:PORT` (possibly with colour codes around `=`).
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("server exited early")
-            .expect("read stderr");
-        if line.contains("memcommit listening") {
-            let at = line.find("127.0.0.1:").expect("address in log line") + "127.0.0.1:".len();
-            let digits: String = line[at..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            break digits.parse::<u16>().expect("port");
-        }
-    };
+    let mut cli = common::server::serve_cli(&["--max-trees", "5"]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let max_trees = runtime.block_on(async {
-        let mut c = Client::connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("connect");
+        let mut c = Client::connect(&cli.url()).await.expect("connect");
         c.server_info().await.expect("info").max_trees
     });
     assert_eq!(max_trees, 5);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("memcommit serve did not exit within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    cli.sigterm();
+    let status = cli.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(
-        rest.iter().any(|l| l.contains("SIGTERM received")),
-        "{rest:?}"
-    );
+    cli.wait_for_line("SIGTERM received", Duration::from_secs(5));
 }
 
 /// `serve --memory-budget`: the server's budget drives `auto_omitted_levels` when a request
