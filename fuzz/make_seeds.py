@@ -73,6 +73,11 @@ def positions(ps, tree_id=""):
     return (ld(1, tree_id) if tree_id else b"") + ld(2, m)
 
 WRITES = chunks(chunk(0, 0, bytes(range(1, 9))), chunk(2, 4, u32s(7)), chunk(3, 2, b"\x01\x02"))
+
+def cut(after, code=0, too_large=False):  # Chunks.cut: the stream fails after `after` chunks
+    return ld(2, v(1, after) + v(2, code) + (v(3, 1) if too_large else b""))
+
+CANCELLED, UNAVAILABLE = 1, 14
 UPDATE = blocks([(0, 1, [1] * 8), (3, 15, list(range(8))), (2, 0, [2013265920] * 8)], True)
 POS = positions([(0, 0), (2, 3), (3, 15)])
 
@@ -92,6 +97,11 @@ SEQ = b"".join([
     call(0, 10, b""),
     call(2, 5, UPDATE),
     call(1, 4, b""),
+    # A second created tree, cut off mid-upload, then used and dropped.
+    call(0, 2, create(SMALL, 1, "cpu")),
+    call(NEW + 1, 3, chunks(chunk(0, 0, b"\x01" * 8), chunk(1, 0, u32s(2))) + cut(1, UNAVAILABLE)),
+    call(NEW + 1, 5, blocks([(0, 0, [1] * 8)])),
+    call(NEW + 1, 8, b""),
 ])
 
 HEADER = ('{"layout": {"address_spaces": [{"cell": "u8", "num_cells": 16}, '
@@ -111,7 +121,10 @@ SEEDS = {
         "auto_budget": create(FIXTURE, None, "", True, 1 << 16),
         "reference": create(SMALL, None, "reference"),
     },
-    "write_memory": {"created": b"\x00" + WRITES, "built": b"\x01" + WRITES},
+    "write_memory": {"created": b"\x00" + WRITES, "built": b"\x01" + WRITES,
+                     "cut_after_2": b"\x00" + WRITES + cut(2, UNAVAILABLE),
+                     "cut_at_start": b"\x00" + WRITES + cut(0, CANCELLED),
+                     "too_large": b"\x00" + WRITES + cut(1, 0, True)},
     "build_tree": {"created": b"\x00", "built": b"\x01", "own_id": b"\x05" + ld(1, "x")},
     "update_blocks": {"k3": b"\x01" + UPDATE, "k0": b"\x02" + UPDATE, "ref": b"\x03" + UPDATE,
                       "created": b"\x00" + UPDATE},

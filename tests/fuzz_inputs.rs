@@ -478,4 +478,53 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn cut_write_streams_abort_exactly_after_an_applied_chunk(
+        n in 0usize..4, after in 0usize..5, bad_at in prop::option::of(0usize..4),
+        code in 1i32..17,
+    ) {
+        // `n` chunks to the created tree, one of them (`bad_at`) naming a slot that does not
+        // exist, then a transport error after `after` of them.
+        let mut items: Vec<Result<proto::WriteMemoryChunk, Status>> = (0..n)
+            .map(|i| {
+                Ok(proto::WriteMemoryChunk {
+                    tree_id: String::new(),
+                    slot: if bad_at == Some(i) { 9 } else { 0 },
+                    byte_offset: 8 * i as u64,
+                    data: vec![i as u8 + 1; 8].into(),
+                })
+            })
+            .take(after)
+            .collect();
+        let sent = items.len();
+        let refused = bad_at.is_some_and(|b| b < sent);
+        let cut = Status::new(Code::from(code), "stream cut off");
+        items.push(Err(cut.clone()));
+        let (r, build, drop) = run(async {
+            let (h, ids) = fixture().await;
+            if let Some(Ok(first)) = items.first_mut() {
+                first.tree_id = ids[0].clone();
+            }
+            let r = h.write_memory_stream(items).await;
+            let build = h.build_tree(proto::BuildTreeRequest { tree_id: ids[0].clone() }).await;
+            let drop = h.drop_tree(proto::DropTreeRequest { tree_id: ids[0].clone() }).await;
+            (r, build, drop)
+        });
+        let s = r.expect_err("a cut stream cannot succeed");
+        if refused {
+            prop_assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+        } else {
+            prop_assert_eq!((s.code(), s.message()), (cut.code(), cut.message()));
+        }
+        match build {
+            Ok(_) => prop_assert!(refused || sent == 0, "a tree cut off after {} chunks built", sent),
+            Err(b) => {
+                prop_assert!(!refused && sent > 0, "{:?}: {}", b.code(), b.message());
+                prop_assert_eq!(b.code(), Code::FailedPrecondition);
+                prop_assert!(b.message().contains("drop"), "{}", b.message());
+            }
+        }
+        prop_assert!(drop.is_ok(), "an aborted tree drops");
+    }
 }

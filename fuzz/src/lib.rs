@@ -236,11 +236,101 @@ pub fn check_trace_error(e: &Error) {
     }
 }
 
-/// A `WriteMemory` client stream as one protobuf message (field 1: the chunks in order).
+/// A `WriteMemory` client stream as one protobuf message: field 1, the chunks in order;
+/// field 2, optionally where the stream is cut off instead of ending cleanly.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Chunks {
     #[prost(message, repeated, tag = "1")]
     pub chunks: Vec<proto::WriteMemoryChunk>,
+    #[prost(message, optional, tag = "2")]
+    pub cut: Option<Cut>,
+}
+
+/// A stream cut off after `after` chunks with the error a broken transport yields: status
+/// `code` (`OK` becomes `UNKNOWN`), or, with `too_large`, tonic's message-too-large error,
+/// which the server answers with `RESOURCE_EXHAUSTED` and which does not abort the tree.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Cut {
+    #[prost(uint32, tag = "1")]
+    pub after: u32,
+    #[prost(int32, tag = "2")]
+    pub code: i32,
+    #[prost(bool, tag = "3")]
+    pub too_large: bool,
+}
+
+/// The message of a [`Cut`]'s transport error; the handler passes that status on as it is.
+const CUT_MESSAGE: &str = "fuzz: the client stream was cut off";
+/// tonic's error for a message over the decoding limit (`OUT_OF_RANGE`).
+const TOO_LARGE_MESSAGE: &str =
+    "Error, decoded message length too large: found 2097152 bytes, the limit is: 1048576 bytes";
+
+impl Cut {
+    fn status(&self) -> Status {
+        if self.too_large {
+            return Status::out_of_range(TOO_LARGE_MESSAGE);
+        }
+        match Code::from(self.code) {
+            Code::Ok => Status::unknown(CUT_MESSAGE),
+            code => Status::new(code, CUT_MESSAGE),
+        }
+    }
+}
+
+/// Runs `w` as one `WriteMemory` stream (its first chunk's tree id as given) and checks the
+/// outcome: a clean stream's response counts every chunk; a stream cut off after all its
+/// chunks were applied returns the cut's status (message-too-large: `RESOURCE_EXHAUSTED`
+/// naming `max_message_bytes`); anything else passes [`check_status`].
+///
+/// Returns the id of the tree the stream aborted: the first chunk's, when a transport
+/// error (not message-too-large) came after at least one applied chunk.
+pub async fn write_checked(h: &Handler, w: Chunks) -> Option<String> {
+    let Chunks { mut chunks, cut } = w;
+    let tree = chunks.first().map(|c| c.tree_id.clone());
+    let n = chunks.len() as u64;
+    let bytes: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
+    let Some(cut) = cut else {
+        check(h.write_memory(chunks).await, |resp| {
+            assert_eq!((resp.chunks, resp.bytes_written), (n, bytes));
+        });
+        return None;
+    };
+    chunks.truncate(cut.after as usize);
+    let applied = chunks.len();
+    let mut items: Vec<_> = chunks.into_iter().map(Ok).collect();
+    items.push(Err(cut.status()));
+    match h.write_memory_stream(items).await {
+        Ok(resp) => panic!("a cut stream succeeded: {resp:?}"),
+        Err(s) if cut.too_large && s.message().ends_with(TOO_LARGE_MESSAGE) => {
+            let limit = limits().max_message_bytes;
+            let want = format!("max_message_bytes = {limit}: {TOO_LARGE_MESSAGE}");
+            assert_eq!(
+                (s.code(), s.message()),
+                (Code::ResourceExhausted, want.as_str())
+            );
+            None
+        }
+        Err(s) if !cut.too_large && s.message() == CUT_MESSAGE => {
+            assert_eq!(s.code(), cut.status().code());
+            tree.filter(|_| applied > 0)
+        }
+        // A chunk failed before the cut was reached.
+        Err(s) => {
+            check_status(&s);
+            None
+        }
+    }
+}
+
+/// Checks that `id`, aborted by a cut stream, refuses `BuildTree` with
+/// `FAILED_PRECONDITION` saying to drop it.
+pub async fn check_aborted(h: &Handler, id: &str) {
+    let s = h
+        .build_tree(proto::BuildTreeRequest { tree_id: id.into() })
+        .await
+        .expect_err("an aborted tree built");
+    assert_eq!(s.code(), Code::FailedPrecondition, "{}", s.message());
+    assert!(s.message().contains("drop"), "{}", s.message());
 }
 
 /// One call of an [`RpcSequence`]. `tree` picks the tree id: 0 keeps the decoded one,

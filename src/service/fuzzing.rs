@@ -41,7 +41,7 @@ impl Handler {
             .into_inner())
     }
 
-    /// `WriteMemory` over a client stream that sends `chunks` in order.
+    /// `WriteMemory` over a client stream that sends `chunks` in order and ends cleanly.
     ///
     /// # Errors
     /// The status the server would return.
@@ -49,9 +49,22 @@ impl Handler {
         &self,
         chunks: Vec<proto::WriteMemoryChunk>,
     ) -> Result<proto::WriteMemoryResponse, Status> {
-        self.service
-            .write_chunks(tokio_stream::iter(chunks.into_iter().map(Ok)))
+        self.write_memory_stream(chunks.into_iter().map(Ok).collect())
             .await
+    }
+
+    /// `WriteMemory` over a client stream that yields `items` in order. An `Err` item is
+    /// what tonic's `Streaming` yields when the transport fails, so chunks followed by an
+    /// `Err` are a stream cut off part-way (which aborts the tree once a chunk named it).
+    ///
+    /// # Errors
+    /// The status the server would return; for a cut stream, that is the cut's own status
+    /// (or `RESOURCE_EXHAUSTED` for tonic's message-too-large error).
+    pub async fn write_memory_stream(
+        &self,
+        items: Vec<Result<proto::WriteMemoryChunk, Status>>,
+    ) -> Result<proto::WriteMemoryResponse, Status> {
+        self.service.write_chunks(tokio_stream::iter(items)).await
     }
 
     /// `BuildTree`.
