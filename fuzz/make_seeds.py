@@ -77,7 +77,8 @@ WRITES = chunks(chunk(0, 0, bytes(range(1, 9))), chunk(2, 4, u32s(7)), chunk(3, 
 def cut(after, code=0, too_large=False):  # Chunks.cut: the stream fails after `after` chunks
     return ld(2, v(1, after) + v(2, code) + (v(3, 1) if too_large else b""))
 
-CANCELLED, UNAVAILABLE = 1, 14
+CANCELLED, UNAVAILABLE = 1, 14  # gRPC status codes
+
 UPDATE = blocks([(0, 1, [1] * 8), (3, 15, list(range(8))), (2, 0, [2013265920] * 8)], True)
 POS = positions([(0, 0), (2, 3), (3, 15)])
 

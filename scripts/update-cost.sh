@@ -46,19 +46,21 @@ instructions() {
   sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$work/cg.err"
 }
 
+# Instructions of one batch of binary $1 with LOG_LEAVES K BATCH R = $2..$5.
+per_batch() {
+  local a b
+  a=$(instructions "$1" "$2" "$3" "$4" "$5")
+  b=$(instructions "$1" "$2" "$3" "$4" $((2 * $5)))
+  echo $(((b - a) / $5))
+}
+
 build_at "$base" base
 build_at "$head" head
 printf '%-10s %-3s %-7s %-14s %-14s %s\n' leaves k batch "base instr" "head instr" head/base
 set -- "${params[@]}"
 while [ $# -ge 4 ]; do
-  log=$1 k=$2 batch=$3 r=$4; shift 4
-  per() {
-    local a b
-    a=$(instructions "$1" "$log" "$k" "$batch" "$r")
-    b=$(instructions "$1" "$log" "$k" "$batch" $((2 * r)))
-    echo $(((b - a) / r))
-  }
-  pb=$(per base) ph=$(per head)
-  printf '2^%-8s %-3s %-7s %-14s %-14s %s\n' "$log" "$k" "$batch" "$pb" "$ph" \
-    "$(python3 -c "print(f'{$ph / $pb:.4f}')")"
+  pb=$(per_batch base "$1" "$2" "$3" "$4") ph=$(per_batch head "$1" "$2" "$3" "$4")
+  printf '2^%-8s %-3s %-7s %-14s %-14s %s\n' "$1" "$2" "$3" "$pb" "$ph" \
+    "$(awk -v h="$ph" -v b="$pb" 'BEGIN { printf "%.4f", h / b }')"
+  shift 4
 done
