@@ -12,12 +12,15 @@ use crate::trace::{TraceEvent, TraceReader};
 use crate::tree::{Backend, OmittedLevels};
 
 /// How to replay a trace.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ReplayOptions {
     /// Backend the server builds the tree on.
     pub backend: Backend,
-    /// Overrides the trace's `omitted_levels` (never changes a root).
-    pub omitted_levels: Option<u32>,
+    /// Overrides the trace's `omitted_levels` (never changes a root). `auto` lets the server
+    /// choose k at the build, from the pages the trace's writes made present.
+    pub omitted_levels: Option<OmittedLevels>,
+    /// The budget of `auto`, in bytes; `None`: the server's own.
+    pub memory_budget: Option<u64>,
 }
 
 /// One root step: the build (step 0) or an update.
@@ -57,8 +60,10 @@ impl StepReport {
 pub struct ReplaySummary {
     /// The server's tree id (dropped at the end).
     pub tree_id: String,
-    /// `omitted_levels` the server chose.
+    /// `omitted_levels` the tree was built with (under `auto`, chosen by the server).
     pub omitted_levels: u32,
+    /// Present pages of the image at the build.
+    pub present_pages: u64,
     /// Root steps replayed (build included).
     pub steps: u64,
     /// Steps that carried an `expect_root`, all of which matched.
@@ -85,21 +90,24 @@ pub async fn replay(
     mut on_progress: impl FnMut(Progress<'_>),
 ) -> Result<ReplaySummary> {
     let header = trace.header().clone();
-    let omitted_levels = match (options.omitted_levels, header.omitted_levels) {
-        (Some(k), _) | (None, Some(OmittedLevels::Fixed(k))) => Some(k),
-        (None, None) => None,
-        (None, Some(OmittedLevels::Auto)) => {
-            return Err(Error::FailedPrecondition(
-                "the trace asks for omitted_levels \"auto\": choose k for the server's memory \
-                 (tree::choose_omitted_levels) and pass it in ReplayOptions::omitted_levels"
-                    .into(),
-            ))
+    let created = match options.omitted_levels.or(header.omitted_levels) {
+        Some(OmittedLevels::Auto) => {
+            client
+                .create_tree_auto(&header.layout, options.backend, options.memory_budget)
+                .await
         }
-    };
-    let created = client
-        .create_tree(&header.layout, omitted_levels, options.backend)
-        .await
-        .map_err(Error::from)?;
+        Some(OmittedLevels::Fixed(k)) => {
+            client
+                .create_tree(&header.layout, Some(k), options.backend)
+                .await
+        }
+        None => {
+            client
+                .create_tree(&header.layout, None, options.backend)
+                .await
+        }
+    }
+    .map_err(Error::from)?;
     let mut summary = ReplaySummary {
         tree_id: created.tree_id.clone(),
         omitted_levels: created.omitted_levels,
@@ -133,11 +141,12 @@ async fn drive(
                 on_progress(Progress::Uploaded(summary.bytes_written));
                 continue;
             }
-            TraceEvent::Build { expect_root } => (
-                client.build_tree(&tree_id).await.map_err(Error::from)?,
-                expect_root,
-                0,
-            ),
+            TraceEvent::Build { expect_root } => {
+                let built = client.build(&tree_id).await.map_err(Error::from)?;
+                summary.omitted_levels = built.omitted_levels;
+                summary.present_pages = built.present_pages;
+                (built.root, expect_root, 0)
+            }
             TraceEvent::Update {
                 blocks,
                 expect_root,

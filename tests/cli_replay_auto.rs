@@ -2,7 +2,8 @@
 
 use std::process::Command;
 
-use memcommit::trace::TraceReader;
+use memcommit::image::MemoryImage;
+use memcommit::trace::{TraceEvent, TraceReader};
 use memcommit::tree::{choose_omitted_levels, node_bytes};
 
 const TRACE: &str = "tests/data/sqlite3.trace.zst";
@@ -25,15 +26,24 @@ fn replay_ok(trace: &std::path::Path, args: &[&str]) -> String {
 
 #[test]
 fn replay_auto_reports_the_chosen_k_and_all_roots_match() {
-    let layout = TraceReader::open(TRACE.as_ref())
-        .expect("trace")
-        .header()
-        .layout
-        .clone();
+    let trace = TraceReader::open(TRACE.as_ref()).expect("trace");
+    let layout = trace.header().layout.clone();
+    // The image at the build: the pages the trace's writes make present.
+    let mut image = MemoryImage::zeroed(&layout).expect("image");
+    for event in trace {
+        if let TraceEvent::Write { slot, offset, data } = event.expect("event") {
+            image.write(slot, offset, &data).expect("write");
+        }
+    }
+    let raw = image.total_bytes();
+    assert_eq!(image.total_pages(), 311, "the bundled trace's pages");
     // A budget between the k = 2 and k = 3 needs picks 3.
-    let budget = node_bytes(&layout, 3) + layout.raw_bytes() + 1;
-    assert!(budget < node_bytes(&layout, 2) + layout.raw_bytes());
-    assert_eq!(choose_omitted_levels(&layout, budget).expect("fits"), 3);
+    let budget = node_bytes(&layout, &image, 3) + raw + 1;
+    assert!(budget < node_bytes(&layout, &image, 2) + raw);
+    assert_eq!(
+        choose_omitted_levels(&layout, &image, budget).expect("fits"),
+        3
+    );
     let budget = budget.to_string();
     let stdout = replay_ok(
         TRACE.as_ref(),
@@ -99,6 +109,13 @@ fn replay_of_a_trace_whose_header_says_auto() {
         },
     )
     .expect("create");
+    // Both pages written: k is chosen from the pages present at the build.
+    w.write(&TraceEvent::Write {
+        slot: 0,
+        offset: 0,
+        data: vec![5; 8192],
+    })
+    .expect("write");
     w.write(&TraceEvent::Build { expect_root: None })
         .expect("write");
     w.finish().expect("finish");

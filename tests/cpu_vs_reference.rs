@@ -53,28 +53,30 @@ proptest! {
 #[test]
 fn four_spaces_vector_at_every_k() {
     let (layout, leaves, root) = four_spaces();
+    let image = image_with(&layout, &leaves);
     for k in 0..=11 {
-        let cpu = tree::build(
-            Backend::Cpu,
-            layout.clone(),
-            image_with(&layout, &leaves),
-            k,
-        )
-        .expect("build");
+        let cpu = tree::build(Backend::Cpu, layout.clone(), image.clone(), k).expect("build");
         assert_eq!(cpu.root(), root, "k = {k}");
-        // Stored digests match the DESIGN formula, and k = 3 stores ~1/8 of k = 0.
+        // Stored digests match the DESIGN formula for the present pages.
         assert_eq!(
             cpu.memory_usage().host_node_bytes,
-            tree::node_bytes(&layout, k),
+            tree::node_bytes(&layout, &image, k),
             "k = {k}"
         );
+        assert_eq!(cpu.memory_usage().host_raw_bytes, image.total_bytes());
     }
-    // By hand: slot 0 (16 blocks, h=4) 31+6 → 3+6; slot 1 (1024 blocks, h=10) 2047 → 255;
-    // slots 2 and 3 (h ≤ 3) stored in full, 7+8 and 15+7; top tree 15.
-    assert_eq!(tree::slot_stored_digests(8192, 10, 0), 2047);
-    assert_eq!(tree::slot_stored_digests(8192, 10, 3), 255);
-    assert_eq!(tree::node_bytes(&layout, 0), 2136 * 32);
-    assert_eq!(tree::node_bytes(&layout, 3), 316 * 32);
+    // By hand. Present: slots 0, 2 and 3 (one page each) and page 1 of slot 1 (its block
+    // 1023; page 0 is absent). Slot 0 (16 blocks, h=4): 31+6 → 3+6; slot 1 (h=10, 2 pages):
+    // one page's 1023 → 127, plus its dense level 10 (1 digest); slots 2 and 3 (h ≤ 3)
+    // stored in full, 7+8 and 15+7; top tree 15.
+    assert_eq!(image.total_pages(), 4);
+    assert_eq!(
+        image.total_bytes(),
+        128 * 2 + 512 * 16 + 32 + 64 * 4,
+        "u16, u16, u8, field pages"
+    );
+    assert_eq!(tree::node_bytes(&layout, &image, 0), 1113 * 32);
+    assert_eq!(tree::node_bytes(&layout, &image, 3), 189 * 32);
 }
 
 #[test]

@@ -67,7 +67,7 @@ fn batch(n: u64, seed: u32) -> Vec<TouchedBlock> {
 fn initial_image(layout: &MemoryLayout) -> Arc<MemoryImage> {
     let mut image = MemoryImage::zeroed(layout).expect("image");
     for b in batch(60, 3) {
-        image.write_block(b.slot, b.block, &b.cells);
+        image.write_block(b.slot, b.block, &b.cells).expect("write");
     }
     Arc::new(image)
 }
@@ -165,9 +165,12 @@ fn grpc_update_failing_part_way_leaves_the_tree_unchanged() {
             .tree_id;
         let image = initial_image(&layout);
         for slot in [0u32, 1, 3] {
-            c.write_memory(&id, slot, 0, image.slot_bytes(slot))
-                .await
-                .expect("write");
+            for (n, page) in image.pages(slot) {
+                let offset = n * image.page_bytes(slot);
+                c.write_memory(&id, slot, offset, image.page(slot, page))
+                    .await
+                    .expect("write");
+            }
         }
         let mut reference = ReferenceTree::build(layout.clone(), image, 2);
         assert_eq!(c.build_tree(&id).await.expect("build"), reference.root());

@@ -8,7 +8,7 @@ use std::process::Command;
 use memcommit::replay::{replay, Progress, ReplayOptions};
 use memcommit::service::{self, client::Client, ServiceConfig};
 use memcommit::trace::{TraceEvent, TraceHeader, TraceReader, TraceWriter};
-use memcommit::tree::Backend;
+use memcommit::tree::{Backend, OmittedLevels};
 use memcommit::Error;
 
 fn bundled() -> PathBuf {
@@ -52,7 +52,8 @@ async fn bundled_trace_matches_every_root_over_grpc_at_k0_and_k3() {
             TraceReader::open(&bundled()).expect("open"),
             ReplayOptions {
                 backend: Backend::Cpu,
-                omitted_levels: Some(k),
+                omitted_levels: Some(OmittedLevels::Fixed(k)),
+                memory_budget: None,
             },
             |p| {
                 let Progress::Step(step) = p else { return };
@@ -159,7 +160,7 @@ async fn replay_reports_server_errors_with_their_code() {
         TraceReader::open(&bundled()).expect("open"),
         ReplayOptions {
             backend: Backend::Cuda,
-            omitted_levels: None,
+            ..ReplayOptions::default()
         },
         |_| {},
     )

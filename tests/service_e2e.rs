@@ -11,6 +11,7 @@ use std::sync::Arc;
 use common::server::{err, start};
 use common::{four_spaces, image_with};
 use memcommit::hash::{Digest, P};
+use memcommit::image::MemoryImage;
 use memcommit::layout::{CellType, MemoryLayout};
 use memcommit::service::client::Client;
 use memcommit::service::{codec, proto, Limits, SERVICE_NAME};
@@ -91,9 +92,12 @@ async fn lifecycle_matches_vector_and_reference() {
         .await
         .expect("create");
     assert_eq!(t.omitted_levels, 3);
-    assert_eq!(t.node_bytes, node_bytes(&layout, 3));
-    assert_eq!(t.raw_bytes, layout.raw_bytes());
-    assert_eq!(t.raw_bytes, 128 * 2 + 8192 * 2 + 32 + 64 * 4);
+    // A new tree reserves its empty shape: no page, so no raw bytes yet.
+    let empty = MemoryImage::zeroed(&layout).expect("image");
+    assert_eq!(t.node_bytes, node_bytes(&layout, &empty, 3));
+    assert_eq!(t.raw_bytes, 0);
+    assert_eq!(t.declared_raw_bytes, layout.raw_bytes());
+    assert_eq!(t.declared_raw_bytes, 128 * 2 + 8192 * 2 + 32 + 64 * 4);
 
     // Slot 1 as one image written in three streams, the last split at an odd block; the
     // other leaves one block each.
@@ -195,7 +199,7 @@ async fn lifecycle_matches_vector_and_reference() {
         .await
         .expect("create 2");
     assert_eq!(t2.omitted_levels, 0);
-    assert_eq!(t2.node_bytes, node_bytes(&layout, 0));
+    assert_eq!(t2.node_bytes, node_bytes(&layout, &empty, 0));
 
     let trees = c.list_trees().await.expect("list");
     assert_eq!(trees.len(), 2);
@@ -212,8 +216,14 @@ async fn lifecycle_matches_vector_and_reference() {
         codec::layout_from_proto(info.layout.as_ref(), "layout").expect("layout"),
         layout
     );
-    assert_eq!(info.reserved_bytes, t.node_bytes + t.raw_bytes);
+    // Every page was written: once built, the tree reserves exactly what it holds.
+    assert_eq!(info.present_pages, 5);
     assert_eq!(info.host_raw_bytes, layout.raw_bytes());
+    assert_eq!(
+        info.reserved_bytes,
+        info.host_node_bytes + info.host_raw_bytes,
+        "{info:?}"
+    );
     assert!(info.host_node_bytes >= t.node_bytes, "{info:?}");
     assert_eq!((info.device_node_bytes, info.device_raw_bytes), (0, 0));
     let info2 = trees.iter().find(|i| i.tree_id == t2.tree_id).expect("t2");
@@ -242,8 +252,9 @@ async fn lifecycle_matches_vector_and_reference() {
     assert_eq!(si.trees, trees);
     assert_eq!(
         si.total_reserved_bytes,
-        t.node_bytes + t.raw_bytes + t2.node_bytes + t2.raw_bytes
+        info.reserved_bytes + t2.node_bytes + t2.raw_bytes
     );
+    assert_eq!(si.total_present_pages, 5);
     assert_eq!(
         si.total_host_bytes,
         trees
@@ -598,7 +609,8 @@ async fn bad_layouts_and_arguments_are_invalid() {
             &needles,
         );
     }
-    // omitted_levels auto: 2^10 u8 blocks need 2^(11−k)·32 node bytes + 8192 raw bytes.
+    // omitted_levels auto: 2^10 u8 blocks need 2^(11−k)·32 node bytes + 8192 raw bytes once
+    // written; the empty tree 64 bytes (level 10 and the top root).
     let auto = |k: Option<u32>, budget: u64| proto::CreateTreeRequest {
         auto_omitted_levels: true,
         memory_budget_bytes: Some(budget),
@@ -610,9 +622,9 @@ async fn bad_layouts_and_arguments_are_invalid() {
         &["omitted_levels", "must be unset when auto_omitted_levels"],
     );
     err(
-        c.raw().create_tree(auto(None, 8319)).await,
+        c.raw().create_tree(auto(None, 63)).await,
         Code::ResourceExhausted,
-        &["budget of 8319 bytes", "smallest need is 8320 bytes"],
+        &["budget of 63 bytes", "smallest need is 64 bytes"],
     );
     let created = c
         .raw()
@@ -620,7 +632,16 @@ async fn bad_layouts_and_arguments_are_invalid() {
         .await
         .expect("auto fits")
         .into_inner();
-    assert_eq!(created.omitted_levels, 1);
+    c.write_memory(&created.tree_id, 0, 0, &[1; 8192])
+        .await
+        .expect("write");
+    assert_eq!(
+        c.build(&created.tree_id)
+            .await
+            .expect("build")
+            .omitted_levels,
+        1
+    );
     let si = c.server_info().await.expect("info");
     assert_eq!(si.trees.len(), 1);
     assert_eq!(si.trees[0].omitted_levels, 1);
@@ -734,34 +755,62 @@ async fn cuda_backend_is_unavailable_without_a_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tree_count_and_memory_limits_are_resource_exhausted() {
+    // Reservations follow the pages: a tree of the four_spaces layout with every page
+    // written reserves `each`, an empty one `empty`.
     let (layout, _, _) = four_spaces();
-    let each = node_bytes(&layout, 3) + layout.raw_bytes();
+    let mut full = MemoryImage::zeroed(&layout).expect("image");
+    for (slot, space) in layout.address_spaces().iter().enumerate() {
+        full.write(slot as u32, 0, &vec![0; space.raw_bytes() as usize])
+            .expect("write");
+    }
+    let empty = node_bytes(&layout, &MemoryImage::zeroed(&layout).expect("image"), 3);
+    let each = node_bytes(&layout, &full, 3) + layout.raw_bytes();
+    let limit = 2 * each + empty;
     let mut srv = start(Limits {
         max_trees: 3,
-        max_host_bytes: 2 * each + each / 2,
+        max_host_bytes: limit,
         ..Limits::default()
     })
     .await;
     let c = &mut srv.client;
+    async fn write_all(
+        c: &mut Client,
+        layout: &MemoryLayout,
+        id: &str,
+    ) -> Result<(), tonic::Status> {
+        for (slot, space) in layout.address_spaces().iter().enumerate() {
+            c.write_memory(id, slot as u32, 0, &vec![0; space.raw_bytes() as usize])
+                .await?;
+        }
+        Ok(())
+    }
     let a = c.create_tree(&layout, None, Backend::Cpu).await.expect("a");
     let b = c.create_tree(&layout, None, Backend::Cpu).await.expect("b");
-    err(
-        c.create_tree(&layout, None, Backend::Cpu).await,
-        Code::ResourceExhausted,
-        &[
-            &format!("max_host_bytes = {}", 2 * each + each / 2),
-            &format!("needs {each} host bytes"),
-        ],
-    );
-    assert_eq!(
-        c.server_info().await.expect("info").total_reserved_bytes,
-        2 * each
-    );
-    c.drop_tree(&a.tree_id).await.expect("drop a");
-    let a = c
+    write_all(c, &layout, &a.tree_id).await.expect("a's pages");
+    write_all(c, &layout, &b.tree_id).await.expect("b's pages");
+    let third = c
         .create_tree(&layout, None, Backend::Cpu)
         .await
-        .expect("a again");
+        .expect("third, empty");
+    // Its first page passes the limit: refused whole, naming it.
+    let page = layout.address_spaces()[0].raw_bytes();
+    err(
+        c.write_memory(&third.tree_id, 0, 0, &vec![0; page as usize])
+            .await,
+        Code::ResourceExhausted,
+        &[
+            &format!("max_host_bytes = {limit}"),
+            &format!("tree {} (1 new pages of slot 0) needs", third.tree_id),
+            &format!("and {limit} are already reserved"),
+        ],
+    );
+    let info = c.server_info().await.expect("info");
+    assert_eq!(info.total_reserved_bytes, limit);
+    assert_eq!(info.total_present_pages, 10);
+    c.drop_tree(&a.tree_id).await.expect("drop a");
+    write_all(c, &layout, &third.tree_id)
+        .await
+        .expect("fits after a drop");
 
     // A small layout fits the bytes but not the tree count.
     let small = layout_json(r#"{"address_spaces": [{"cell": "u8", "num_cells": 8}]}"#);
@@ -774,21 +823,31 @@ async fn tree_count_and_memory_limits_are_resource_exhausted() {
         Code::ResourceExhausted,
         &["max_trees = 3"],
     );
-    for id in [&a.tree_id, &b.tree_id, &s.tree_id] {
+    for id in [&b.tree_id, &third.tree_id, &s.tree_id] {
         c.drop_tree(id).await.expect("drop");
     }
     assert_eq!(c.server_info().await.expect("info").total_reserved_bytes, 0);
-    c.create_tree(&small, None, Backend::Cpu)
-        .await
-        .expect("after drops");
 
-    // A layout too big to ever fit.
+    srv.stop().await;
+
+    // A declared 16 GiB space costs nothing until written; its pages then count.
+    let mut srv = start(Limits::default()).await;
+    let c = &mut srv.client;
     let huge = layout_json(r#"{"address_spaces": [{"cell": "field", "num_cells": 4294967296}]}"#);
-    err(
-        c.create_tree(&huge, None, Backend::Cpu).await,
-        Code::ResourceExhausted,
-        &["max_tree_bytes"],
-    );
+    let h = c
+        .create_tree(&huge, None, Backend::Cpu)
+        .await
+        .expect("huge, sparse");
+    // h = 29: the levels at most 1024 wide (19..=29, 2047 digests) and the top root.
+    assert_eq!(h.node_bytes, 2048 * 32);
+    let last = (1u64 << 34) - 4;
+    c.write_memory(&h.tree_id, 0, last, &[1, 0, 0, 0])
+        .await
+        .expect("the last cell");
+    let root = c.build_tree(&h.tree_id).await.expect("build");
+    let mut one = MemoryImage::zeroed(&huge).expect("image");
+    one.write(0, last, &[1, 0, 0, 0]).expect("write");
+    assert_eq!(root, ReferenceTree::build(huge, Arc::new(one), 3).root());
     srv.stop().await;
 }
 
@@ -1104,21 +1163,37 @@ fn serve_cli_exits_zero_on_sigterm() {
 
 /// `serve --memory-budget`: the server's budget drives `auto_omitted_levels` when a request
 /// gives none, a request's own budget wins, and GetServerInfo reports the budget and which
-/// trees had k chosen for them.
+/// trees had k chosen for them. k is chosen at BuildTree, from the pages present then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_memory_budget_drives_auto_omitted_levels_and_is_reported() {
-    // 2^10 u8 blocks: 2^(11−k)·32 node bytes + 8192 raw bytes, so 40960 bytes fit k = 1
-    // (32768 + 8192) but not k = 0 (65536 + 8192), and 10240 fit k = 5 (2048 + 8192).
-    let layout = Some(codec::layout_to_proto(&layout_json(
-        r#"{"address_spaces": [{"cell": "u8", "num_cells": 8192}]}"#,
-    )));
+    // 2^10 u8 blocks, both pages written: 2^(11−k)·32 node bytes + 8192 raw bytes, so
+    // 40960 bytes fit k = 1 (32768 + 8192) but not k = 0 (65536 + 8192), and 10240 fit k = 5
+    // (2048 + 8192).
+    let layout = layout_json(r#"{"address_spaces": [{"cell": "u8", "num_cells": 8192}]}"#);
     let auto = |budget: Option<u64>| proto::CreateTreeRequest {
-        layout: layout.clone(),
+        layout: Some(codec::layout_to_proto(&layout)),
         backend: "cpu".into(),
         auto_omitted_levels: true,
         memory_budget_bytes: budget,
         ..proto::CreateTreeRequest::default()
     };
+    let image: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8 + 1).collect();
+    // Creates an auto tree, writes the image and builds it: (create response, build).
+    async fn create_and_build(
+        c: &mut Client,
+        req: proto::CreateTreeRequest,
+        image: &[u8],
+    ) -> (
+        proto::CreateTreeResponse,
+        Result<memcommit::service::client::BuiltTree, tonic::Status>,
+    ) {
+        let created = c.raw().create_tree(req).await.expect("create").into_inner();
+        c.write_memory(&created.tree_id, 0, 0, image)
+            .await
+            .expect("write");
+        let built = c.build(&created.tree_id).await;
+        (created, built)
+    }
     for (server_budget, expect_k) in [(40960u64, 1u32), (73728, 0), (10240, 5)] {
         let server = common::server::spawn(memcommit::service::ServiceConfig {
             memory_budget: Some(server_budget),
@@ -1126,21 +1201,17 @@ async fn server_memory_budget_drives_auto_omitted_levels_and_is_reported() {
         })
         .await;
         let mut c = Client::connect(&server.url()).await.expect("connect");
-        let chosen = c
-            .raw()
-            .create_tree(auto(None))
-            .await
-            .expect("auto")
-            .into_inner();
-        assert_eq!(chosen.omitted_levels, expect_k, "budget {server_budget}");
+        let (chosen, built) = create_and_build(&mut c, auto(None), &image).await;
+        // Until the build, the provisional default k.
+        assert_eq!(chosen.omitted_levels, 3);
+        assert_eq!(
+            built.expect("build").omitted_levels,
+            expect_k,
+            "budget {server_budget}"
+        );
         // The request's budget wins over the server's.
-        let own = c
-            .raw()
-            .create_tree(auto(Some(1 << 30)))
-            .await
-            .expect("own budget")
-            .into_inner();
-        assert_eq!(own.omitted_levels, 0);
+        let (own, built) = create_and_build(&mut c, auto(Some(1 << 30)), &image).await;
+        assert_eq!(built.expect("own budget").omitted_levels, 0);
         let fixed = c
             .create_tree(
                 &layout_json(r#"{"address_spaces": [{"cell": "u8", "num_cells": 8}]}"#),
@@ -1167,21 +1238,37 @@ async fn server_memory_budget_drives_auto_omitted_levels_and_is_reported() {
         assert_eq!((a.omitted_levels, a.omitted_levels_auto), (expect_k, true));
         assert_eq!((b.omitted_levels, b.omitted_levels_auto), (0, true));
         assert_eq!((f.omitted_levels, f.omitted_levels_auto), (2, false));
+        assert_eq!((a.present_pages, f.present_pages), (2, 0));
         drop(c);
         server.stop().await;
     }
-    // Below the smallest need (8320 bytes, as in `bad_layouts_and_arguments_are_invalid`):
-    // RESOURCE_EXHAUSTED naming the server's budget.
+    // Below the smallest need of the written image (8320 bytes: 3 node digests at k = 9,
+    // the top root and 8192 raw bytes): BuildTree is RESOURCE_EXHAUSTED naming the server's budget, and the tree stays
+    // unbuilt.
     let server = common::server::spawn(memcommit::service::ServiceConfig {
         memory_budget: Some(8319),
         ..Default::default()
     })
     .await;
     let mut c = Client::connect(&server.url()).await.expect("connect");
+    let (created, built) = create_and_build(&mut c, auto(None), &image).await;
     err(
-        c.raw().create_tree(auto(None)).await,
+        built,
         Code::ResourceExhausted,
-        &["budget of 8319 bytes", "smallest need is 8320 bytes"],
+        &[
+            "budget of 8319 bytes",
+            "smallest need is 8320 bytes",
+            "2 present pages",
+        ],
+    );
+    let info = &c.list_trees().await.expect("list")[0];
+    assert_eq!(info.tree_id, created.tree_id);
+    assert_eq!(info.state, proto::TreeState::Created as i32);
+    // Not even the empty tree (the top root and level 10: 64 bytes) fits 63 bytes.
+    err(
+        c.raw().create_tree(auto(Some(63))).await,
+        Code::ResourceExhausted,
+        &["budget of 63 bytes", "smallest need is 64 bytes"],
     );
     drop(c);
     server.stop().await;

@@ -6,9 +6,11 @@ mod common;
 
 use common::server::{err, start, TestServer};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::image_with;
+use memcommit::image::MemoryImage;
 use memcommit::layout::MemoryLayout;
 use memcommit::service::{Limits, SERVICE_NAME};
 use memcommit::tree::reference::ReferenceTree;
@@ -85,59 +87,112 @@ async fn max_trees() {
     healthy_then_stop(srv).await;
 }
 
+/// Bytes the empty `small()` tree reserves at k = 3 (its dense levels 10..=13 and the top
+/// root), and what each of its 8 KiB pages adds (its raw bytes and 127 digests).
+fn small_costs() -> (u64, u64) {
+    let l = small();
+    let empty = node_bytes(&l, &MemoryImage::zeroed(&l).expect("image"), 3);
+    assert_eq!(empty, (15 + 1) * 32);
+    (empty, 8192 + 127 * 32)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_tree_bytes() {
     let l = small();
-    let each = node_bytes(&l, 3) + l.raw_bytes();
+    let (empty, page) = small_costs();
+    let limit = empty + 2 * page;
     let mut srv = start(Limits {
-        max_tree_bytes: each - 1,
+        max_tree_bytes: limit,
         ..Limits::default()
     })
     .await;
     let c = &mut srv.client;
+    let t = c.create_tree(&l, None, Backend::Cpu).await.expect("empty");
+    let id = &t.tree_id;
+    // Two pages fit; a chunk that would add a third is refused whole.
+    c.write_memory(id, 0, 0, &vec![1; 2 * 8192])
+        .await
+        .expect("two pages");
     err(
-        c.create_tree(&l, None, Backend::Cpu).await,
+        c.write_memory(id, 0, 2 * 8192 - 2, &[2, 0, 3, 0]).await,
         Code::ResourceExhausted,
         &[&format!(
-            "max_tree_bytes = {}: the tree needs {each} bytes ({each} host, 0 device)",
-            each - 1
+            "max_tree_bytes = {limit}: tree {id} (1 new pages of slot 0) would need {} bytes \
+             ({} host, 0 device)",
+            limit + page,
+            limit + page
         )],
     );
-    // The per-tree limit does not depend on what else exists; a smaller tree fits.
-    let smaller = layout(r#"{"address_spaces": [{"cell": "u16", "num_cells": 1024}]}"#);
-    c.create_tree(&smaller, None, Backend::Cpu)
-        .await
-        .expect("smaller");
-    assert_eq!(c.list_trees().await.expect("list").len(), 1);
+    // Rewriting present pages needs nothing more.
+    c.write_memory(id, 0, 100, &[7, 0]).await.expect("in place");
+    let info = &c.list_trees().await.expect("list")[0];
+    assert_eq!((info.reserved_bytes, info.present_pages), (limit, 2));
+    let mut image = MemoryImage::zeroed(&l).expect("image");
+    image.write(0, 0, &vec![1; 2 * 8192]).expect("write");
+    image.write(0, 100, &[7, 0]).expect("write");
+    let mut reference = ReferenceTree::build(l.clone(), Arc::new(image), 3);
+    let root = c.build_tree(id).await.expect("build");
+    assert_eq!(root, reference.root(), "the refused chunk wrote nothing");
+    // An update that would create a page is refused whole; one inside present pages works.
+    let outside = [TouchedBlock {
+        slot: 0,
+        block: 5 * 512,
+        cells: [9; 8],
+    }];
+    err(
+        c.update_blocks(id, &outside, false).await,
+        Code::ResourceExhausted,
+        &[&format!(
+            "max_tree_bytes = {limit}: tree {id} (the batch's new pages)"
+        )],
+    );
+    assert_eq!(c.get_root(id).await.expect("root"), root);
+    let inside = batch(700);
+    let r = c.update_blocks(id, &inside, false).await.expect("inside");
+    assert_eq!(r.new_root, reference.update(&inside).expect("reference"));
+    let info = &c.list_trees().await.expect("list")[0];
+    assert_eq!((info.reserved_bytes, info.present_pages), (limit, 2));
     healthy_then_stop(srv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_host_bytes() {
     let l = small();
-    let each = node_bytes(&l, 3) + l.raw_bytes();
+    let (empty, page) = small_costs();
+    let full = empty + 16 * page;
+    let limit = 2 * full + empty;
     let mut srv = start(Limits {
-        max_host_bytes: 2 * each,
+        max_host_bytes: limit,
         ..Limits::default()
     })
     .await;
     let c = &mut srv.client;
     let a = c.create_tree(&l, None, Backend::Cpu).await.expect("a");
-    c.create_tree(&l, None, Backend::Cpu).await.expect("b");
+    let b = c.create_tree(&l, None, Backend::Cpu).await.expect("b");
+    for t in [&a, &b] {
+        c.write_memory(&t.tree_id, 0, 0, &vec![1; 131072])
+            .await
+            .expect("all 16 pages");
+    }
+    let t = c
+        .create_tree(&l, None, Backend::Cpu)
+        .await
+        .expect("c, empty");
     err(
-        c.create_tree(&l, None, Backend::Cpu).await,
+        c.write_memory(&t.tree_id, 0, 0, &[1, 0]).await,
         Code::ResourceExhausted,
         &[&format!(
-            "max_host_bytes = {}: the tree needs {each} host bytes and {} are already reserved",
-            2 * each,
-            2 * each
+            "max_host_bytes = {limit}: tree {} (1 new pages of slot 0) needs {page} host bytes \
+             and {limit} are already reserved",
+            t.tree_id
         )],
     );
     let info = c.server_info().await.expect("info");
-    assert_eq!(info.total_reserved_bytes, 2 * each);
-    assert_eq!(info.max_total_bytes, 2 * each);
+    assert_eq!(info.total_reserved_bytes, limit);
+    assert_eq!(info.max_total_bytes, limit);
+    assert_eq!(info.total_present_pages, 32);
     c.drop_tree(&a.tree_id).await.expect("drop");
-    c.create_tree(&l, None, Backend::Cpu)
+    c.write_memory(&t.tree_id, 0, 0, &[1, 0])
         .await
         .expect("after a drop");
     healthy_then_stop(srv).await;
@@ -238,13 +293,16 @@ async fn request_timeout() {
         ..Limits::default()
     })
     .await;
-    // 2^22 leaves: a build of a second or more on two cores.
+    // 2^22 leaves, every page written: a build of a second or more on two cores.
     let big = layout(r#"{"address_spaces": [{"cell": "u8", "num_cells": 33554432}]}"#);
     let c = &mut srv.client;
     let t = c
         .create_tree(&big, None, Backend::Cpu)
         .await
         .expect("create");
+    c.write_memory(&t.tree_id, 0, 0, &vec![3; 33554432])
+        .await
+        .expect("write the image");
     let build = {
         let mut c = c.clone();
         let id = t.tree_id.clone();

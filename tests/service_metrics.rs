@@ -134,17 +134,17 @@ async fn calls_gauges_and_permutations_are_exact() {
         .await
         .expect("write");
     c.build_tree(&t.tree_id).await.expect("build");
-    // Build: slot 0 2^11 − 1, slot 1 2^6 − 1 plus 10 − 5 on its vertical path, top tree
-    // 2^1 − 1.
-    let build = 2047 + 63 + 5 + 1;
+    // Build: slot 0 has no page yet (0); slot 1's one page 2^6 − 1, plus 10 − 5 on its
+    // vertical path; the top tree 2^1 − 1.
+    let build = 63 + 5 + 1;
     assert_eq!(
         scrape(metrics).await["memcommit_permutations_total"],
         build as f64
     );
 
-    // One block of slot 0 at k = 3, with its opening: the level-3 node (8 leaves, 7
-    // compressions), levels 4..=10 (7), the top tree (1); the CPU opening re-hashes the 8
-    // blocks under the level-3 node (8 + 7).
+    // One block of slot 0 at k = 3 (creating its page), with its opening: the level-3 node
+    // (8 leaves, 7 compressions), levels 4..=10 (7), the top tree (1); the CPU opening
+    // re-hashes the 8 blocks under the level-3 node (8 + 7).
     c.update_blocks(&t.tree_id, &[block(0, 100)], true)
         .await
         .expect("update");

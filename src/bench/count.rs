@@ -6,32 +6,60 @@
 //! 2-to-1 compression. Zero hashes of empty subtrees are precomputed once per process and
 //! not counted.
 
+use crate::image::MemoryImage;
 use crate::layout::MemoryLayout;
-use crate::tree::{block_key, stored_base_level, Backend, TouchedBlock};
+use crate::tree::{block_key, Backend, SlotShape, TouchedBlock};
 
-/// Permutations of a full build: for each non-empty slot of real height `h`,
-/// `2^h` leaf hashes + `2^h − 1` compressions + `address_height − h` on its vertical path,
-/// i.e. `2^(h+1) − 1 + (address_height − h)`; plus `2^address_space_height − 1` in the top
-/// tree. The same for every `omitted_levels` (k only changes what is stored).
-pub fn build_permutations(layout: &MemoryLayout) -> u64 {
+/// Permutations that hash one present page from raw memory to its root (level `q`):
+/// `2^q` leaf hashes and `2^q − 1` compressions.
+fn page_cost(s: &SlotShape) -> u64 {
+    (2u64 << s.page_levels) - 1
+}
+
+/// Present page numbers of `slot` in `first .. first + count`.
+fn present(image: &MemoryImage, slot: u32, first: u64, count: u64) -> Vec<u64> {
+    image
+        .pages_in(slot, first..first.saturating_add(count))
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Permutations of a build over `image`'s present pages: for each non-empty slot, every
+/// present page hashed to its root ([`page_cost`]), one compression per distinct ancestor
+/// of the present pages up to the slot's height `h`, and `address_height − h` on its
+/// vertical path; plus `2^address_space_height − 1` in the top tree. The same for every
+/// `omitted_levels` (k only changes what is stored). A fully present slot costs the dense
+/// tree's `2^(h+1) − 1`.
+pub fn build_permutations(layout: &MemoryLayout, image: &MemoryImage) -> u64 {
     let ah = layout.address_height();
-    let slots: u64 = layout
-        .address_spaces()
-        .iter()
-        .filter_map(|s| s.height())
-        .map(|h| (1u64 << (h + 1)) - 1 + u64::from(ah - h))
+    let slots: u64 = (0..layout.address_spaces().len())
+        .filter_map(|slot| {
+            let s = SlotShape::of(layout, slot, 0)?;
+            let mut pages: Vec<u64> = image.pages(slot as u32).map(|(n, _)| n).collect();
+            Some(
+                pages.len() as u64 * page_cost(&s)
+                    + distinct_ancestors(&mut pages, s.height - s.page_levels)
+                    + u64::from(ah - s.height),
+            )
+        })
         .sum();
     slots + (1u64 << layout.address_space_height()) - 1
 }
 
-/// Permutations of one (valid) update batch at `omitted_levels = k`. Per touched slot of
-/// height `h` and stored base level `b` ([`stored_base_level`]): each distinct level-`b`
-/// ancestor costs `2^b` leaf hashes and `2^b − 1` compressions (`2^(b+1) − 1`); each level
-/// `b+1..=h` costs one compression per distinct ancestor; the vertical path costs
-/// `address_height − h`. The top tree costs one compression per distinct ancestor of the
-/// touched slots at levels `1..=address_space_height`. Repeated blocks count once; an empty
-/// batch costs 0.
-pub fn update_permutations(layout: &MemoryLayout, k: u32, blocks: &[TouchedBlock]) -> u64 {
+/// Permutations of one (valid) update batch at `omitted_levels = k`, with `image` the
+/// image after the batch. Per touched slot with shape `h`, `b`, `q` ([`SlotShape`]): each
+/// distinct level-`b` ancestor is recomputed from raw memory, which costs `2^(b+1) − 1`
+/// when `b ≤ q`, and when `b > q` its present pages' [`page_cost`] plus one compression per
+/// distinct ancestor of them up to `b`; each level `b+1..=h` costs one compression per
+/// distinct ancestor; the vertical path costs `address_height − h`. The top tree costs one
+/// compression per distinct ancestor of the touched slots at levels `1..=address_space_height`.
+/// Repeated blocks count once; an empty batch costs 0.
+pub fn update_permutations(
+    layout: &MemoryLayout,
+    image: &MemoryImage,
+    k: u32,
+    blocks: &[TouchedBlock],
+) -> u64 {
     if blocks.is_empty() {
         return 0;
     }
@@ -42,43 +70,68 @@ pub fn update_permutations(layout: &MemoryLayout, k: u32, blocks: &[TouchedBlock
     let mut total = 0u64;
     let mut slots = Vec::new();
     for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
-        let slot = (group[0] >> 32) as usize;
-        slots.push(slot as u64);
-        let Some(h) = layout.address_spaces().get(slot).and_then(|s| s.height()) else {
+        let slot = (group[0] >> 32) as u32;
+        slots.push(u64::from(slot));
+        let Some(s) = SlotShape::of(layout, slot as usize, k) else {
             continue;
         };
-        let b = stored_base_level(h, k);
+        let b = s.base;
         let mut dirty: Vec<u64> = group.iter().map(|key| (key & 0xffff_ffff) >> b).collect();
         dirty.dedup();
-        total += dirty.len() as u64 * ((2u64 << b) - 1);
-        total += distinct_ancestors(&mut dirty, h - b);
-        total += u64::from(ah - h);
+        if s.pages_store_nodes() {
+            total += dirty.len() as u64 * ((2u64 << b) - 1);
+        } else {
+            let span = 1u64 << (b - s.page_levels);
+            for &i in &dirty {
+                let mut pages = present(image, slot, i * span, span);
+                total += pages.len() as u64 * page_cost(&s)
+                    + distinct_ancestors(&mut pages, b - s.page_levels);
+            }
+        }
+        total += distinct_ancestors(&mut dirty, s.height - b);
+        total += u64::from(ah - s.height);
     }
     total + distinct_ancestors(&mut slots, layout.address_space_height())
 }
 
 /// Permutations of openings at (valid) `positions` at `omitted_levels = k` on `backend`:
-/// only the siblings below a slot's stored base level `b` ([`stored_base_level`]) are
-/// hashed, from raw memory. The CPU tree hashes the `2^b` blocks under the block's level-`b`
-/// ancestor and folds them (`2^(b+1) − 1`, so 1 at `b = 0`); a CUDA thread hashes each
-/// sibling subtree of height `l < b` alone (`Σ 2^(l+1) − 1 = 2^(b+1) − 2 − b`). The
-/// reference tree stores every node (0).
+/// only the siblings below a slot's stored base level `b` are hashed, from raw memory, and
+/// nothing in an absent page. The CPU tree hashes the `2^m` blocks under the block's
+/// level-`m` ancestor, `m = min(b, q)`, and folds them (`2^(m+1) − 1`, so 1 at `m = 0`);
+/// when `b > q` it also computes each sibling at levels `q..b` from its present pages. A
+/// CUDA thread hashes each sibling subtree of height `l < b` alone
+/// (`Σ 2^(l+1) − 1 = 2^(b+1) − 2 − b`). The reference tree stores every node (0).
 pub fn opening_permutations(
     backend: Backend,
     layout: &MemoryLayout,
+    image: &MemoryImage,
     k: u32,
     positions: &[(u32, u64)],
 ) -> u64 {
     positions
         .iter()
-        .filter_map(|&(slot, _)| layout.address_spaces().get(slot as usize)?.height())
-        .map(|h| {
-            let b = stored_base_level(h, k);
-            match backend {
-                Backend::Cpu | Backend::Auto => (2u64 << b) - 1,
+        .filter_map(|&(slot, block)| {
+            let s = SlotShape::of(layout, slot as usize, k)?;
+            let b = s.base;
+            let q = s.page_levels;
+            let page = image.page_id(slot, block >> q).is_some();
+            Some(match backend {
+                Backend::Cpu | Backend::Auto => {
+                    let m = b.min(q);
+                    let own = if page { (2u64 << m) - 1 } else { 0 };
+                    let above: u64 = (q..b.max(q))
+                        .map(|l| {
+                            let span = 1u64 << (l - q);
+                            let mut pages = present(image, slot, ((block >> l) ^ 1) * span, span);
+                            pages.len() as u64 * page_cost(&s)
+                                + distinct_ancestors(&mut pages, l - q)
+                        })
+                        .sum();
+                    own + above
+                }
                 Backend::Cuda => (2u64 << b) - 2 - u64::from(b),
                 Backend::Reference => 0,
-            }
+            })
         })
         .sum()
 }
@@ -116,6 +169,17 @@ mod tests {
         .unwrap()
     }
 
+    /// Every slot of `l` written: every page present.
+    fn full(l: &MemoryLayout) -> MemoryImage {
+        let mut image = MemoryImage::zeroed(l).unwrap();
+        for (slot, space) in l.address_spaces().iter().enumerate() {
+            image
+                .write(slot as u32, 0, &vec![1; space.raw_bytes() as usize])
+                .unwrap();
+        }
+        image
+    }
+
     fn touched(slot: u32, block: u64) -> TouchedBlock {
         TouchedBlock {
             slot,
@@ -127,31 +191,53 @@ mod tests {
     #[test]
     fn build_is_two_leaves_minus_one_plus_paths_and_top() {
         // One slot of 2^10 blocks, no padding: 2·1024 − 1.
-        assert_eq!(build_permutations(&layout(&[8 << 10], None, None)), 2047);
+        let l = layout(&[8 << 10], None, None);
+        assert_eq!(build_permutations(&l, &full(&l)), 2047);
         // Slots of 2^3 and 2^1 blocks under address_height 4 and a top tree of height 2:
         // (15 + 1) + (3 + 3) + empty slot 0 + top 3.
-        assert_eq!(
-            build_permutations(&layout(&[64, 16, 0], Some(2), Some(4))),
-            16 + 6 + 3
-        );
+        let l = layout(&[64, 16, 0], Some(2), Some(4));
+        assert_eq!(build_permutations(&l, &full(&l)), 16 + 6 + 3);
+    }
+
+    #[test]
+    fn a_build_costs_its_present_pages() {
+        // 2^16 blocks (h = 16, 128 pages of 2^9): nothing present costs the vertical path
+        // (none here) and the top tree (none); pages 0 and 127 cost 1023 each plus their
+        // 7 + 6 distinct ancestors (they meet only at the root).
+        let l = layout(&[8 << 16], None, None);
+        let mut image = MemoryImage::zeroed(&l).unwrap();
+        assert_eq!(build_permutations(&l, &image), 0);
+        image.write(0, 0, &[1]).unwrap();
+        image.write(0, 127 * 4096, &[1]).unwrap();
+        assert_eq!(build_permutations(&l, &image), 2 * 1023 + 7 + 6);
     }
 
     #[test]
     fn update_counts_distinct_nodes() {
         let l = layout(&[8 << 10], None, None); // h = 10, no top tree
-        assert_eq!(update_permutations(&l, 3, &[]), 0);
+        let img = full(&l);
+        let update_permutations = |k, b: &[TouchedBlock]| update_permutations(&l, &img, k, b);
+        assert_eq!(update_permutations(3, &[]), 0);
         // One block at k = 0: 1 leaf + 10 compressions.
-        assert_eq!(update_permutations(&l, 0, &[touched(0, 5)]), 11);
+        assert_eq!(update_permutations(0, &[touched(0, 5)]), 11);
         // One block at k = 3: 15 to rebuild its level-3 node, then 7 levels.
-        assert_eq!(update_permutations(&l, 3, &[touched(0, 5)]), 15 + 7);
+        assert_eq!(update_permutations(3, &[touched(0, 5)]), 15 + 7);
         // Blocks 0 and 1 share every ancestor: 2 leaves + 10 compressions at k = 0, and
         // one level-3 node at k = 3.
         let pair = [touched(0, 0), touched(0, 1)];
-        assert_eq!(update_permutations(&l, 0, &pair), 12);
-        assert_eq!(update_permutations(&l, 3, &pair), 22);
+        assert_eq!(update_permutations(0, &pair), 12);
+        assert_eq!(update_permutations(3, &pair), 22);
         // Blocks 0 and 1023 meet only at the root: 2·11 − 1.
         let far = [touched(0, 0), touched(0, 1023)];
-        assert_eq!(update_permutations(&l, 0, &far), 21);
+        assert_eq!(update_permutations(0, &far), 21);
+        // h = 11 and k = 10 > q = 9: the level-10 node is rebuilt from its two present
+        // pages (1023 each + 1), then the root (1).
+        let l11 = layout(&[8 << 11], None, None);
+        let img11 = full(&l11);
+        assert_eq!(
+            super::update_permutations(&l11, &img11, 10, &[touched(0, 5)]),
+            2048
+        );
     }
 
     #[test]
@@ -160,26 +246,44 @@ mod tests {
         // thread the subtrees of heights 0, 1, 2 (1 + 3 + 7); at k = 0 the CPU hashes the
         // block's own leaf and CUDA nothing.
         let l = layout(&[8 << 10], None, None);
+        let img = full(&l);
         let two = [(0, 5), (0, 6)];
-        assert_eq!(opening_permutations(Backend::Cpu, &l, 3, &two), 30);
-        assert_eq!(opening_permutations(Backend::Cuda, &l, 3, &two), 22);
-        assert_eq!(opening_permutations(Backend::Cpu, &l, 0, &two), 2);
-        assert_eq!(opening_permutations(Backend::Cuda, &l, 0, &two), 0);
-        assert_eq!(opening_permutations(Backend::Reference, &l, 3, &two), 0);
+        let count = |backend, k| opening_permutations(backend, &l, &img, k, &two);
+        assert_eq!(count(Backend::Cpu, 3), 30);
+        assert_eq!(count(Backend::Cuda, 3), 22);
+        assert_eq!(count(Backend::Cpu, 0), 2);
+        assert_eq!(count(Backend::Cuda, 0), 0);
+        assert_eq!(count(Backend::Reference, 3), 0);
+        // h = 11 and k = 10 > q = 9: the own page (1023), then the sibling page at level 9
+        // (1023).
+        let l11 = layout(&[8 << 11], None, None);
+        let img11 = full(&l11);
+        assert_eq!(
+            opening_permutations(Backend::Cpu, &l11, &img11, 10, &two),
+            2 * 2046
+        );
+        // Nothing to hash in an absent page.
+        let empty = MemoryImage::zeroed(&l).unwrap();
+        assert_eq!(opening_permutations(Backend::Cpu, &l, &empty, 3, &two), 0);
         // A slot of height 1 at k = 3 is stored in full (b = 0).
         let small = layout(&[64, 16, 0], Some(2), Some(4));
-        assert_eq!(opening_permutations(Backend::Cpu, &small, 3, &[(1, 0)]), 1);
+        let small_img = full(&small);
+        assert_eq!(
+            opening_permutations(Backend::Cpu, &small, &small_img, 3, &[(1, 0)]),
+            1
+        );
     }
 
     #[test]
     fn update_counts_vertical_path_and_top_tree() {
         // Slot 1 has 2^1 blocks under address_height 4, top tree of height 2.
         let l = layout(&[64, 16, 0], Some(2), Some(4));
+        let img = full(&l);
         // k = 0: 1 leaf + 1 compression + 3 vertical + 2 top.
-        assert_eq!(update_permutations(&l, 0, &[touched(1, 1)]), 7);
+        assert_eq!(update_permutations(&l, &img, 0, &[touched(1, 1)]), 7);
         // Two slots: slot 0 (h = 3) 1 + 3 + 1, slot 1: 1 + 1 + 3; top: 1 + 1.
         assert_eq!(
-            update_permutations(&l, 0, &[touched(0, 2), touched(1, 0)]),
+            update_permutations(&l, &img, 0, &[touched(0, 2), touched(1, 0)]),
             5 + 5 + 2
         );
     }

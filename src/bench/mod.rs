@@ -324,7 +324,8 @@ fn per_s(perms: u64, ms: f64) -> f64 {
 /// memcommit's (the layout's root equals the slot root: one slot, no padding).
 fn p3_baseline(layout: &MemoryLayout, image: &MemoryImage, repeats: usize) -> Result<Baseline> {
     let space = layout.address_spaces()[0];
-    let raw = image.slot_bytes(0);
+    let mut raw = vec![0u8; space.raw_bytes() as usize];
+    image.read(0, 0, &mut raw)?;
     let leaves: Vec<F> = raw
         .chunks_exact(space.cell.bytes())
         .map(|c| F::new(space.cell.read(c)))
@@ -360,7 +361,7 @@ fn p3_baseline(layout: &MemoryLayout, image: &MemoryImage, repeats: usize) -> Re
         bytes: space.raw_bytes(),
         blocks: space.num_blocks(),
         build,
-        perms_per_s: per_s(build_permutations(layout), build.median_ms),
+        perms_per_s: per_s(build_permutations(layout, image), build.median_ms),
         root_matches: root.is_some_and(|r| Into::<[F; 8]>::into(r) == ours.0),
     })
 }
@@ -493,7 +494,7 @@ fn measure(
     let build = Timing::of(&build_ms);
     let blocks = layout.address_spaces()[0].num_blocks();
     let cell = layout.address_spaces()[0].cell;
-    let build_perms = build_permutations(layout);
+    let build_perms = build_permutations(layout, tree.image());
     let mut rows = Vec::new();
     let mut updates = Vec::new();
     for &fraction in &config.touched {
@@ -503,10 +504,10 @@ fn measure(
         for _ in 0..repeats {
             *seed += 1;
             let batch = random_batch(blocks, n, cell, *seed);
-            perms += update_permutations(layout, k, &batch);
             let t = Instant::now();
             tree.update(&batch)?;
             ms.push(ms_since(t));
+            perms += update_permutations(layout, tree.image(), k, &batch);
         }
         note_device();
         updates.push((fraction, n, Timing::of(&ms), perms / repeats as u64));
@@ -566,7 +567,8 @@ mod tests {
     fn images_hold_valid_cells_and_timing_takes_median_and_min() {
         let layout = layout_of(1 << 12, CellType::Field).unwrap();
         let image = random_image(&layout, 3).unwrap();
-        let raw = image.slot_bytes(0);
+        let mut raw = vec![0u8; 1 << 12];
+        image.read(0, 0, &mut raw).unwrap();
         assert!(raw.chunks_exact(4).all(|c| CellType::Field.read(c) < P));
         assert!(raw.chunks_exact(4).any(|c| CellType::Field.read(c) != 0));
         assert_eq!(

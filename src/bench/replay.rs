@@ -24,7 +24,7 @@ use crate::replay::{replay, ReplayOptions};
 use crate::service::client::Client;
 use crate::service::{LoopbackServer, ServiceConfig};
 use crate::trace::{TraceEvent, TraceReader};
-use crate::tree::{self, Backend, TouchedBlock};
+use crate::tree::{self, Backend, OmittedLevels, TouchedBlock};
 
 /// Latency of one mode over every repeat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -88,6 +88,18 @@ struct LoadedTrace {
 }
 
 impl LoadedTrace {
+    /// Permutations of the build and every update at `omitted_levels = k`, each update
+    /// counted on the image as it stands after it.
+    fn permutations(&self, k: u32) -> Result<u64> {
+        let mut image = self.image.clone();
+        let mut perms = build_permutations(&self.layout, &image);
+        for (blocks, _) in &self.updates {
+            image.write_blocks(blocks.iter().map(|b| (b.slot, b.block, &b.cells)))?;
+            perms += update_permutations(&self.layout, &image, k, blocks);
+        }
+        Ok(perms)
+    }
+
     fn checked(&self) -> u64 {
         u64::from(self.build_root.is_some())
             + self.updates.iter().filter(|(_, r)| r.is_some()).count() as u64
@@ -179,7 +191,8 @@ async fn through_grpc(
         for _ in 0..repeats {
             let options = ReplayOptions {
                 backend,
-                omitted_levels: Some(k),
+                omitted_levels: Some(OmittedLevels::Fixed(k)),
+                memory_budget: None,
             };
             let summary = replay(&mut client, TraceReader::open(path)?, options, |_| {}).await?;
             runs.push(summary.step_ms);
@@ -220,12 +233,7 @@ pub fn bench_trace(
                 path.display(),
                 backend.name()
             ));
-            let perms = build_permutations(&trace.layout)
-                + trace
-                    .updates
-                    .iter()
-                    .map(|(b, _)| update_permutations(&trace.layout, k, b))
-                    .sum::<u64>();
+            let perms = trace.permutations(k)?;
             let local = (0..repeats)
                 .map(|_| in_process(&trace, backend, k))
                 .collect::<Result<Vec<_>>>()?;

@@ -34,14 +34,15 @@ pub struct Args {
     /// CPU.
     #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
-    /// Overrides the trace's omitted_levels (default 3): 0..=20, or `auto` for the smallest
-    /// k whose tree nodes plus raw memory fit --memory-budget. Never changes a root, only
-    /// memory and time.
+    /// Overrides the trace's omitted_levels (default 3): 0..=20, or `auto`: at the build the
+    /// server picks the smallest k whose tree nodes plus raw memory, for the pages the
+    /// trace's writes made present, fit --memory-budget. Never changes a root, only memory
+    /// and time.
     #[arg(long, value_name = "K|auto")]
     omitted_levels: Option<OmittedLevels>,
-    /// Memory budget of --omitted-levels auto, in bytes. Default (in-process server only):
-    /// 90% of free device memory on cuda, of available host memory otherwise; required with
-    /// --server, whose memory is not known here.
+    /// Memory budget of --omitted-levels auto, in bytes. Default: the server's own (its
+    /// --memory-budget, else 90% of its free device memory on cuda, of its available host
+    /// memory otherwise).
     #[arg(long, value_name = "BYTES")]
     memory_budget: Option<u64>,
     #[command(flatten)]
@@ -50,37 +51,21 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let trace = TraceReader::open(&args.trace)?;
-    // The flag wins over the trace header; either may say auto.
+    // The flag wins over the trace header; either may say auto, which the server resolves
+    // at the build from the pages the trace's writes made present.
     let requested = args.omitted_levels.or(trace.header().omitted_levels);
     let auto = requested == Some(OmittedLevels::Auto);
-    let omitted_levels = match requested {
-        None => None,
-        Some(OmittedLevels::Fixed(k)) => Some(k),
-        Some(OmittedLevels::Auto) => {
-            if args.connect.server.is_some() && args.memory_budget.is_none() {
-                anyhow::bail!(
-                    "--omitted-levels auto with --server needs --memory-budget (the server's \
-                     free memory is not known here)"
-                );
-            }
-            Some(super::root::resolve_omitted_levels(
-                OmittedLevels::Auto,
-                &trace.header().layout,
-                args.backend,
-                args.memory_budget,
-            )?)
-        }
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let summary = runtime.block_on(drive(&args, trace, omitted_levels))?;
+    let summary = runtime.block_on(drive(&args, trace, requested))?;
     let mut ms = summary.step_ms.clone();
     ms.sort_by(f64::total_cmp);
     let line = format!(
         "replayed {} root steps of {} (tree {}, omitted_levels {}{}): {} expect_root checked, \
-         all matched; {} bytes written, {} touched blocks; step p50 {:.2} ms, p99 {:.2} ms",
+         all matched; {} bytes written in {} pages, {} touched blocks; step p50 {:.2} ms, p99 \
+         {:.2} ms",
         summary.steps,
         args.trace.display(),
         summary.tree_id,
@@ -88,6 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if auto { " (auto)" } else { "" },
         summary.checked,
         summary.bytes_written,
+        summary.present_pages,
         summary.blocks,
         memcommit::bench::percentile(&ms, 0.50),
         memcommit::bench::percentile(&ms, 0.99),
@@ -104,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 async fn drive(
     args: &Args,
     trace: TraceReader,
-    omitted_levels: Option<u32>,
+    omitted_levels: Option<OmittedLevels>,
 ) -> anyhow::Result<ReplaySummary> {
     let target = args.connect.start(args.memory_budget).await?;
     let mut client = target.connect().await?;
@@ -113,6 +99,7 @@ async fn drive(
     let replay_options = ReplayOptions {
         backend: args.backend,
         omitted_levels,
+        memory_budget: args.memory_budget,
     };
     let result = replay(&mut client, trace, replay_options, |p| match p {
         Progress::Uploaded(bytes) => progress.set_message(format!("uploaded {bytes} bytes")),

@@ -1,6 +1,8 @@
 //! `memcommit root`: the root of a memory image, computed in-process.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -21,7 +23,9 @@ pub struct Args {
     #[arg(long, value_name = "L.json")]
     layout: PathBuf,
     /// Raw little-endian cells for one slot, as SLOT=FILE. A short file is zero-padded; a
-    /// longer file than the slot is an error. Slots without --image are zero.
+    /// longer file than the slot is an error. Slots without --image are zero. All-zero
+    /// pages (4 KiB of u8 cells) of the file are skipped: they cost nothing, so a sparse
+    /// dump of a 2^29-byte RAM space is as cheap as its non-zero pages.
     #[arg(long = "image", value_name = "SLOT=FILE", value_parser = parse_image)]
     images: Vec<(u32, PathBuf)>,
     /// Tree backend: auto uses CUDA when a device is usable, else CPU.
@@ -38,11 +42,13 @@ pub struct Args {
     memory_budget: Option<u64>,
 }
 
-/// The `k` to build with: `Fixed` as given; `Auto` chosen for `layout` within `budget`
-/// (default [`tree::default_memory_budget`] of `backend`), logged with its numbers.
+/// The `k` to build with: `Fixed` as given; `Auto` chosen for `image`'s present pages
+/// within `budget` (default [`tree::default_memory_budget`] of `backend`), logged with its
+/// numbers.
 pub(crate) fn resolve_omitted_levels(
     requested: OmittedLevels,
     layout: &MemoryLayout,
+    image: &MemoryImage,
     backend: Backend,
     budget: Option<u64>,
 ) -> anyhow::Result<u32> {
@@ -62,12 +68,13 @@ pub(crate) fn resolve_omitted_levels(
                 ),
             ),
         };
-        let k = tree::choose_omitted_levels(layout, budget)?;
+        let k = tree::choose_omitted_levels(layout, image, budget)?;
         tracing::info!(
-            "omitted_levels auto: chose k = {k} (tree nodes {} + raw {} bytes within a budget \
-             of {budget} bytes, {source})",
-            tree::node_bytes(layout, k),
-            layout.raw_bytes()
+            "omitted_levels auto: chose k = {k} (tree nodes {} + raw {} bytes of {} present \
+             pages within a budget of {budget} bytes, {source})",
+            tree::node_bytes(layout, image, k),
+            image.total_bytes(),
+            image.total_pages()
         );
         return Ok(k);
     };
@@ -84,6 +91,69 @@ fn parse_image(s: &str) -> Result<(u32, PathBuf), String> {
     Ok((slot, PathBuf::from(file)))
 }
 
+/// Writes the image file `file` into `slot` of `image`, one page at a time, skipping pages
+/// that are all zero (they read as zero anyway), so a sparse 2^29-byte RAM image costs its
+/// non-zero pages. On Linux, holes of a sparse file are skipped without reading them.
+fn load_image(image: &mut MemoryImage, slot: u32, file: &Path) -> anyhow::Result<()> {
+    let mut f = File::open(file).with_context(|| format!("opening image {}", file.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("reading image {}", file.display()))?
+        .len();
+    let page = image.page_bytes(slot);
+    // Read a few pages at a time: big reads, little memory.
+    let mut buf = vec![0u8; (page * 64).min(len.next_multiple_of(page)).max(page) as usize];
+    let mut at = 0u64;
+    while at < len {
+        if let Some(data) = holes::next_data(&f, at, len) {
+            // Jump to the page holding the next data.
+            let next = (data / page) * page;
+            if next > at {
+                at = next;
+                f.seek(SeekFrom::Start(at))?;
+                continue;
+            }
+        }
+        let want = ((len - at) as usize).min(buf.len());
+        f.read_exact(&mut buf[..want])
+            .with_context(|| format!("reading image {}", file.display()))?;
+        for (i, chunk) in buf[..want].chunks(page as usize).enumerate() {
+            if chunk.iter().any(|&b| b != 0) {
+                image.write(slot, at + i as u64 * page, chunk)?;
+            }
+        }
+        at += want as u64;
+    }
+    Ok(())
+}
+
+/// `SEEK_DATA` on Linux: where the next data at or after `at` starts in a sparse file.
+mod holes {
+    use std::fs::File;
+
+    /// The offset of the next data at or after `at`, or `None` when unknown (not Linux, or
+    /// the file system does not say).
+    #[cfg(target_os = "linux")]
+    pub fn next_data(f: &File, at: u64, len: u64) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        let at_i = i64::try_from(at).ok()?;
+        // SAFETY: lseek on an open descriptor we own; it only moves the file offset, which
+        // the caller sets again before reading.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), at_i, libc::SEEK_DATA) };
+        match r {
+            r if r >= 0 => Some(r as u64),
+            // ENXIO: no data after `at`: the rest is a hole.
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => Some(len),
+            _ => None,
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn next_data(_: &File, _: u64, _: u64) -> Option<u64> {
+        None
+    }
+}
+
 /// Loads the layout and images, builds the tree, prints `{"root": [...]}`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.layout)
@@ -92,23 +162,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("layout {}", args.layout.display()))?;
     let mut image = MemoryImage::zeroed(&layout)?;
     for (slot, file) in &args.images {
-        let data =
-            std::fs::read(file).with_context(|| format!("reading image {}", file.display()))?;
         let capacity = layout.space(*slot, || "--image SLOT".into())?.raw_bytes();
-        if data.len() as u64 > capacity {
+        let len = std::fs::metadata(file)
+            .with_context(|| format!("reading image {}", file.display()))?
+            .len();
+        if len > capacity {
             bail!(
-                "--image {slot}={}: {} bytes is longer than slot {slot} ({capacity} bytes)",
+                "--image {slot}={}: {len} bytes is longer than slot {slot} ({capacity} bytes)",
                 file.display(),
-                data.len()
             );
         }
-        image
-            .write(*slot, 0, &data)
+        load_image(&mut image, *slot, file)
             .with_context(|| format!("--image {slot}={}", file.display()))?;
     }
     let k = resolve_omitted_levels(
         args.omitted_levels,
         &layout,
+        &image,
         args.backend,
         args.memory_budget,
     )?;

@@ -48,12 +48,27 @@ pub struct ConnectOptions {
 pub struct CreatedTree {
     /// The id naming the tree in later calls.
     pub tree_id: String,
-    /// The omitted levels chosen (the default when none was asked for).
+    /// The omitted levels chosen (the default when none was asked for; under `auto` the
+    /// provisional default until [`Client::build`] reports the k chosen).
     pub omitted_levels: u32,
-    /// Estimated bytes of stored digests ([`crate::tree::node_bytes`]).
+    /// Bytes of stored digests the empty tree reserves ([`crate::tree::node_bytes`] with no
+    /// page present).
     pub node_bytes: u64,
-    /// Bytes of raw memory ([`MemoryLayout::raw_bytes`]).
+    /// Raw bytes reserved at creation: 0, as no page is present yet.
     pub raw_bytes: u64,
+    /// Raw bytes the layout declares ([`MemoryLayout::raw_bytes`]).
+    pub declared_raw_bytes: u64,
+}
+
+/// What `BuildTree` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuiltTree {
+    /// Root step 0.
+    pub root: Digest,
+    /// The omitted levels the tree was built with (under `auto`: chosen at the build).
+    pub omitted_levels: u32,
+    /// Present pages of the image.
+    pub present_pages: u64,
 }
 
 /// What `UpdateBlocks` returns.
@@ -163,21 +178,45 @@ impl Client {
         omitted_levels: Option<u32>,
         backend: Backend,
     ) -> Result<CreatedTree, Status> {
-        let r = self
-            .inner
-            .create_tree(proto::CreateTreeRequest {
-                layout: Some(codec::layout_to_proto(layout)),
-                omitted_levels,
-                backend: backend.name().into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        self.create(proto::CreateTreeRequest {
+            layout: Some(codec::layout_to_proto(layout)),
+            omitted_levels,
+            backend: backend.name().into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Creates a zeroed tree for `layout` whose `omitted_levels` the server chooses at
+    /// `BuildTree` (`auto_omitted_levels`): the smallest k whose tree over the pages present
+    /// then fits `memory_budget` bytes (`None`: the server's budget).
+    ///
+    /// # Errors
+    /// As [`Client::create_tree`]; `RESOURCE_EXHAUSTED` when not even the empty tree fits.
+    pub async fn create_tree_auto(
+        &mut self,
+        layout: &MemoryLayout,
+        backend: Backend,
+        memory_budget: Option<u64>,
+    ) -> Result<CreatedTree, Status> {
+        self.create(proto::CreateTreeRequest {
+            layout: Some(codec::layout_to_proto(layout)),
+            backend: backend.name().into(),
+            auto_omitted_levels: true,
+            memory_budget_bytes: memory_budget,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn create(&mut self, req: proto::CreateTreeRequest) -> Result<CreatedTree, Status> {
+        let r = self.inner.create_tree(req).await?.into_inner();
         Ok(CreatedTree {
             tree_id: r.tree_id,
             omitted_levels: r.omitted_levels,
             node_bytes: r.node_bytes,
             raw_bytes: r.raw_bytes,
+            declared_raw_bytes: r.declared_raw_bytes,
         })
     }
 
@@ -233,6 +272,15 @@ impl Client {
     /// `NOT_FOUND`, `FAILED_PRECONDITION` (already built), `RESOURCE_EXHAUSTED`,
     /// `UNAVAILABLE`.
     pub async fn build_tree(&mut self, tree_id: &str) -> Result<Digest, Status> {
+        self.build(tree_id).await.map(|b| b.root)
+    }
+
+    /// [`Client::build_tree`], with the k the tree was built with and its present pages.
+    ///
+    /// # Errors
+    /// As [`Client::build_tree`]; `RESOURCE_EXHAUSTED` when no k fits an `auto` tree's
+    /// budget or the built tree passes a limit.
+    pub async fn build(&mut self, tree_id: &str) -> Result<BuiltTree, Status> {
         let r = self
             .inner
             .build_tree(proto::BuildTreeRequest {
@@ -240,7 +288,11 @@ impl Client {
             })
             .await?
             .into_inner();
-        codec::digest_from_proto(r.root.as_ref(), "root").map_err(bad_response)
+        Ok(BuiltTree {
+            root: codec::digest_from_proto(r.root.as_ref(), "root").map_err(bad_response)?,
+            omitted_levels: r.omitted_levels,
+            present_pages: r.present_pages,
+        })
     }
 
     /// Applies one batch atomically; with `return_openings`, also opens every block of the

@@ -36,8 +36,9 @@ pub struct Limits {
     pub max_trees: usize,
     /// Most bytes one tree may reserve, host and device together ([`MemoryEstimate`]).
     pub max_tree_bytes: u64,
-    /// Most host bytes reserved over all trees. `CreateTree` reserves the tree's host
-    /// estimate ([`MemoryEstimate`]); `DropTree` releases it. Formerly `max_total_bytes`.
+    /// Most host bytes reserved over all trees. A tree reserves its host estimate
+    /// ([`MemoryEstimate`]) as its pages appear; `DropTree` releases it. Formerly
+    /// `max_total_bytes`.
     pub max_host_bytes: u64,
     /// Most device bytes reserved over all trees, as for `max_host_bytes` (CPU trees
     /// reserve none).
@@ -66,7 +67,8 @@ impl Default for Limits {
     }
 }
 
-/// The bytes a tree reserves when it is created, split by where they live.
+/// The bytes a tree reserves, split by where they live: at `CreateTree` the empty tree's,
+/// growing as pages are written, and at `BuildTree` the built tree's exact need.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryEstimate {
     /// Host bytes (stored digests and raw memory of CPU trees).
@@ -79,6 +81,14 @@ impl MemoryEstimate {
     /// Host and device bytes together.
     pub fn total(&self) -> u64 {
         self.host_bytes.saturating_add(self.device_bytes)
+    }
+
+    /// `self` and `other` added up, part by part.
+    pub fn plus(self, other: MemoryEstimate) -> MemoryEstimate {
+        MemoryEstimate {
+            host_bytes: self.host_bytes.saturating_add(other.host_bytes),
+            device_bytes: self.device_bytes.saturating_add(other.device_bytes),
+        }
     }
 }
 

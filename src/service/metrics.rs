@@ -46,6 +46,7 @@ use prometheus_client::registry::Registry as PromRegistry;
 use tonic::Code;
 
 use crate::bench::count;
+use crate::image::MemoryImage;
 use crate::layout::MemoryLayout;
 use crate::tree::{Backend, TouchedBlock};
 
@@ -201,9 +202,13 @@ impl Collector for TreeGauges {
 
 /// Permutations of a build on `backend` (0 for the reference tree, a sparse test oracle
 /// whose work is not the production trees').
-pub(crate) fn build_permutations(backend: Backend, layout: &MemoryLayout) -> u64 {
+pub(crate) fn build_permutations(
+    backend: Backend,
+    layout: &MemoryLayout,
+    image: &MemoryImage,
+) -> u64 {
     match backend {
-        Backend::Cpu | Backend::Cuda => count::build_permutations(layout),
+        Backend::Cpu | Backend::Cuda => count::build_permutations(layout, image),
         Backend::Auto | Backend::Reference => 0,
     }
 }
@@ -212,11 +217,12 @@ pub(crate) fn build_permutations(backend: Backend, layout: &MemoryLayout) -> u64
 pub(crate) fn update_permutations(
     backend: Backend,
     layout: &MemoryLayout,
+    image: &MemoryImage,
     k: u32,
     blocks: &[TouchedBlock],
 ) -> u64 {
     match backend {
-        Backend::Cpu | Backend::Cuda => count::update_permutations(layout, k, blocks),
+        Backend::Cpu | Backend::Cuda => count::update_permutations(layout, image, k, blocks),
         Backend::Auto | Backend::Reference => 0,
     }
 }
@@ -225,10 +231,11 @@ pub(crate) fn update_permutations(
 pub(crate) fn opening_permutations(
     backend: Backend,
     layout: &MemoryLayout,
+    image: &MemoryImage,
     k: u32,
     positions: &[(u32, u64)],
 ) -> u64 {
-    count::opening_permutations(backend, layout, k, positions)
+    count::opening_permutations(backend, layout, image, k, positions)
 }
 
 /// Serves `GET /metrics` (404 elsewhere, 405 for another method on it) on `listener`

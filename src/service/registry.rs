@@ -1,5 +1,9 @@
 //! The tree registry: tree ids → trees, with the tree-count and memory reservations.
 //!
+//! A tree's reservation follows its present pages: `CreateTree` reserves the empty tree,
+//! `WriteMemory` and `UpdateBlocks` grow it before writing pages that were absent
+//! ([`Registry::resize`]), and `BuildTree` sets it to the built tree's exact need.
+//!
 //! Each tree's mutable state sits behind its own `tokio::sync::Mutex`, so calls on one tree
 //! are serialised while calls on different trees run in parallel. The registry's own map is
 //! a short-held `std::sync::Mutex` that is never held across an `.await`.
@@ -38,6 +42,12 @@ pub(crate) struct Summary {
     pub updates: u64,
     /// Bytes held, from the tree (or the image before the build).
     pub usage: MemoryUsage,
+    /// Present pages of the image.
+    pub pages: u64,
+    /// `omitted_levels`: the tree's k once built; before that the requested k, or for
+    /// `auto_omitted_levels` the provisional [`crate::tree::DEFAULT_OMITTED_LEVELS`] that
+    /// reservations use until `BuildTree` chooses k from the present pages.
+    pub omitted_levels: u32,
 }
 
 /// One tree: immutable facts, the mutable state, and its summary.
@@ -47,11 +57,12 @@ pub(crate) struct TreeHandle {
     pub layout: MemoryLayout,
     /// The concrete backend (never `Auto`).
     pub backend: Backend,
-    pub omitted_levels: u32,
-    /// Whether the server chose `omitted_levels` (`auto_omitted_levels`).
+    /// Whether the server chooses `omitted_levels` (`auto_omitted_levels`), at `BuildTree`.
     pub omitted_levels_auto: bool,
-    /// Bytes reserved against the memory limits.
-    pub reserved: MemoryEstimate,
+    /// `auto_omitted_levels`' budget from the request, if it gave one.
+    pub memory_budget: Option<u64>,
+    /// Bytes reserved against the memory limits; changed only under the registry's lock.
+    reserved: Mutex<MemoryEstimate>,
     pub state: Arc<tokio::sync::Mutex<State>>,
     summary: Mutex<Summary>,
     /// Why the initial image can no longer be trusted (a `WriteMemory` stream that ended
@@ -72,6 +83,11 @@ impl TreeHandle {
 
     pub fn set_summary(&self, s: Summary) {
         *lock(&self.summary) = s;
+    }
+
+    /// Bytes reserved against the limits now.
+    pub fn reserved(&self) -> MemoryEstimate {
+        *lock(&self.reserved)
     }
 
     /// Marks the unbuilt tree unusable: BuildTree and WriteMemory refuse it from now on.
@@ -147,34 +163,91 @@ impl Registry {
                 self.limits.max_trees, inner.reserved_trees
             )));
         }
-        let host = inner.reserved.host_bytes.saturating_add(bytes.host_bytes);
-        if host > self.limits.max_host_bytes {
-            return Err(Error::ResourceExhausted(format!(
-                "max_host_bytes = {}: the tree needs {} host bytes and {} are already reserved",
-                self.limits.max_host_bytes, bytes.host_bytes, inner.reserved.host_bytes
-            )));
-        }
-        let device = inner
-            .reserved
-            .device_bytes
-            .saturating_add(bytes.device_bytes);
-        if device > self.limits.max_device_bytes {
-            return Err(Error::ResourceExhausted(format!(
-                "max_device_bytes = {}: the tree needs {} device bytes and {} are already \
-                 reserved",
-                self.limits.max_device_bytes, bytes.device_bytes, inner.reserved.device_bytes
-            )));
-        }
+        inner.reserved = self.add_checked(inner.reserved, bytes, "the tree needs")?;
         inner.reserved_trees += 1;
-        inner.reserved = MemoryEstimate {
-            host_bytes: host,
-            device_bytes: device,
-        };
         Ok(Reservation {
             registry: self,
             bytes,
             armed: true,
         })
+    }
+
+    /// `reserved + more`, or the error naming the server-wide limit it would pass; `needs`
+    /// says who asks (e.g. `the tree needs`).
+    fn add_checked(
+        &self,
+        reserved: MemoryEstimate,
+        more: MemoryEstimate,
+        needs: &str,
+    ) -> Result<MemoryEstimate> {
+        let host = reserved.host_bytes.saturating_add(more.host_bytes);
+        if host > self.limits.max_host_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "max_host_bytes = {}: {needs} {} host bytes and {} are already reserved",
+                self.limits.max_host_bytes, more.host_bytes, reserved.host_bytes
+            )));
+        }
+        let device = reserved.device_bytes.saturating_add(more.device_bytes);
+        if device > self.limits.max_device_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "max_device_bytes = {}: {needs} {} device bytes and {} are already reserved",
+                self.limits.max_device_bytes, more.device_bytes, reserved.device_bytes
+            )));
+        }
+        Ok(MemoryEstimate {
+            host_bytes: host,
+            device_bytes: device,
+        })
+    }
+
+    /// Sets tree `t`'s reservation to `bytes`: a decrease always succeeds; an increase is
+    /// checked against `max_tree_bytes`, `max_host_bytes` and `max_device_bytes` first.
+    /// `what` names the cause in the error (e.g. `3 new pages`); an error reads
+    /// `max_host_bytes = N: tree ID (3 new pages) needs B host bytes and R are already
+    /// reserved`.
+    ///
+    /// # Errors
+    /// [`Error::ResourceExhausted`] naming the limit and its value; nothing changes then.
+    pub fn resize(&self, t: &TreeHandle, bytes: MemoryEstimate, what: &str) -> Result<()> {
+        let mut inner = lock(&self.inner);
+        let mut reserved = lock(&t.reserved);
+        let extra = MemoryEstimate {
+            host_bytes: bytes.host_bytes.saturating_sub(reserved.host_bytes),
+            device_bytes: bytes.device_bytes.saturating_sub(reserved.device_bytes),
+        };
+        if extra.total() > 0 {
+            if bytes.total() > self.limits.max_tree_bytes {
+                return Err(Error::ResourceExhausted(format!(
+                    "max_tree_bytes = {}: tree {} ({what}) would need {} bytes ({} host, {} \
+                     device)",
+                    self.limits.max_tree_bytes,
+                    t.id,
+                    bytes.total(),
+                    bytes.host_bytes,
+                    bytes.device_bytes
+                )));
+            }
+            self.add_checked(
+                inner.reserved,
+                extra,
+                &format!("tree {} ({what}) needs", t.id),
+            )?;
+        }
+        let less = |total: u64, old: u64, new: u64| total.saturating_sub(old).saturating_add(new);
+        inner.reserved = MemoryEstimate {
+            host_bytes: less(
+                inner.reserved.host_bytes,
+                reserved.host_bytes,
+                bytes.host_bytes,
+            ),
+            device_bytes: less(
+                inner.reserved.device_bytes,
+                reserved.device_bytes,
+                bytes.device_bytes,
+            ),
+        };
+        *reserved = bytes;
+        Ok(())
     }
 
     fn release(&self, bytes: MemoryEstimate) {
@@ -193,12 +266,13 @@ impl Registry {
         lock(&self.inner).trees.insert(tree.id.clone(), tree);
     }
 
-    /// Builds a handle for a new tree in state `Created`.
+    /// Builds a handle for a new tree in state `Created`, with `omitted_levels` (the
+    /// provisional k under `auto`) and `auto`'s budget when `auto` is `Some`.
     pub fn handle(
         id: String,
         layout: MemoryLayout,
         backend: Backend,
-        (omitted_levels, omitted_levels_auto): (u32, bool),
+        (omitted_levels, auto): (u32, Option<Option<u64>>),
         reserved: MemoryEstimate,
         image: MemoryImage,
     ) -> Arc<TreeHandle> {
@@ -206,18 +280,21 @@ impl Registry {
             host_raw_bytes: image.total_bytes(),
             ..MemoryUsage::default()
         };
+        let image_pages = image.total_pages();
         Arc::new(TreeHandle {
             id,
             layout,
             backend,
-            omitted_levels,
-            omitted_levels_auto,
-            reserved,
+            omitted_levels_auto: auto.is_some(),
+            memory_budget: auto.flatten(),
+            reserved: Mutex::new(reserved),
             state: Arc::new(tokio::sync::Mutex::new(State::Created {
                 image: Arc::new(image),
             })),
             summary: Mutex::new(Summary {
                 usage,
+                pages: image_pages,
+                omitted_levels,
                 ..Summary::default()
             }),
             aborted: Mutex::new(None),
@@ -256,8 +333,9 @@ impl Registry {
         // Freeing a large image unmaps many pages; keep it off the reactor, and release the
         // reservation only once the memory is back. A panic while dropping still releases.
         let _ = tokio::task::spawn_blocking(move || drop(old)).await;
-        self.release(tree.reserved);
-        Ok(tree.reserved.total())
+        let reserved = tree.reserved();
+        self.release(reserved);
+        Ok(reserved.total())
     }
 
     /// Every tree, ordered by id.
@@ -280,6 +358,12 @@ impl Registry {
     /// Trees alive (inserted and not removed).
     pub fn len(&self) -> usize {
         lock(&self.inner).trees.len()
+    }
+
+    /// Present pages over all trees, from their summaries.
+    pub fn pages(&self) -> u64 {
+        let trees: Vec<_> = lock(&self.inner).trees.values().cloned().collect();
+        trees.iter().map(|t| t.summary().pages).sum()
     }
 
     /// The bytes all trees hold, from their summaries, as `GetServerInfo` adds them up.

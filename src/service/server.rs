@@ -11,14 +11,15 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::error::Error;
+use crate::image::MemoryImage;
 use crate::tree::{self, Backend, MemoryTree};
 
 use super::codec;
-use super::limits::{self, timeout_text, Limits};
+use super::limits::{self, timeout_text, Limits, MemoryEstimate};
 use super::metrics::{self, Metrics};
 use super::proto;
 use super::proto::mem_commit_server::MemCommit;
-use super::registry::{not_found, Registry, State, Summary, TreeHandle};
+use super::registry::{not_found, Registry, State, TreeHandle};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -111,8 +112,9 @@ impl MemCommitService {
                 let len = chunk.data.len() as u64;
                 // Per chunk, so a long upload is never cut off between chunks.
                 let deadline = Deadline::new(&self.limits);
+                let registry = Arc::clone(&self.registry);
                 with_tree(handle, deadline, move |t, state| {
-                    write_chunk(t, state, &chunk, i)
+                    write_chunk(&registry, t, state, &chunk, i)
                 })
                 .await?;
                 guard.bytes += len;
@@ -238,18 +240,79 @@ fn built<'a>(t: &TreeHandle, state: &'a mut State) -> Result<&'a mut dyn MemoryT
     }
 }
 
-/// Applies chunk `i` of a `WriteMemory` stream to the tree's initial image.
+/// What `pages` new pages of `slot` add to tree `t`'s reservation at `omitted_levels = k`:
+/// their raw bytes and at most [`tree::node_bytes_per_page`] of nodes each, on the host or
+/// the device as [`limits::estimate`] splits them.
+fn pages_estimate(
+    t: &TreeHandle,
+    image: &MemoryImage,
+    slot: u32,
+    pages: u64,
+    k: u32,
+) -> MemoryEstimate {
+    limits::estimate(
+        t.backend,
+        pages.saturating_mul(tree::node_bytes_per_page(&t.layout, slot, k)),
+        pages.saturating_mul(image.page_bytes(slot)),
+    )
+}
+
+/// Grows tree `t`'s reservation by `extra` (for `what`), runs `f`, and shrinks it back if
+/// `f` fails, so a refused write or batch leaves the reservation as it was.
+fn with_growth<R>(
+    registry: &Registry,
+    t: &TreeHandle,
+    extra: MemoryEstimate,
+    what: impl FnOnce() -> String,
+    f: impl FnOnce() -> Result<R, Status>,
+) -> Result<R, Status> {
+    if extra.total() == 0 {
+        return f();
+    }
+    let before = t.reserved();
+    registry.resize(t, before.plus(extra), &what())?;
+    let r = f();
+    if r.is_err() {
+        // A decrease always succeeds.
+        let _ = registry.resize(t, before, "an undone write");
+    }
+    r
+}
+
+/// Applies chunk `i` of a `WriteMemory` stream to the tree's initial image, first growing
+/// the tree's reservation by the pages the chunk creates.
 fn write_chunk(
+    registry: &Registry,
     t: &TreeHandle,
     state: &mut State,
     chunk: &proto::WriteMemoryChunk,
     i: u64,
 ) -> Result<(), Status> {
+    let field = || format!("chunks[{i}]");
     match (state, t.aborted()) {
         (State::Created { .. }, Some(why)) => Err(aborted(t, &why)),
-        (State::Created { image }, None) => Arc::make_mut(image)
-            .write(chunk.slot, chunk.byte_offset, &chunk.data)
-            .map_err(|e| within(e, &format!("chunks[{i}]")).into()),
+        (State::Created { image }, None) => {
+            let new = image
+                .pages_created_by_write(chunk.slot, chunk.byte_offset, chunk.data.len())
+                .map_err(|e| within(e, &field()))?;
+            let mut s = t.summary();
+            let extra = pages_estimate(t, image, chunk.slot, new, s.omitted_levels);
+            with_growth(
+                registry,
+                t,
+                extra,
+                || format!("{new} new pages of slot {}", chunk.slot),
+                || {
+                    Arc::make_mut(image)
+                        .write(chunk.slot, chunk.byte_offset, &chunk.data)
+                        .map_err(|e| within(e, &field()).into())
+                },
+            )?;
+            s.pages = image.total_pages();
+            s.usage.host_raw_bytes = image.total_bytes();
+            t.set_summary(s);
+            Ok(())
+        }
         (State::Built(_), _) => Err(Error::FailedPrecondition(format!(
             "tree {} is already built: WriteMemory writes the initial image, before BuildTree",
             t.id
@@ -378,17 +441,18 @@ fn tree_info(t: &TreeHandle) -> proto::TreeInfo {
     proto::TreeInfo {
         tree_id: t.id.clone(),
         backend: t.backend.name().into(),
-        omitted_levels: t.omitted_levels,
+        omitted_levels: s.omitted_levels,
         layout: Some(codec::layout_to_proto(&t.layout)),
         state: state as i32,
         root: s.root.as_ref().map(codec::digest_to_proto),
         updates: s.updates,
-        reserved_bytes: t.reserved.total(),
+        reserved_bytes: t.reserved().total(),
         host_node_bytes: s.usage.host_node_bytes,
         host_raw_bytes: s.usage.host_raw_bytes,
         device_node_bytes: s.usage.device_node_bytes,
         device_raw_bytes: s.usage.device_raw_bytes,
         omitted_levels_auto: t.omitted_levels_auto,
+        present_pages: s.pages,
     }
 }
 
@@ -404,7 +468,10 @@ impl MemCommit for MemCommitService {
             Backend::Auto => self.default_backend,
             b => b.resolve()?,
         };
-        let k = if req.auto_omitted_levels {
+        let image = crate::image::MemoryImage::zeroed(&layout)?;
+        // Under auto, k is chosen at BuildTree from the pages present then; until then
+        // reservations use the default k. The empty tree must fit the budget already.
+        let (k, auto) = if req.auto_omitted_levels {
             if req.omitted_levels.is_some() {
                 return Err(Error::invalid(
                     "omitted_levels",
@@ -416,28 +483,24 @@ impl MemCommit for MemCommitService {
                 Some(b) => b,
                 None => tree::default_memory_budget(backend)?,
             };
-            let k = tree::choose_omitted_levels(&layout, budget)?;
-            tracing::info!(omitted_levels = k, budget, "omitted_levels auto");
-            k
+            tree::choose_omitted_levels(&layout, &image, budget)?;
+            (tree::DEFAULT_OMITTED_LEVELS, Some(req.memory_budget_bytes))
         } else {
-            req.omitted_levels.unwrap_or(tree::DEFAULT_OMITTED_LEVELS)
+            (
+                req.omitted_levels.unwrap_or(tree::DEFAULT_OMITTED_LEVELS),
+                None,
+            )
         };
         tree::check_omitted_levels(k)?;
-        let node_bytes = tree::node_bytes(&layout, k);
-        let raw_bytes = layout.raw_bytes();
-        let reserved = limits::estimate(backend, node_bytes, raw_bytes);
+        let node_bytes = tree::node_bytes(&layout, &image, k);
+        let reserved = limits::estimate(backend, node_bytes, 0);
         let reservation = self.registry.reserve(reserved)?;
-        let image_layout = layout.clone();
-        let image =
-            tokio::task::spawn_blocking(move || crate::image::MemoryImage::zeroed(&image_layout))
-                .await
-                .map_err(|e| Status::internal(format!("allocating the image: {e}")))??;
         let id = uuid::Uuid::new_v4().to_string();
         let handle = Registry::handle(
             id.clone(),
             layout.clone(),
             backend,
-            (k, req.auto_omitted_levels),
+            (k, auto),
             reserved,
             image,
         );
@@ -448,15 +511,16 @@ impl MemCommit for MemCommitService {
             omitted_levels = k,
             omitted_levels_auto = req.auto_omitted_levels,
             node_bytes,
-            raw_bytes,
+            declared_raw_bytes = layout.raw_bytes(),
             "tree created"
         );
         Ok(Response::new(proto::CreateTreeResponse {
             tree_id: id,
             omitted_levels: k,
             node_bytes,
-            raw_bytes,
+            raw_bytes: 0,
             backend: backend.name().into(),
+            declared_raw_bytes: layout.raw_bytes(),
             layout: Some(codec::layout_to_proto(&layout)),
         }))
     }
@@ -475,7 +539,9 @@ impl MemCommit for MemCommitService {
         let deadline = Deadline::new(&self.limits);
         let tree = self.registry.get(&req.get_ref().tree_id)?;
         let metrics = self.metrics.clone();
-        let root = with_tree(tree, deadline, move |t, state| {
+        let registry = Arc::clone(&self.registry);
+        let server_budget = self.memory_budget;
+        let resp = with_tree(tree, deadline, move |t, state| {
             let image = match state {
                 State::Created { image } => match t.aborted() {
                     Some(why) => return Err(aborted(t, &why)),
@@ -490,32 +556,61 @@ impl MemCommit for MemCommitService {
                 }
                 other => return Err(not_built(t, other)),
             };
+            let mut summary = t.summary();
+            let k = if t.omitted_levels_auto {
+                let budget = match t.memory_budget.or(server_budget) {
+                    Some(b) => b,
+                    None => tree::default_memory_budget(t.backend)?,
+                };
+                let k = tree::choose_omitted_levels(&t.layout, &image, budget)?;
+                tracing::info!(tree_id = %t.id, omitted_levels = k, budget, pages = image.total_pages(), "omitted_levels auto");
+                k
+            } else {
+                summary.omitted_levels
+            };
+            // The reservation becomes the built tree's exact need.
+            let need = limits::estimate(
+                t.backend,
+                tree::node_bytes(&t.layout, &image, k),
+                image.total_bytes(),
+            );
+            let before = t.reserved();
+            registry.resize(t, need, &format!("the build at omitted_levels {k}"))?;
             let started = Instant::now();
             tracing::info!(tree_id = %t.id, backend = t.backend.name(), "tree build started");
-            let built = tree::build(t.backend, t.layout.clone(), image, t.omitted_levels)?;
+            let built = match tree::build(t.backend, t.layout.clone(), Arc::clone(&image), k) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = registry.resize(t, before, "a failed build");
+                    return Err(e.into());
+                }
+            };
             count_permutations(metrics.as_deref(), || {
-                metrics::build_permutations(t.backend, &t.layout)
+                metrics::build_permutations(t.backend, &t.layout, &image)
             });
             let root = built.root();
-            t.set_summary(Summary {
-                root: Some(root),
-                updates: 0,
-                usage: built.memory_usage(),
-            });
+            summary.root = Some(root);
+            summary.updates = 0;
+            summary.usage = built.memory_usage();
+            summary.omitted_levels = k;
+            t.set_summary(summary);
             // Dropping `Created` drops its image handle, so the tree's `Arc` is the only one
             // and updates write the image in place.
+            drop(image);
             *state = State::Built(built);
             tracing::info!(
                 tree_id = %t.id,
                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                 "tree built"
             );
-            Ok(root)
+            Ok(proto::BuildTreeResponse {
+                root: Some(codec::digest_to_proto(&root)),
+                omitted_levels: k,
+                present_pages: summary.pages,
+            })
         })
         .await?;
-        Ok(Response::new(proto::BuildTreeResponse {
-            root: Some(codec::digest_to_proto(&root)),
-        }))
+        Ok(Response::new(resp))
     }
 
     async fn update_blocks(
@@ -531,6 +626,7 @@ impl MemCommit for MemCommitService {
         let tree = self.registry.get(&req.tree_id)?;
         let return_openings = req.return_openings;
         let metrics = self.metrics.clone();
+        let registry = Arc::clone(&self.registry);
         let resp = with_tree(tree, deadline, move |t, state| {
             let mt = built(t, state)?;
             let blocks = codec::decode_blocks(&msg, "blocks")?;
@@ -543,16 +639,33 @@ impl MemCommit for MemCommitService {
             deadline.check("the batch to be decoded")?;
             let started = Instant::now();
             let old_root = mt.root();
-            let new_root = mt.update(&blocks).map_err(|e| batch_failed(t, e))?;
-            let (backend, layout, k) = (t.backend, &t.layout, t.omitted_levels);
+            let k = mt.omitted_levels();
+            // Pages the batch creates are reserved before anything is written.
+            let image = mt.image();
+            let extra = image
+                .pages_created_by_blocks(blocks.iter().map(|b| (b.slot, b.block)))
+                .iter()
+                .enumerate()
+                .fold(MemoryEstimate::default(), |e, (slot, &n)| {
+                    e.plus(pages_estimate(t, image, slot as u32, n, k))
+                });
+            let new_pages = extra.total() > 0;
+            let new_root = with_growth(
+                &registry,
+                t,
+                extra,
+                || "the batch's new pages".into(),
+                || mt.update(&blocks).map_err(|e| batch_failed(t, e)),
+            )?;
+            let (backend, layout) = (t.backend, &t.layout);
             count_permutations(metrics.as_deref(), || {
-                metrics::update_permutations(backend, layout, k, &blocks)
+                metrics::update_permutations(backend, layout, mt.image(), k, &blocks)
             });
             let openings = if return_openings {
                 let positions: Vec<_> = blocks.iter().map(|b| (b.slot, b.block)).collect();
                 let openings = mt.openings(&positions)?;
                 count_permutations(metrics.as_deref(), || {
-                    metrics::opening_permutations(backend, layout, k, &positions)
+                    metrics::opening_permutations(backend, layout, mt.image(), k, &positions)
                 });
                 openings.iter().map(codec::opening_to_proto).collect()
             } else {
@@ -562,6 +675,9 @@ impl MemCommit for MemCommitService {
             s.root = Some(new_root);
             s.updates += 1;
             s.usage = mt.memory_usage();
+            if new_pages {
+                s.pages = mt.image().total_pages();
+            }
             t.set_summary(s);
             tracing::debug!(
                 tree_id = %t.id,
@@ -609,7 +725,13 @@ impl MemCommit for MemCommitService {
             check_openings_fit(positions.len(), t, &limits)?;
             let openings = mt.openings(&positions)?;
             count_permutations(metrics.as_deref(), || {
-                metrics::opening_permutations(t.backend, &t.layout, t.omitted_levels, &positions)
+                metrics::opening_permutations(
+                    t.backend,
+                    &t.layout,
+                    mt.image(),
+                    mt.omitted_levels(),
+                    &positions,
+                )
             });
             Ok(proto::GetOpeningsResponse {
                 root: Some(codec::digest_to_proto(&mt.root())),
@@ -667,6 +789,7 @@ impl MemCommit for MemCommitService {
             device_memory_free_bytes: free,
             device_memory_total_bytes: total,
             total_reserved_bytes: self.registry.reserved_bytes(),
+            total_present_pages: self.registry.pages(),
             total_host_bytes,
             total_device_bytes,
             trees,

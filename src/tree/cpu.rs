@@ -1,21 +1,25 @@
 //! The production CPU tree: the GPU's layout and update algorithm, on rayon and p3's packed
-//! permutation.
+//! permutation, over the image's present pages ([`crate::image`], [`super::shape`]).
 //!
-//! Each slot of real height `h` stores levels `b..=h` densely, where `b = k` when `h > k`
-//! and `b = 0` otherwise (`k = omitted_levels`), plus its vertical path up to
-//! `address_height`. Nodes below `b` are recomputed from the `Arc`-held raw memory: one
-//! level-`b` node costs `2^b` leaf hashes and `2^b − 1` compressions. The top tree over
-//! the `2^address_space_height` slot roots is stored in full.
+//! Each slot stores, per present page, its levels `b..=q` in one page-major array (keyed by
+//! the image's [`PageId`]s); above the pages, the upper levels `max(b, q+1)..=h`, each a
+//! dense array when at most [`super::shape::DENSE_LEVEL_DIGESTS`] wide and otherwise a map
+//! holding only nodes with a present page below; and its vertical path. Nodes below `b`
+//! are recomputed from the `Arc`-held raw memory; an absent page is `zero[q]`. The top tree
+//! over the `2^address_space_height` slot roots is stored in full.
 //!
-//! An update validates the batch, writes raw memory, recomputes every *distinct* level-`b`
-//! ancestor of the touched blocks once, then every distinct parent level by level, then the
-//! vertical paths and the top tree (DESIGN.md "Update").
+//! An update validates the batch, writes raw memory (creating the pages it touches),
+//! recomputes every *distinct* level-`b` ancestor of the touched blocks once, then every
+//! distinct parent level by level, then the vertical paths and the top tree (DESIGN.md
+//! "Update").
 //!
-//! Every overwritten image block and node is logged as it is replaced (the swap that writes
-//! a fresh digest leaves the old one in the buffer it came from, so the log costs no extra
-//! pass), and a batch that fails part-way is rolled back from the log: image, nodes and
-//! root are as before. Only injected faults ([`crate::tree::fault`]) fail there today.
+//! Every overwritten image block, created page and node is logged as it is replaced (the
+//! swap that writes a fresh digest leaves the old one in the buffer it came from, so the log
+//! costs no extra pass), and a batch that fails part-way is rolled back from the log: image,
+//! pages, nodes and root are as before. Only injected faults ([`crate::tree::fault`]) and
+//! page allocation fail there today.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -25,51 +29,551 @@ use crate::hash::{
     compress, compress_pairs, leaf_hash_many_canonical, permute_many, zero_hashes, Digest,
     DIGEST_BYTES,
 };
-use crate::image::MemoryImage;
-use crate::layout::{MemoryLayout, BLOCK_CELLS};
+use crate::image::{ImageUndo, MemoryImage, PageId};
+use crate::layout::{CellType, MemoryLayout, BLOCK_CELLS};
+use crate::tree::shape::SlotShape;
 use crate::tree::{
-    check_positions, empty_slot_root, fault, stored_base_level, validated_keys, Backend,
-    MemoryTree, MemoryUsage, Opening, TouchedBlock,
+    check_positions, empty_slot_root, fault, validated_keys, Backend, MemoryTree, MemoryUsage,
+    Opening, TouchedBlock,
 };
 
-/// Leaves hashed together by one rayon task when computing level-`b` nodes: 128 KiB of
-/// digests, so a task's whole subtree stays in L2.
+/// Leaves hashed together by one rayon task when computing nodes from raw memory: 128 KiB
+/// of digests, so a task's whole subtree stays in L2.
 const LEAVES_PER_TASK: usize = 4096;
 /// Parents compressed together by one rayon task in the level-by-level passes.
 const PARENTS_PER_TASK: usize = 1024;
 
+/// `zero[l]`, the root of an all-zero subtree of height `l`.
+fn zero(l: u32) -> &'static Digest {
+    &zero_hashes()[l as usize]
+}
+
+/// Allocates `n` copies of `fill`, reporting failure as [`Error::ResourceExhausted`].
+fn alloc_digests(n: u64, fill: Digest) -> Result<Vec<Digest>> {
+    let oom = || Error::ResourceExhausted(format!("cannot allocate {n} digests of tree nodes"));
+    let n = usize::try_from(n).map_err(|_| oom())?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| oom())?;
+    v.resize(n, fill);
+    Ok(v)
+}
+
+/// One upper level of a slot: dense when narrow, else only the nodes with a present page
+/// below them (the others are the level's zero hash).
+enum Level {
+    Dense(Vec<Digest>),
+    Sparse(HashMap<u64, Digest>),
+}
+
+impl Level {
+    fn new(shape: &SlotShape, l: u32) -> Level {
+        if shape.is_dense(l) {
+            Level::Dense(vec![*zero(l); shape.width(l) as usize])
+        } else {
+            Level::Sparse(HashMap::new())
+        }
+    }
+
+    #[inline]
+    fn get(&self, i: u64, zero: &Digest) -> Digest {
+        match self {
+            Level::Dense(v) => v[i as usize],
+            Level::Sparse(m) => m.get(&i).copied().unwrap_or(*zero),
+        }
+    }
+
+    /// Stores `d` at `i`; returns what was there (`None`: the node was not stored).
+    #[inline]
+    fn set(&mut self, i: u64, d: Digest) -> Option<Digest> {
+        match self {
+            Level::Dense(v) => Some(std::mem::replace(&mut v[i as usize], d)),
+            Level::Sparse(m) => m.insert(i, d),
+        }
+    }
+
+    /// Puts back what [`Level::set`] returned.
+    fn restore(&mut self, i: u64, old: Option<Digest>) {
+        match (self, old) {
+            (Level::Dense(v), Some(d)) => v[i as usize] = d,
+            (Level::Sparse(m), Some(d)) => {
+                m.insert(i, d);
+            }
+            (Level::Sparse(m), None) => {
+                m.remove(&i);
+            }
+            (Level::Dense(_), None) => {}
+        }
+    }
+
+    /// Bytes allocated (a map entry holds its u64 key beside the digest).
+    fn bytes(&self) -> u64 {
+        match self {
+            Level::Dense(v) => v.capacity() as u64 * DIGEST_BYTES,
+            Level::Sparse(m) => m.capacity() as u64 * (DIGEST_BYTES + 8),
+        }
+    }
+}
+
 /// The stored part of one non-empty slot.
 struct SlotNodes {
-    /// Real height `log2(num_cells / 8)`.
-    height: u32,
-    /// Lowest stored level.
-    base: u32,
-    /// `levels[i]` is level `base + i`, `2^(height − base − i)` digests.
-    levels: Vec<Vec<Digest>>,
-    /// `vertical[j]` is the node at level `height + 1 + j` on the way to `address_height`.
+    shape: SlotShape,
+    /// Page-major: page `id`'s levels `b..=q` at `id · page_digests`, level `l` at
+    /// [`SlotShape::page_level_offset`]. Empty when `b > q`.
+    pages: Vec<Digest>,
+    /// `upper[j]` is level `upper_base + j`, up to `h`.
+    upper: Vec<Level>,
+    /// `vertical[j]` is the node at level `h + 1 + j` on the way to `address_height`.
     vertical: Vec<Digest>,
 }
 
+/// What one slot's part of an update overwrote.
+#[derive(Default)]
+struct SlotUndo {
+    slot: usize,
+    /// Length of `pages` before the batch (pages it created are cut off again).
+    pages_len: usize,
+    /// `(position in pages, old digest)`, in the order written.
+    page_nodes: Vec<(usize, Digest)>,
+    /// `(upper level index, node index, old)`, in the order written.
+    upper: Vec<(usize, u64, Option<Digest>)>,
+    /// The vertical path before the update.
+    vertical: Vec<Digest>,
+}
+
+/// One level's overwritten nodes: their indices (sorted, distinct) and old digests.
+type LevelUndo = (Vec<u64>, Vec<Digest>);
+
+/// Everything an update overwrote, so a batch that fails part-way can be undone whole.
+#[derive(Default)]
+struct Undo {
+    image: Option<ImageUndo>,
+    slots: Vec<SlotUndo>,
+    /// `top[l]` is level `l` of the top tree (level 0: the slot roots).
+    top: Vec<LevelUndo>,
+}
+
+/// `out[i]` = the root of the height-`levels` subtree over the `2^levels` blocks of `cell`
+/// cells whose raw bytes start at `src(i)`, for one task's nodes: leaf hashes, then `levels`
+/// rounds of pair compression with the nodes side by side, so each round is one
+/// `compress_pairs`. `scratch` is reused between calls.
+fn hash_subtrees_seq<'a>(
+    cell: CellType,
+    levels: u32,
+    src: &(impl Fn(usize) -> &'a [u8] + Sync),
+    first: usize,
+    out: &mut [Digest],
+    (cur, next): &mut (Vec<Digest>, Vec<Digest>),
+) {
+    let bb = BLOCK_CELLS * cell.bytes();
+    let mask = (1usize << levels) - 1;
+    let fill = |j: usize, cells: &mut [u32; BLOCK_CELLS]| {
+        let at = (j & mask) * bb;
+        *cells = cell.read_block(&src(first + (j >> levels))[at..at + bb]);
+    };
+    if levels == 0 {
+        leaf_hash_many_canonical(out, fill);
+        return;
+    }
+    cur.resize(out.len() << levels, Digest::ZERO);
+    leaf_hash_many_canonical(cur, fill);
+    for _ in 1..levels {
+        next.resize(cur.len() / 2, Digest::ZERO);
+        compress_pairs(cur, next);
+        std::mem::swap(cur, next);
+    }
+    compress_pairs(cur, out);
+}
+
+/// [`hash_subtrees_seq`] over all of `out`, split into rayon tasks of about
+/// [`LEAVES_PER_TASK`] leaves.
+fn hash_subtrees<'a>(
+    cell: CellType,
+    levels: u32,
+    src: &(impl Fn(usize) -> &'a [u8] + Sync),
+    out: &mut [Digest],
+) {
+    let per_task = (LEAVES_PER_TASK >> levels).max(1);
+    out.par_chunks_mut(per_task).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |scratch, (t, out)| hash_subtrees_seq(cell, levels, src, t * per_task, out, scratch),
+    );
+}
+
+/// Compresses `pairs` of `(left, right)` digests, in parallel tasks.
+fn compress_all(pairs: &[(Digest, Digest)]) -> Vec<Digest> {
+    let mut out = vec![Digest::ZERO; pairs.len()];
+    out.par_chunks_mut(PARENTS_PER_TASK)
+        .zip(pairs.par_chunks(PARENTS_PER_TASK))
+        .for_each(|(out, pairs)| {
+            permute_many(out, |i, s| {
+                s[..8].copy_from_slice(&pairs[i].0 .0);
+                s[8..].copy_from_slice(&pairs[i].1 .0);
+            })
+        });
+    out
+}
+
+/// One level up a sparse set of nodes: the sorted, distinct `(index, digest)` children at
+/// level `l − 1` become their distinct parents, a missing sibling counting as `zero[l − 1]`.
+fn fold_level(children: &[(u64, Digest)], l: u32) -> Vec<(u64, Digest)> {
+    let z = *zero(l - 1);
+    let mut parents = Vec::with_capacity(children.len());
+    let mut pairs = Vec::with_capacity(children.len());
+    let mut i = 0;
+    while i < children.len() {
+        let (c, d) = children[i];
+        let (p, pair) = if c & 1 == 1 {
+            (c >> 1, (z, d))
+        } else if children.get(i + 1).is_some_and(|&(n, _)| n == c + 1) {
+            i += 1;
+            (c >> 1, (d, children[i].1))
+        } else {
+            (c >> 1, (d, z))
+        };
+        parents.push(p);
+        pairs.push(pair);
+        i += 1;
+    }
+    parents.into_iter().zip(compress_all(&pairs)).collect()
+}
+
+/// Roots (level `q`) of present pages `pages` (`(page number, id)`) of `slot`, from raw
+/// memory, as `(page number, digest)`.
+fn page_roots_from_raw(
+    image: &MemoryImage,
+    slot: u32,
+    q: u32,
+    pages: &[(u64, PageId)],
+) -> Vec<(u64, Digest)> {
+    let cell = image.cell_types()[slot as usize];
+    let mut roots = vec![Digest::ZERO; pages.len()];
+    hash_subtrees(cell, q, &|i| image.page(slot, pages[i].1), &mut roots);
+    pages.iter().map(|p| p.0).zip(roots).collect()
+}
+
+/// The level-`l` nodes (`l ≥ q`) over the present pages `pages` (sorted, each node's pages
+/// together), from raw memory: page roots folded up with zero hashes. Only nodes with a
+/// present page below appear.
+fn nodes_from_pages(
+    image: &MemoryImage,
+    slot: u32,
+    q: u32,
+    l: u32,
+    pages: &[(u64, PageId)],
+) -> Vec<(u64, Digest)> {
+    let mut nodes = page_roots_from_raw(image, slot, q, pages);
+    for level in q + 1..=l {
+        nodes = fold_level(&nodes, level);
+    }
+    nodes
+}
+
 impl SlotNodes {
-    fn root(&self) -> Digest {
-        self.vertical
-            .last()
-            .copied()
-            .unwrap_or_else(|| self.levels[self.levels.len() - 1][0])
+    fn page_digests(&self) -> usize {
+        self.shape.page_digests() as usize
+    }
+
+    /// Position in `pages` of level `l`'s node `i` (`b ≤ l ≤ q`) in page `id`.
+    #[inline]
+    fn page_pos(&self, id: PageId, l: u32, i: u64) -> usize {
+        let local = i & ((1u64 << (self.shape.page_levels - l)) - 1);
+        id as usize * self.page_digests() + (self.shape.page_level_offset(l) + local) as usize
+    }
+
+    /// A stored level's node `(l, i)` (`l ≥ b`, and not strictly between `q` and `b`): from
+    /// its page, its upper level, or the zero hash when nothing present lies below.
+    fn node(&self, image: &MemoryImage, slot: u32, l: u32, i: u64) -> Digest {
+        let s = &self.shape;
+        if l <= s.page_levels {
+            match image.page_id(slot, i >> (s.page_levels - l)) {
+                Some(id) => self.pages[self.page_pos(id, l, i)],
+                None => *zero(l),
+            }
+        } else {
+            self.upper[(l - s.upper_base()) as usize].get(i, zero(l))
+        }
+    }
+
+    /// The slot's root in the top tree: the top of its vertical path, or of its subtree
+    /// when that is `address_height` tall.
+    fn root(&self, image: &MemoryImage, slot: u32) -> Digest {
+        match self.vertical.last() {
+            Some(&d) => d,
+            None => self.node(image, slot, self.shape.height, 0),
+        }
     }
 
     /// `vertical[j] = compress(node below, zero[height + j])` (DESIGN "vertical path").
-    fn recompute_vertical(&mut self) {
-        let mut node = self.levels[self.levels.len() - 1][0];
+    fn recompute_vertical(&mut self, image: &MemoryImage, slot: u32) {
+        let mut node = self.node(image, slot, self.shape.height, 0);
         for (j, v) in self.vertical.iter_mut().enumerate() {
-            node = compress(&node, &zero_hashes()[self.height as usize + j]);
+            node = compress(&node, zero(self.shape.height + j as u32));
             *v = node;
         }
     }
 
-    fn digests(&self) -> u64 {
-        (self.levels.iter().map(Vec::capacity).sum::<usize>() + self.vertical.capacity()) as u64
+    /// Builds the slot over `image`'s present pages of `slot`.
+    fn build(image: &MemoryImage, slot: u32, shape: SlotShape, ah: u32) -> Result<Self> {
+        let pages: Vec<(u64, PageId)> = image.pages(slot).collect();
+        let q = shape.page_levels;
+        let mut nodes = SlotNodes {
+            shape,
+            pages: Vec::new(),
+            upper: (shape.upper_base()..=shape.height)
+                .map(|l| Level::new(&shape, l))
+                .collect(),
+            vertical: vec![Digest::ZERO; (ah - shape.height) as usize],
+        };
+        let roots = if shape.pages_store_nodes() {
+            let stride = nodes.page_digests();
+            nodes.pages = alloc_digests((pages.len() * stride) as u64, Digest::ZERO)?;
+            let cell = image.cell_types()[slot as usize];
+            nodes
+                .pages
+                .par_chunks_mut(stride)
+                .enumerate()
+                .for_each_init(
+                    || (Vec::new(), Vec::new()),
+                    |scratch, (id, out)| {
+                        build_page(cell, &shape, image.page(slot, id as PageId), out, scratch)
+                    },
+                );
+            pages
+                .iter()
+                .map(|&(n, id)| (n, nodes.pages[(id as usize + 1) * stride - 1]))
+                .collect()
+        } else {
+            page_roots_from_raw(image, slot, q, &pages)
+        };
+        let mut level = roots;
+        for l in q + 1..=shape.height {
+            level = fold_level(&level, l);
+            if l >= shape.upper_base() {
+                let upper = &mut nodes.upper[(l - shape.upper_base()) as usize];
+                for &(i, d) in &level {
+                    upper.set(i, d);
+                }
+            }
+        }
+        nodes.recompute_vertical(image, slot);
+        Ok(nodes)
     }
+
+    /// Gives pages the image created since the last call their node arrays, each level
+    /// filled with its zero hash (every block of a new page is zero but those the batch
+    /// writes, whose ancestors the update recomputes).
+    fn add_pages(&mut self, image: &MemoryImage, slot: u32) -> Result<()> {
+        let stride = self.page_digests();
+        let have = self.pages.len() / stride.max(1);
+        let want = image.present_pages(slot);
+        if stride == 0 || want <= have {
+            return Ok(());
+        }
+        let s = self.shape;
+        let mut fresh = Vec::with_capacity(stride);
+        for l in s.base..=s.page_levels {
+            fresh.extend(std::iter::repeat_n(*zero(l), 1 << (s.page_levels - l)));
+        }
+        self.pages
+            .try_reserve((want - have) * stride)
+            .map_err(|_| {
+                Error::ResourceExhausted(format!(
+                    "cannot allocate tree nodes for {} new pages",
+                    want - have
+                ))
+            })?;
+        for _ in have..want {
+            self.pages.extend_from_slice(&fresh);
+        }
+        Ok(())
+    }
+
+    /// Updates the slot for its sorted, distinct touched block keys `group` (the image
+    /// already holds the new cells), logging in `log` every node it overwrites before the
+    /// next fault point.
+    fn update(
+        &mut self,
+        image: &MemoryImage,
+        slot: u32,
+        group: &[u64],
+        log: &mut SlotUndo,
+    ) -> Result<()> {
+        let s = self.shape;
+        let (b, q) = (s.base, s.page_levels);
+        log.pages_len = self.pages.len();
+        self.add_pages(image, slot)?;
+        let mut dirty: Vec<u64> = group.iter().map(|k| (k & 0xffff_ffff) >> b).collect();
+        dirty.dedup();
+        let mut level = b;
+        if s.pages_store_nodes() {
+            // Level b from raw memory, then up to q inside the pages.
+            let ids: Vec<PageId> = page_ids(image, slot, &dirty, q - b);
+            let cell = image.cell_types()[slot as usize];
+            let bb = BLOCK_CELLS * cell.bytes();
+            let local = |i: u64| (i & ((1u64 << (q - b)) - 1)) as usize;
+            let mut fresh = vec![Digest::ZERO; dirty.len()];
+            hash_subtrees(
+                cell,
+                b,
+                &|j| &image.page(slot, ids[j])[(local(dirty[j]) << b) * bb..],
+                &mut fresh,
+            );
+            self.swap_page_nodes(&ids, b, &dirty, fresh, log);
+            fault::point(|| format!("slot {slot} level {b}"))?;
+            let mut ids = ids;
+            for l in b + 1..=q {
+                let (up, up_ids) = parents_in_pages(&dirty, &ids);
+                let pairs: Vec<(Digest, Digest)> = up
+                    .iter()
+                    .zip(&up_ids)
+                    .map(|(&p, &id)| {
+                        let left = self.page_pos(id, l - 1, 2 * p);
+                        (self.pages[left], self.pages[left + 1])
+                    })
+                    .collect();
+                let fresh = compress_all(&pairs);
+                self.swap_page_nodes(&up_ids, l, &up, fresh, log);
+                fault::point(|| format!("slot {slot} level {l}"))?;
+                (dirty, ids) = (up, up_ids);
+            }
+            level = q;
+        } else {
+            // Level b > q: each distinct ancestor's present pages, from raw memory.
+            let mut pages = Vec::new();
+            for &i in &dirty {
+                pages.extend(image.pages_in(slot, i << (b - q)..(i + 1) << (b - q)));
+            }
+            let nodes = nodes_from_pages(image, slot, q, b, &pages);
+            self.set_upper(b, &nodes, log);
+            fault::point(|| format!("slot {slot} level {b}"))?;
+        }
+        for l in level + 1..=s.height {
+            dirty = parents(&dirty);
+            let pairs: Vec<(Digest, Digest)> = dirty
+                .iter()
+                .map(|&p| {
+                    (
+                        self.node(image, slot, l - 1, 2 * p),
+                        self.node(image, slot, l - 1, 2 * p + 1),
+                    )
+                })
+                .collect();
+            let nodes: Vec<(u64, Digest)> =
+                dirty.iter().copied().zip(compress_all(&pairs)).collect();
+            self.set_upper(l, &nodes, log);
+            fault::point(|| format!("slot {slot} level {l}"))?;
+        }
+        log.vertical = self.vertical.clone();
+        self.recompute_vertical(image, slot);
+        fault::point(|| format!("slot {slot} vertical path"))
+    }
+
+    /// Writes fresh level-`l` page nodes `(ids[j], index[j])`, logging the old digests.
+    fn swap_page_nodes(
+        &mut self,
+        ids: &[PageId],
+        l: u32,
+        index: &[u64],
+        fresh: Vec<Digest>,
+        log: &mut SlotUndo,
+    ) {
+        log.page_nodes.reserve(fresh.len());
+        for ((&id, &i), mut d) in ids.iter().zip(index).zip(fresh) {
+            let pos = self.page_pos(id, l, i);
+            std::mem::swap(&mut self.pages[pos], &mut d);
+            log.page_nodes.push((pos, d));
+        }
+    }
+
+    /// Writes upper-level `l` nodes, logging what they replace.
+    fn set_upper(&mut self, l: u32, nodes: &[(u64, Digest)], log: &mut SlotUndo) {
+        let j = (l - self.shape.upper_base()) as usize;
+        log.upper.reserve(nodes.len());
+        for &(i, d) in nodes {
+            let old = self.upper[j].set(i, d);
+            log.upper.push((j, i, old));
+        }
+    }
+
+    /// Puts back everything `log` recorded.
+    fn roll_back(&mut self, log: SlotUndo) {
+        for (pos, d) in log.page_nodes.into_iter().rev() {
+            if pos < log.pages_len {
+                self.pages[pos] = d;
+            }
+        }
+        self.pages.truncate(log.pages_len);
+        for (j, i, old) in log.upper.into_iter().rev() {
+            self.upper[j].restore(i, old);
+        }
+        if !log.vertical.is_empty() {
+            self.vertical = log.vertical;
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        (self.pages.capacity() + self.vertical.capacity()) as u64 * DIGEST_BYTES
+            + self.upper.iter().map(Level::bytes).sum::<u64>()
+    }
+}
+
+/// Builds one present page's levels `b..=q` into `out` from its raw bytes.
+fn build_page(
+    cell: CellType,
+    s: &SlotShape,
+    raw: &[u8],
+    out: &mut [Digest],
+    scratch: &mut (Vec<Digest>, Vec<Digest>),
+) {
+    let (b, q) = (s.base, s.page_levels);
+    let bb = BLOCK_CELLS * cell.bytes();
+    let (first, rest) = out.split_at_mut(1 << (q - b));
+    hash_subtrees_seq(cell, b, &|i| &raw[(i << b) * bb..], 0, first, scratch);
+    let mut children: &mut [Digest] = first;
+    let mut rest = rest;
+    for l in b + 1..=q {
+        let (level, tail) = rest.split_at_mut(1 << (q - l));
+        compress_pairs(children, level);
+        (children, rest) = (level, tail);
+    }
+}
+
+/// Sorted distinct parents of sorted distinct indices.
+fn parents(children: &[u64]) -> Vec<u64> {
+    let mut up: Vec<u64> = children.iter().map(|i| i >> 1).collect();
+    up.dedup();
+    up
+}
+
+/// The page ids of sorted nodes `nodes` of a level `levels_to_page` below the page level:
+/// one table lookup per page.
+fn page_ids(image: &MemoryImage, slot: u32, nodes: &[u64], levels_to_page: u32) -> Vec<PageId> {
+    let mut ids = Vec::with_capacity(nodes.len());
+    let mut last: Option<(u64, PageId)> = None;
+    for &i in nodes {
+        let page = i >> levels_to_page;
+        let id = match last {
+            Some((p, id)) if p == page => id,
+            // The batch wrote into every page it touches, so the page is present.
+            _ => image.page_id(slot, page).unwrap_or(PageId::MAX),
+        };
+        last = Some((page, id));
+        ids.push(id);
+    }
+    ids
+}
+
+/// Parents of sorted distinct in-page nodes `(ids[j], nodes[j])`, with their page ids.
+fn parents_in_pages(nodes: &[u64], ids: &[PageId]) -> (Vec<u64>, Vec<PageId>) {
+    let mut up = Vec::with_capacity(nodes.len());
+    let mut up_ids = Vec::with_capacity(nodes.len());
+    for (&i, &id) in nodes.iter().zip(ids) {
+        if up.last() != Some(&(i >> 1)) {
+            up.push(i >> 1);
+            up_ids.push(id);
+        }
+    }
+    (up, up_ids)
 }
 
 /// The production CPU backend.
@@ -84,79 +588,19 @@ pub struct CpuTree {
     top: Vec<Vec<Digest>>,
 }
 
-/// Allocates `n` digests, reporting failure as [`Error::ResourceExhausted`].
-fn alloc_digests(n: u64) -> Result<Vec<Digest>> {
-    let oom = || Error::ResourceExhausted(format!("cannot allocate {n} digests of tree nodes"));
-    let n = usize::try_from(n).map_err(|_| oom())?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| oom())?;
-    v.resize(n, Digest::ZERO);
-    Ok(v)
-}
-
-/// Computes `out[i]` = the level-`b` node with index `node(i)` of `slot`, from raw memory:
-/// leaf hashes of its `2^b` blocks, then `b` rounds of pair compression. Nodes are laid
-/// side by side so each round is one `compress_pairs` over every node of a task.
-fn hash_from_raw(
-    image: &MemoryImage,
-    slot: u32,
-    b: u32,
-    node: impl Fn(usize) -> u64 + Sync,
-    out: &mut [Digest],
-) {
-    let cell = image.cell_types()[slot as usize];
-    let raw = image.slot_bytes(slot);
-    let block_bytes = BLOCK_CELLS * cell.bytes();
-    let mask = (1u64 << b) - 1;
-    let per_task = (LEAVES_PER_TASK >> b).max(1);
-    out.par_chunks_mut(per_task).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(cur, next), (t, out)| {
-            let first = t * per_task;
-            let fill = |j: usize, cells: &mut [u32; BLOCK_CELLS]| {
-                let block = (node(first + (j >> b)) << b) | (j as u64 & mask);
-                let at = block as usize * block_bytes;
-                *cells = cell.read_block(&raw[at..at + block_bytes]);
-            };
-            if b == 0 {
-                leaf_hash_many_canonical(out, fill);
-                return;
-            }
-            cur.resize(out.len() << b, Digest::ZERO);
-            leaf_hash_many_canonical(cur, fill);
-            for _ in 1..b {
-                next.resize(cur.len() / 2, Digest::ZERO);
-                compress_pairs(cur, next);
-                std::mem::swap(cur, next);
-            }
-            compress_pairs(cur, out);
-        },
-    );
-}
-
-/// One level's overwritten nodes: their indices (sorted, distinct) and old digests.
-type LevelUndo = (Vec<u64>, Vec<Digest>);
-
 /// Recomputes, for each distinct parent `p` of the sorted distinct `dirty` indices,
 /// `parents[p] = compress(children[2p], children[2p+1])`. Returns the parents, sorted and
 /// distinct, and the digests they held before.
-fn update_parents(children: &[Digest], parents: &mut [Digest], dirty: &[u64]) -> LevelUndo {
-    let mut up: Vec<u64> = dirty.iter().map(|i| i >> 1).collect();
-    up.dedup();
-    let mut fresh = vec![Digest::ZERO; up.len()];
-    fresh
-        .par_chunks_mut(PARENTS_PER_TASK)
-        .zip(up.par_chunks(PARENTS_PER_TASK))
-        .for_each(|(out, ps)| {
-            permute_many(out, |i, s| {
-                let c = 2 * ps[i] as usize;
-                s[..8].copy_from_slice(&children[c].0);
-                s[8..].copy_from_slice(&children[c + 1].0);
-            })
-        });
+fn update_parents(children: &[Digest], parent_level: &mut [Digest], dirty: &[u64]) -> LevelUndo {
+    let up = parents(dirty);
+    let pairs: Vec<(Digest, Digest)> = up
+        .iter()
+        .map(|&p| (children[2 * p as usize], children[2 * p as usize + 1]))
+        .collect();
+    let mut fresh = compress_all(&pairs);
     // Swapping leaves the old digests in `fresh`: the undo log costs no extra pass.
     for (&p, d) in up.iter().zip(&mut fresh) {
-        std::mem::swap(&mut parents[p as usize], d);
+        std::mem::swap(&mut parent_level[p as usize], d);
     }
     (up, fresh)
 }
@@ -176,95 +620,21 @@ fn build_upper_levels(levels: &mut [Vec<Digest>]) {
     }
 }
 
-/// Runs [`update_parents`] from level 1 to the top of `levels`. `undo` holds level 0's
-/// entry (its dirty indices and old digests) on entry; each level's is pushed after it, so
-/// `undo[i]` is level `i`. A fault point follows each level; `what` names the levels in its
-/// error.
-fn update_upper_levels(
-    levels: &mut [Vec<Digest>],
-    undo: &mut Vec<LevelUndo>,
-    what: &dyn Fn(usize) -> String,
-) -> Result<()> {
-    for l in 1..levels.len() {
-        let (lower, upper) = levels.split_at_mut(l);
-        let dirty = undo.last().map_or(&[][..], |(d, _)| d.as_slice());
-        let level = update_parents(&lower[l - 1], &mut upper[0], dirty);
-        undo.push(level);
-        fault::point(|| what(l))?;
-    }
-    Ok(())
-}
-
-/// Writes logged digests back into `levels` (`undo[i]` is level `i`).
-fn restore_levels(levels: &mut [Vec<Digest>], undo: Vec<LevelUndo>) {
-    for (level, (indices, old)) in levels.iter_mut().zip(undo) {
-        for (i, d) in indices.into_iter().zip(old) {
-            level[i as usize] = d;
-        }
-    }
-}
-
-/// The rest of one slot's update once its base level is recomputed (and logged as
-/// `undo[0]`): the levels above it, then the vertical path, with a fault point after each.
-fn update_slot(nodes: &mut SlotNodes, slot: u32, undo: &mut Vec<LevelUndo>) -> Result<()> {
-    let base = nodes.base as usize;
-    fault::point(|| format!("slot {slot} level {base}"))?;
-    update_upper_levels(&mut nodes.levels, undo, &|l| {
-        format!("slot {slot} level {}", base + l)
-    })?;
-    nodes.recompute_vertical();
-    fault::point(|| format!("slot {slot} vertical path"))
-}
-
-/// What one slot's part of an update overwrote.
-struct SlotUndo {
-    slot: usize,
-    /// `levels[i]` is the slot's stored level `base + i`.
-    levels: Vec<LevelUndo>,
-    /// The vertical path before the update.
-    vertical: Vec<Digest>,
-}
-
-/// Everything an update overwrote, so a batch that fails part-way can be undone whole.
-#[derive(Default)]
-struct Undo {
-    /// `(slot, block, old cells)` of each block written to the image.
-    image: Vec<(u32, u64, [u32; BLOCK_CELLS])>,
-    slots: Vec<SlotUndo>,
-    /// `top[l]` is level `l` of the top tree (level 0: the slot roots).
-    top: Vec<LevelUndo>,
-}
-
 impl CpuTree {
-    /// Builds the tree over `image` with `omitted_levels = k` (validated by
+    /// Builds the tree over `image`'s present pages with `omitted_levels = k` (validated by
     /// [`crate::tree::build`]).
     ///
     /// # Errors
     /// [`Error::ResourceExhausted`] if node storage cannot be allocated.
     pub fn build(layout: MemoryLayout, image: Arc<MemoryImage>, k: u32) -> Result<Self> {
         let ah = layout.address_height();
-        let mut slots = Vec::with_capacity(layout.address_spaces().len());
-        for (s, space) in layout.address_spaces().iter().enumerate() {
-            let Some(height) = space.height() else {
-                slots.push(None);
-                continue;
-            };
-            let base = stored_base_level(height, k);
-            let mut levels = Vec::with_capacity((height - base + 1) as usize);
-            for l in base..=height {
-                levels.push(alloc_digests(1u64 << (height - l))?);
-            }
-            hash_from_raw(&image, s as u32, base, |i| i as u64, &mut levels[0]);
-            build_upper_levels(&mut levels);
-            let mut nodes = SlotNodes {
-                height,
-                base,
-                levels,
-                vertical: vec![Digest::ZERO; (ah - height) as usize],
-            };
-            nodes.recompute_vertical();
-            slots.push(Some(nodes));
-        }
+        let slots = (0..layout.address_spaces().len())
+            .map(|s| {
+                SlotShape::of(&layout, s, k)
+                    .map(|shape| SlotNodes::build(&image, s as u32, shape, ah))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut tree = CpuTree {
             top: Vec::new(),
             layout,
@@ -277,16 +647,12 @@ impl CpuTree {
     }
 
     /// Applies a validated batch (`keys` from [`validated_keys`]), logging in `undo` every
-    /// block and node it overwrites before the next fault point. Only an injected fault
-    /// ([`fault::point`]) fails here; the caller then rolls back from `undo`.
+    /// block, page and node it overwrites before the next fault point. Only page allocation
+    /// and an injected fault ([`fault::point`]) fail here; the caller then rolls back from
+    /// `undo`.
     fn apply(&mut self, blocks: &[TouchedBlock], keys: &[u64], undo: &mut Undo) -> Result<()> {
         let image = Arc::make_mut(&mut self.image);
-        undo.image.reserve_exact(blocks.len());
-        for b in blocks {
-            let old = image.block_cells(b.slot, b.block);
-            undo.image.push((b.slot, b.block, old));
-            image.write_block(b.slot, b.block, &b.cells);
-        }
+        undo.image = Some(image.write_blocks(blocks.iter().map(|b| (b.slot, b.block, &b.cells)))?);
         fault::point(|| "the raw image write".into())?;
         let mut touched_slots = Vec::new();
         for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
@@ -295,20 +661,11 @@ impl CpuTree {
             let Some(nodes) = self.slots[slot as usize].as_mut() else {
                 continue;
             };
-            let base = nodes.base;
-            let mut dirty: Vec<u64> = group.iter().map(|k| (k & 0xffff_ffff) >> base).collect();
-            dirty.dedup();
-            let mut fresh = vec![Digest::ZERO; dirty.len()];
-            hash_from_raw(&self.image, slot, base, |i| dirty[i], &mut fresh);
-            for (&i, d) in dirty.iter().zip(&mut fresh) {
-                std::mem::swap(&mut nodes.levels[0][i as usize], d);
-            }
             let mut log = SlotUndo {
                 slot: slot as usize,
-                levels: vec![(dirty, fresh)],
-                vertical: nodes.vertical.clone(),
+                ..SlotUndo::default()
             };
-            let r = update_slot(nodes, slot, &mut log.levels);
+            let r = nodes.update(&self.image, slot, group, &mut log);
             undo.slots.push(log);
             r?;
         }
@@ -319,28 +676,37 @@ impl CpuTree {
         }
         undo.top.push((touched_slots, roots));
         fault::point(|| "top level 0".into())?;
-        update_upper_levels(&mut self.top, &mut undo.top, &|l| format!("top level {l}"))
+        for l in 1..self.top.len() {
+            let (lower, upper) = self.top.split_at_mut(l);
+            let dirty = undo.top.last().map_or(&[][..], |(d, _)| d.as_slice());
+            let level = update_parents(&lower[l - 1], &mut upper[0], dirty);
+            undo.top.push(level);
+            fault::point(|| format!("top level {l}"))?;
+        }
+        Ok(())
     }
 
-    /// Undoes a partly applied batch from its log: the image, every node and the root are
-    /// as before the batch.
+    /// Undoes a partly applied batch from its log: the image, its pages, every node and
+    /// the root are as before the batch.
     fn roll_back(&mut self, undo: Undo) {
-        let image = Arc::make_mut(&mut self.image);
-        for (slot, block, cells) in undo.image.iter().rev() {
-            image.write_block(*slot, *block, cells);
-        }
-        for s in undo.slots {
+        for s in undo.slots.into_iter().rev() {
             if let Some(nodes) = self.slots[s.slot].as_mut() {
-                restore_levels(&mut nodes.levels, s.levels);
-                nodes.vertical = s.vertical;
+                nodes.roll_back(s);
             }
         }
-        restore_levels(&mut self.top, undo.top);
+        for (level, (indices, old)) in self.top.iter_mut().zip(undo.top) {
+            for (i, d) in indices.into_iter().zip(old) {
+                level[i as usize] = d;
+            }
+        }
+        if let Some(image_undo) = undo.image {
+            Arc::make_mut(&mut self.image).undo(image_undo);
+        }
     }
 
     fn slot_root(&self, slot: usize) -> Digest {
         match self.slots.get(slot) {
-            Some(Some(nodes)) => nodes.root(),
+            Some(Some(nodes)) => nodes.root(&self.image, slot as u32),
             _ => empty_slot_root(&self.layout),
         }
     }
@@ -357,17 +723,64 @@ impl CpuTree {
         top
     }
 
-    /// Level-0..b siblings of `block`: recomputes the level-`b` node's subtree from raw
-    /// memory and reads the sibling at each level.
-    fn omitted_siblings(&self, slot: u32, block: u64, b: u32, out: &mut Vec<Digest>) {
-        let first = (block >> b) << b;
-        let mut cur = vec![Digest::ZERO; 1 << b];
-        hash_from_raw(&self.image, slot, 0, |i| first + i as u64, &mut cur);
-        for l in 0..b {
-            out.push(cur[(((block >> l) ^ 1) & ((1 << (b - l)) - 1)) as usize]);
-            let mut next = vec![Digest::ZERO; cur.len() / 2];
-            compress_pairs(&cur, &mut next);
-            cur = next;
+    /// The level-`l` node `i` of `slot` for `l ≤ b`, from raw memory: hashed from its page
+    /// (`l ≤ q`; zero hash when absent) or folded from the page roots below it (`l > q`).
+    fn raw_node(&self, slot: u32, s: &SlotShape, l: u32, i: u64) -> Digest {
+        let q = s.page_levels;
+        if l > q {
+            let pages: Vec<_> = self
+                .image
+                .pages_in(slot, i << (l - q)..(i + 1) << (l - q))
+                .collect();
+            return nodes_from_pages(&self.image, slot, q, l, &pages)
+                .first()
+                .map_or(*zero(l), |n| n.1);
+        }
+        let Some(id) = self.image.page_id(slot, i >> (q - l)) else {
+            return *zero(l);
+        };
+        let cell = self.image.cell_types()[slot as usize];
+        let at = ((i & ((1u64 << (q - l)) - 1)) << l) as usize * BLOCK_CELLS * cell.bytes();
+        let mut out = [Digest::ZERO];
+        let page = self.image.page(slot, id);
+        hash_subtrees_seq(
+            cell,
+            l,
+            &|_| &page[at..],
+            0,
+            &mut out,
+            &mut (Vec::new(), Vec::new()),
+        );
+        out[0]
+    }
+
+    /// Siblings of `block` below the stored base level `b`: levels below `min(b, q)` from
+    /// the block's level-`min(b, q)` ancestor, hashed once from its page; levels `q..b`
+    /// (when `b > q`) each from raw memory.
+    fn omitted_siblings(&self, slot: u32, s: &SlotShape, block: u64, out: &mut Vec<Digest>) {
+        let low = s.base.min(s.page_levels);
+        match self.image.page_id(slot, block >> s.page_levels) {
+            None => out.extend_from_slice(&zero_hashes()[..low as usize]),
+            Some(id) => {
+                let cell = self.image.cell_types()[slot as usize];
+                let bb = BLOCK_CELLS * cell.bytes();
+                let page = self.image.page(slot, id);
+                let first = (block >> low) << low;
+                let at = (first & ((1u64 << s.page_levels) - 1)) as usize * bb;
+                let mut cur = vec![Digest::ZERO; 1 << low];
+                leaf_hash_many_canonical(&mut cur, |j, cells| {
+                    *cells = cell.read_block(&page[at + j * bb..][..bb]);
+                });
+                for l in 0..low {
+                    out.push(cur[(((block >> l) ^ 1) & ((1 << (low - l)) - 1)) as usize]);
+                    let mut next = vec![Digest::ZERO; cur.len() / 2];
+                    compress_pairs(&cur, &mut next);
+                    cur = next;
+                }
+            }
+        }
+        for l in low..s.base {
+            out.push(self.raw_node(slot, s, l, (block >> l) ^ 1));
         }
     }
 
@@ -375,12 +788,13 @@ impl CpuTree {
         let mut siblings = Vec::with_capacity(self.layout.opening_len());
         // Positions are checked, so the slot is non-empty.
         if let Some(nodes) = &self.slots[slot as usize] {
-            self.omitted_siblings(slot, block, nodes.base, &mut siblings);
-            for l in nodes.base..nodes.height {
-                siblings.push(nodes.levels[(l - nodes.base) as usize][((block >> l) ^ 1) as usize]);
+            let s = &nodes.shape;
+            self.omitted_siblings(slot, s, block, &mut siblings);
+            for l in s.base..s.height {
+                siblings.push(nodes.node(&self.image, slot, l, (block >> l) ^ 1));
             }
             siblings.extend_from_slice(
-                &zero_hashes()[nodes.height as usize..self.layout.address_height() as usize],
+                &zero_hashes()[s.height as usize..self.layout.address_height() as usize],
             );
         }
         for (l, level) in self.top.iter().enumerate().take(self.top.len() - 1) {
@@ -440,10 +854,10 @@ impl MemoryTree for CpuTree {
     }
 
     fn memory_usage(&self) -> MemoryUsage {
-        let slot_digests: u64 = self.slots.iter().flatten().map(SlotNodes::digests).sum();
+        let slot_bytes: u64 = self.slots.iter().flatten().map(SlotNodes::bytes).sum();
         let top_digests: u64 = self.top.iter().map(|l| l.capacity() as u64).sum();
         MemoryUsage {
-            host_node_bytes: (slot_digests + top_digests) * DIGEST_BYTES,
+            host_node_bytes: slot_bytes + top_digests * DIGEST_BYTES,
             host_raw_bytes: self.image.total_bytes(),
             ..MemoryUsage::default()
         }

@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod fault;
 pub mod reference;
+pub mod shape;
 
 use std::sync::Arc;
 
@@ -18,11 +19,12 @@ use rayon::slice::ParallelSliceMut;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::hash::{compress, leaf_hash, zero_hashes, DIGEST_BYTES, F};
+use crate::hash::{compress, leaf_hash, zero_hashes, F};
 use crate::image::MemoryImage;
 use crate::layout::{check_cell, MemoryLayout, BLOCK_CELLS};
 
 pub use crate::hash::Digest;
+pub use shape::{node_bytes, node_bytes_per_page, stored_base_level, SlotShape};
 
 /// The largest `omitted_levels` accepted: recomputing one level-k node costs 2^k leaf
 /// hashes, so larger values only waste time.
@@ -210,40 +212,6 @@ impl MemoryUsage {
     }
 }
 
-/// The level at which a slot of real height `h` is stored from: `k` when `h > k`, else 0
-/// (a slot no taller than `k` is stored in full).
-pub fn stored_base_level(h: u32, k: u32) -> u32 {
-    if h > k {
-        k
-    } else {
-        0
-    }
-}
-
-/// Digests stored for one slot with `omitted_levels = k` (DESIGN.md "The tree and its
-/// memory"): `2^(h−b+1) − 1` at levels `b..=h` (`b` = [`stored_base_level`]) plus
-/// `address_height − h` on the vertical path; 0 for an empty slot.
-pub fn slot_stored_digests(num_cells: u64, address_height: u32, k: u32) -> u64 {
-    if num_cells == 0 {
-        return 0;
-    }
-    let h = (num_cells / BLOCK_CELLS as u64).trailing_zeros();
-    let b = stored_base_level(h, k);
-    (1u64 << (h - b + 1)) - 1 + u64::from(address_height - h)
-}
-
-/// Bytes of digests a tree stores for `layout` at `omitted_levels = k`: every slot's
-/// [`slot_stored_digests`] plus the dense top tree's `2^(ash+1) − 1`, at 32 bytes each.
-pub fn node_bytes(layout: &MemoryLayout, k: u32) -> u64 {
-    let slots: u64 = layout
-        .address_spaces()
-        .iter()
-        .map(|s| slot_stored_digests(s.num_cells, layout.address_height(), k))
-        .sum();
-    let top = (1u64 << (layout.address_space_height() + 1)) - 1;
-    (slots + top) * DIGEST_BYTES
-}
-
 /// Checks `omitted_levels` against [`MAX_OMITTED_LEVELS`].
 ///
 /// # Errors
@@ -329,30 +297,42 @@ impl std::fmt::Display for OmittedLevels {
     }
 }
 
-/// The smallest `k` in `0..=MAX_OMITTED_LEVELS` whose tree bytes ([`node_bytes`]) plus raw
-/// bytes (`layout.raw_bytes()`) fit in `budget_bytes`. Smaller `k` is faster (fewer nodes
-/// recomputed per update), so the fastest tree that fits wins.
+/// The smallest `k` in `0..=MAX_OMITTED_LEVELS` whose tree over `image` fits in
+/// `budget_bytes`: its node bytes ([`node_bytes`], for the pages present) plus its raw bytes
+/// (the present pages). Smaller `k` is faster (fewer nodes recomputed per update), so the
+/// fastest tree that fits wins. Pages written later are not foreseen.
 ///
 /// # Errors
 /// [`Error::ResourceExhausted`] naming the budget and the smallest need (at
 /// the `k` that stores the fewest nodes) when nothing fits.
-pub fn choose_omitted_levels(layout: &MemoryLayout, budget_bytes: u64) -> Result<u32> {
-    let raw = layout.raw_bytes();
-    if let Some(k) = (0..=MAX_OMITTED_LEVELS)
-        .find(|&k| node_bytes(layout, k).saturating_add(raw) <= budget_bytes)
+pub fn choose_omitted_levels(
+    layout: &MemoryLayout,
+    image: &MemoryImage,
+    budget_bytes: u64,
+) -> Result<u32> {
+    let raw = image.total_bytes();
+    let needs: Vec<(u32, u64)> = (0..=MAX_OMITTED_LEVELS)
+        .map(|k| (k, node_bytes(layout, image, k)))
+        .collect();
+    if let Some(&(k, _)) = needs
+        .iter()
+        .find(|&&(_, nodes)| nodes.saturating_add(raw) <= budget_bytes)
     {
         return Ok(k);
     }
     // A slot no taller than k is stored in full, so the need is not monotone in k: report
     // the smallest over all k.
-    let (k, nodes) = (0..=MAX_OMITTED_LEVELS)
-        .map(|k| (k, node_bytes(layout, k)))
+    let (k, nodes) = needs
+        .iter()
+        .copied()
         .min_by_key(|&(_, n)| n)
-        .unwrap_or((0, node_bytes(layout, 0)));
+        .unwrap_or((0, 0));
     Err(Error::ResourceExhausted(format!(
         "omitted_levels auto: nothing fits the memory budget of {budget_bytes} bytes; the \
-         smallest need is {} bytes ({nodes} of tree nodes at k = {k} + {raw} of raw memory)",
-        nodes.saturating_add(raw)
+         smallest need is {} bytes ({nodes} of tree nodes at k = {k} + {raw} of raw memory \
+         in {} present pages)",
+        nodes.saturating_add(raw),
+        image.total_pages()
     )))
 }
 
@@ -382,10 +362,13 @@ pub fn empty_slot_root(layout: &MemoryLayout) -> Digest {
 }
 
 /// The backends a tree can be built on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// CUDA when a device is usable, else CPU.
+    /// CUDA when a device is usable, else CPU (the default).
+    #[default]
     #[value(help = "CUDA when a device is usable, else CPU")]
     Auto,
     /// The production CPU backend ([`cpu::CpuTree`]).
@@ -521,8 +504,7 @@ pub fn build(
 pub(crate) fn check_image(layout: &MemoryLayout, image: &MemoryImage) -> Result<()> {
     let ok = image.cell_types().len() == layout.address_spaces().len()
         && layout.address_spaces().iter().enumerate().all(|(i, s)| {
-            image.cell_types()[i] == s.cell
-                && image.slot_bytes(i as u32).len() as u64 == s.raw_bytes()
+            image.cell_types()[i] == s.cell && image.num_blocks(i as u32) == s.num_blocks()
         });
     if ok {
         Ok(())
@@ -560,6 +542,13 @@ mod tests {
         .unwrap()
     }
 
+    /// The slot fully written: every page present.
+    fn full(l: &MemoryLayout) -> MemoryImage {
+        let mut image = MemoryImage::zeroed(l).unwrap();
+        image.write(0, 0, &vec![1; 8 << 20]).unwrap();
+        image
+    }
+
     fn need(k: u32) -> u64 {
         ((1u64 << (21 - k)) - 1) * 32 + (8 << 20) + 32
     }
@@ -567,22 +556,39 @@ mod tests {
     #[test]
     fn auto_picks_the_smallest_k_that_fits() {
         let l = layout();
+        let img = full(&l);
         // node_bytes adds the 1-digest top tree.
-        assert_eq!(node_bytes(&l, 0) + l.raw_bytes(), need(0));
-        assert_eq!(choose_omitted_levels(&l, u64::MAX).unwrap(), 0);
-        assert_eq!(choose_omitted_levels(&l, need(0)).unwrap(), 0);
-        assert_eq!(choose_omitted_levels(&l, need(0) - 1).unwrap(), 1);
-        assert_eq!(choose_omitted_levels(&l, need(3)).unwrap(), 3);
-        assert_eq!(choose_omitted_levels(&l, need(2) - 1).unwrap(), 3);
+        assert_eq!(node_bytes(&l, &img, 0) + img.total_bytes(), need(0));
+        let choose = |budget| choose_omitted_levels(&l, &img, budget).unwrap();
+        assert_eq!(choose(u64::MAX), 0);
+        assert_eq!(choose(need(0)), 0);
+        assert_eq!(choose(need(0) - 1), 1);
+        assert_eq!(choose(need(3)), 3);
+        assert_eq!(choose(need(2) - 1), 3);
         // k = 19 stores 3 nodes of the 2^20-block slot; k = 20 would store it in full.
-        assert_eq!(choose_omitted_levels(&l, need(19)).unwrap(), 19);
+        assert_eq!(choose(need(19)), 19);
+    }
+
+    #[test]
+    fn auto_decides_from_the_pages_present() {
+        let l = layout();
+        let mut img = MemoryImage::zeroed(&l).unwrap();
+        // Nothing present: the dense upper levels (2^11 − 1 digests), the top root, no raw.
+        let empty = ((1 << 11) - 1 + 1) * 32;
+        assert_eq!(choose_omitted_levels(&l, &img, empty).unwrap(), 0);
+        // One 4 KiB page: its 2^(10−k) − 1 digests join, and its raw bytes.
+        img.write(0, 4096, &[1]).unwrap();
+        let one = |k: u32| empty + ((1 << (10 - k)) - 1) * 32 + 4096;
+        assert_eq!(choose_omitted_levels(&l, &img, one(0)).unwrap(), 0);
+        assert_eq!(choose_omitted_levels(&l, &img, one(3)).unwrap(), 3);
     }
 
     #[test]
     fn auto_with_nothing_fitting_is_resource_exhausted() {
         let l = layout();
+        let img = full(&l);
         let smallest = need(19);
-        match choose_omitted_levels(&l, smallest - 1) {
+        match choose_omitted_levels(&l, &img, smallest - 1) {
             Err(Error::ResourceExhausted(m)) => {
                 assert!(
                     m.contains(&format!("budget of {} bytes", smallest - 1)),
@@ -593,11 +599,12 @@ mod tests {
                     "{m}"
                 );
                 assert!(m.contains("at k = 19"), "{m}");
+                assert!(m.contains("in 2048 present pages"), "{m}");
             }
             other => panic!("expected ResourceExhausted, got {other:?}"),
         }
         assert!(matches!(
-            choose_omitted_levels(&l, 0),
+            choose_omitted_levels(&l, &img, 0),
             Err(Error::ResourceExhausted(_))
         ));
     }

@@ -2,7 +2,8 @@
 //! tested against. It treats the whole memory as one sparse binary tree of height
 //! `address_space_height + address_height` whose leaf `(slot << address_height) | block`
 //! is block `block` of `slot`; absent nodes are zero hashes. No omitted levels, no
-//! batching, no parallelism.
+//! batching, no parallelism. Its build reads the blocks of the image's present pages only
+//! (absent pages are zero), so it too costs what was written, not what is declared.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,17 +34,21 @@ impl ReferenceTree {
             image,
             nodes: HashMap::new(),
         };
-        // Level 0: every block that is not all zero; then each level from the one below.
+        // Level 0: every block that is not all zero (only present pages can hold one); then
+        // each level from the one below.
         let mut level: Vec<u64> = Vec::new();
-        for (slot, space) in tree.layout.address_spaces().iter().enumerate() {
-            for block in 0..space.num_blocks() {
-                let cells = tree.image.block_cells(slot as u32, block);
+        for slot in 0..tree.layout.address_spaces().len() as u32 {
+            let page_blocks = 1u64 << tree.image.page_levels(slot);
+            let pages: Vec<u64> = tree.image.pages(slot).map(|(n, _)| n).collect();
+            for block in pages
+                .iter()
+                .flat_map(|n| n * page_blocks..(n + 1) * page_blocks)
+            {
+                let cells = tree.image.block_cells(slot, block);
                 if cells != [0; 8] {
-                    let index = tree.leaf_index(slot as u32, block);
-                    tree.nodes.insert(
-                        (0, index),
-                        leaf_hash(&tree.image.block_fields(slot as u32, block)),
-                    );
+                    let index = tree.leaf_index(slot, block);
+                    tree.nodes
+                        .insert((0, index), leaf_hash(&tree.image.block_fields(slot, block)));
                     level.push(index);
                 }
             }
@@ -99,10 +104,8 @@ impl MemoryTree for ReferenceTree {
 
     fn update(&mut self, blocks: &[TouchedBlock]) -> Result<Digest> {
         validate_batch(&self.layout, blocks)?;
-        let image = Arc::make_mut(&mut self.image);
-        for b in blocks {
-            image.write_block(b.slot, b.block, &b.cells);
-        }
+        Arc::make_mut(&mut self.image)
+            .write_blocks(blocks.iter().map(|b| (b.slot, b.block, &b.cells)))?;
         // One leaf-to-root path per touched block, each on its own.
         for b in blocks {
             let mut index = self.leaf_index(b.slot, b.block);

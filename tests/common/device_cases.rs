@@ -12,9 +12,18 @@ use memcommit::tree::{self, verify_opening, MemoryTree};
 
 use super::{digest, four_spaces, image_with, vectors};
 
-/// Device node bytes: the DESIGN formula plus the zero table (address_height + 1 digests).
+/// Device node bytes of the dense device tree: every slot's levels and vertical path, the
+/// top tree and the zero table (address_height + 1 digests).
 pub fn expected_device_node_bytes(layout: &MemoryLayout, k: u32) -> u64 {
-    tree::node_bytes(layout, k) + 32 * (u64::from(layout.address_height()) + 1)
+    let ah = layout.address_height();
+    let slots: u64 = layout
+        .address_spaces()
+        .iter()
+        .filter_map(|s| s.height())
+        .map(|h| memcommit::tree::cuda::index::slot_digests(h, tree::stored_base_level(h, k), ah))
+        .sum();
+    let top = (1u64 << (layout.address_space_height() + 1)) - 1;
+    32 * (slots + top + u64::from(ah) + 1)
 }
 
 /// The zero-hash kernel reproduces `zero_hashes_0_to_8` and `zero_hash_28`.
@@ -57,8 +66,9 @@ pub fn four_spaces_vector_at_every_k<D: Device>(
     check_memory: impl Fn(&CudaTree<D>, &MemoryLayout),
 ) {
     let (layout, leaves, root) = four_spaces();
+    let image = image_with(&layout, &leaves);
     for k in 0..=11 {
-        let t = build(&layout, image_with(&layout, &leaves), k);
+        let t = build(&layout, image.clone(), k);
         assert_eq!(t.root(), root, "k = {k}");
         let usage = t.memory_usage();
         assert_eq!(
@@ -66,7 +76,7 @@ pub fn four_spaces_vector_at_every_k<D: Device>(
             expected_device_node_bytes(&layout, k),
             "k = {k}"
         );
-        assert_eq!(usage.host_raw_bytes, layout.raw_bytes());
+        assert_eq!(usage.host_raw_bytes, image.total_bytes());
         check_memory(&t, &layout);
     }
 }

@@ -56,9 +56,9 @@ pub fn four_spaces() -> (MemoryLayout, Vec<TouchedBlock>, Digest) {
 /// An image of `layout` with `blocks` written into it.
 pub fn image_with(layout: &MemoryLayout, blocks: &[TouchedBlock]) -> Arc<MemoryImage> {
     let mut image = MemoryImage::zeroed(layout).expect("image");
-    for b in blocks {
-        image.write_block(b.slot, b.block, &b.cells);
-    }
+    image
+        .write_blocks(blocks.iter().map(|b| (b.slot, b.block, &b.cells)))
+        .expect("write");
     Arc::new(image)
 }
 

@@ -21,7 +21,7 @@ pub fn vertical_offset(h: u32, b: u32, j: u32) -> u64 {
 }
 
 /// Digests stored for a non-empty slot: `2^(h−b+1) − 1` at levels `b..=h` plus
-/// `address_height − h` on the vertical path (equals [`crate::tree::slot_stored_digests`]).
+/// `address_height − h` on the vertical path (a dense slot: every page present).
 pub fn slot_digests(h: u32, b: u32, address_height: u32) -> u64 {
     (1u64 << (h - b + 1)) - 1 + u64::from(address_height - h)
 }

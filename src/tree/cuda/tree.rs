@@ -231,14 +231,17 @@ impl<D: Device> CudaTree<D> {
         let zero = nodes.digest(g.zero(0));
         for (s, slot) in g.slots.iter().enumerate() {
             if let Some(slot) = slot {
-                // SAFETY: the slot's raw region holds exactly its bytes; `self.image` stays
-                // alive until `read_root` below (or `settle`) has synchronised.
-                unsafe {
-                    self.device.copy_to_device(
-                        self.raw_ptr().offset(slot.raw_offset),
-                        self.image.slot_bytes(s as u32),
-                    )?
-                };
+                let page_bytes = self.image.page_bytes(s as u32);
+                for (n, id) in self.image.pages(s as u32) {
+                    // SAFETY: the page lies inside the slot's raw region; `self.image` stays
+                    // alive until `read_root` below (or `settle`) has synchronised.
+                    unsafe {
+                        self.device.copy_to_device(
+                            self.raw_ptr().offset(slot.raw_offset + n * page_bytes),
+                            self.image.page(s as u32, id),
+                        )?
+                    };
+                }
             }
         }
         // SAFETY: the zero table holds address_height + 1 digests.
@@ -363,10 +366,8 @@ impl<D: Device> MemoryTree for CudaTree<D> {
         match self.run_update(&plan) {
             Ok(root) => {
                 // The device has the batch; bring the host's raw memory level with it.
-                let image = Arc::make_mut(&mut self.image);
-                for b in blocks {
-                    image.write_block(b.slot, b.block, &b.cells);
-                }
+                Arc::make_mut(&mut self.image)
+                    .write_blocks(blocks.iter().map(|b| (b.slot, b.block, &b.cells)))?;
                 self.root = root;
                 Ok(root)
             }
