@@ -234,20 +234,20 @@ pub fn convert(input: &Path, output: &Path, options: &LackeyOptions) -> Result<L
             ),
         ));
     }
-    let (layout, slot) = match options.layout {
+    let slot = options.layout.slot();
+    let layout = match options.layout {
         LayoutMode::Packed => {
             let num_cells = (pages.len() * PAGE_BYTES).next_power_of_two().max(8);
-            let layout = MemoryLayout::new(LayoutSpec {
+            MemoryLayout::new(LayoutSpec {
                 address_spaces: vec![AddressSpace {
                     cell: CellType::U8,
                     num_cells,
                 }],
                 address_space_height: None,
                 address_height: None,
-            })?;
-            (layout, 0)
+            })?
         }
-        LayoutMode::Openvm => (openvm_layout()?, OPENVM_MEMORY_SLOT),
+        LayoutMode::Openvm => openvm_layout()?,
     };
     let num_cells = layout.address_spaces()[slot as usize].num_cells;
     tracing::info!(
@@ -802,9 +802,9 @@ mod tests {
 
     #[test]
     fn pages_map_to_first_touch_order_or_real_addresses() {
-        // Original pages in first-touch order: a stack page, page 0x4222, a page 2^29 bytes
-        // above 0x4222's neighbour, and the last page below 2^29.
-        let order = [0x1ff_efff, 0x4222, 0x2_0004_223, 0x1_ffff];
+        // Original pages in first-touch order: a stack page, page 0x4222, a page 2^41 bytes
+        // (a multiple of 2^29) above page 0x4223, and the last page below 2^29.
+        let order = [0x1ff_efff, 0x4222, 0x2000_4223, 0x1_ffff];
         let mut packed = Pages::new(LayoutMode::Packed);
         let mut openvm = Pages::new(LayoutMode::Openvm);
         for (line, &p) in order.iter().enumerate() {
