@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Re-records the bundled real trace, tests/data/sqlite3.trace.zst.
+# Re-records a bundled real trace: tests/data/sqlite3.trace.zst (LAYOUT=packed, the default)
+# or tests/data/sqlite3-openvm.trace.zst (LAYOUT=openvm).
 #
 # What it does: runs `sqlite3 :memory:` on a small fixed SQL workload (create a 120-row
 # table, index it, query, update, delete) under `valgrind --tool=lackey --trace-mem=yes`,
-# then converts the lackey log with `memcommit record` (see `memcommit record --help`):
-# touched pages packed into one u8 address space, one update batch per ACCESSES_PER_BATCH
-# data accesses, expect_root on the build and on every update (reference backend).
+# then converts the lackey log with `memcommit record --layout LAYOUT` (see `memcommit
+# record --help`): touched pages packed into one u8 address space (packed), or kept at their
+# real addresses mod 2^29 in slot 1 of OpenVM's default layout (openvm; fails if two touched
+# pages collide mod 2^29), one update batch per ACCESSES_PER_BATCH data accesses, expect_root
+# on the build and on every update (reference backend; for openvm it builds a tree over the
+# 512 MiB slot: about 20 s and 0.7 GB).
 #
-# Usage: scripts/record-trace.sh [OUT]     OUT defaults to tests/data/sqlite3.trace.zst
-# Env:   ACCESSES_PER_BATCH (default 20000), ZSTD_LEVEL (default 19)
+# Usage: scripts/record-trace.sh [OUT]     OUT defaults to the trace of LAYOUT above
+# Env:   LAYOUT (packed or openvm; default packed), ACCESSES_PER_BATCH (default 20000),
+#        ZSTD_LEVEL (default 19), CARGO_TARGET_DIR (where cargo builds; default target/)
 # Needs: valgrind and sqlite3 on PATH (Debian/Ubuntu: apt-get install valgrind sqlite3),
 #        and cargo. It installs nothing.
 #
@@ -20,7 +25,16 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="${1:-$root/tests/data/sqlite3.trace.zst}"
+layout="${LAYOUT:-packed}"
+case "$layout" in
+  packed) default_out="$root/tests/data/sqlite3.trace.zst" ;;
+  openvm) default_out="$root/tests/data/sqlite3-openvm.trace.zst" ;;
+  *)
+    echo "error: LAYOUT=$layout: expected packed or openvm" >&2
+    exit 1
+    ;;
+esac
+out="${1:-$default_out}"
 per_batch="${ACCESSES_PER_BATCH:-20000}"
 level="${ZSTD_LEVEL:-19}"
 
@@ -62,5 +76,5 @@ env -i PATH=/usr/bin:/bin LC_ALL=C "${setarch[@]}" \
 cd "$root"
 cargo build --release --quiet --bin memcommit
 mkdir -p "$(dirname "$out")"
-./target/release/memcommit record "$tmp/sqlite3.lackey" -o "$out" \
-  --accesses-per-batch "$per_batch" --zstd-level "$level"
+"${CARGO_TARGET_DIR:-$root/target}/release/memcommit" record "$tmp/sqlite3.lackey" -o "$out" \
+  --layout "$layout" --accesses-per-batch "$per_batch" --zstd-level "$level"

@@ -757,6 +757,8 @@ fn record_command_writes_the_trace_and_prints_a_summary() {
     assert_eq!(summary["pages"], 3);
     assert_eq!(summary["batches"], 2);
     assert_eq!(summary["touched_blocks"], 5);
+    assert_eq!(summary["layout"], "packed");
+    assert_eq!(summary["slot"], 0);
     let bytes = std::fs::metadata(&out).expect("trace").len();
     assert_eq!(summary["output_bytes"], bytes);
     let (_, events) = read_trace(&out);

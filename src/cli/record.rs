@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use memcommit::trace::lackey::{self, LackeyOptions};
+use memcommit::trace::lackey::{self, LackeyOptions, LayoutMode};
 
 /// Arguments of `memcommit record`.
 #[derive(clap::Args, Debug)]
@@ -15,8 +15,17 @@ Record a log first, e.g.:
 then convert it:
   memcommit record gzip.lackey -o gzip.trace.zst --accesses-per-batch 5000
 
-The 4 KiB pages touched by data accesses (L, S, M lines; I lines are ignored) are packed in
-first-touch order into one u8 address space of num_cells = next power of two >= pages * 4096.
+The 4 KiB pages touched by data accesses (L, S, M lines; I lines are ignored) go into one u8
+address space, as --layout says:
+  packed  (default) side by side in first-touch order, in the only slot (0) of a layout of
+          num_cells = next power of two >= pages * 4096.
+  openvm  OpenVM's default layout (openvm-circuit 2.0.2 MemoryConfig::default(): 8 slots,
+          address_space_height 3, address_height 26); each page at its real address mod 2^29
+          in slot 1 (2^29 u8 cells), e.g. byte 0x1ffefffd20 at offset 0x1efffd20. Fails, naming
+          both pages, if two touched pages collide mod 2^29. Recording roots then builds the
+          reference tree over the 512 MiB slot. For example:
+            memcommit record sqlite3.lackey -o sqlite3-openvm.trace.zst --layout openvm
+
 The initial image is a deterministic pattern (one write line per page); loads keep a block's
 values, stores and modifies write deterministic pseudo-random bytes. Every data access marks
 each 8-byte block it covers as touched in the current batch.
@@ -24,7 +33,8 @@ each 8-byte block it covers as touched in the current batch.
 Output: one JSON line on stdout summarising the conversion, e.g.
   {\"pages\":120,\"num_cells\":524288,\"instructions\":2242874,\"loads\":487953,\"stores\":290276,
    \"modifies\":10232,\"other_lines\":0,\"batches\":158,\"touched_blocks\":123456,
-   \"final_root\":[...],\"output_bytes\":2345678}
+   \"final_root\":[...],\"output_bytes\":2345678,\"layout\":\"packed\",\"slot\":0}
+num_cells is that of the slot holding the pages.
 Logs (and the progress bar, on a terminal) go to stderr.")]
 pub struct Args {
     /// The lackey log: what `valgrind --tool=lackey --trace-mem=yes --log-file=LOG PROGRAM`
@@ -40,6 +50,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     accesses_per_batch: u64,
+
+    /// Where the touched pages go: `packed` (first-touch order, smallest tree) or `openvm`
+    /// (real addresses mod 2^29 in slot 1 of OpenVM's default layout).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = LayoutMode::Packed)]
+    layout: LayoutMode,
 
     /// Leave out expect_root. By default the build and every update carry the root computed
     /// by the reference backend, which is the slow part on long logs.
@@ -60,6 +75,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = LackeyOptions {
         accesses_per_batch: args.accesses_per_batch,
+        layout: args.layout,
         expect_root: !args.no_expect_root,
         max_batches: args.max_batches,
         zstd_level: args.zstd_level,

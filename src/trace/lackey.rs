@@ -5,13 +5,20 @@
 //! store), with a hex address and a size in bytes, among its own `==pid==` lines. The
 //! conversion:
 //!
-//! - packs the 4 KiB pages touched by data accesses (`L`, `S`, `M`; `I` lines are ignored)
-//!   into one `u8` address space in first-touch order: packed page `i` is the `i`-th distinct
-//!   page touched, so byte `a` of original page `v` lives at `i · 4096 + a mod 4096`. The slot
-//!   has `num_cells` = the next power of two ≥ max(pages × 4096, 8);
-//! - writes a deterministic, compressible initial image, one `write` line per touched page:
-//!   bytes 0..8 of packed page `i` hold the original page number `v` (little-endian u64) and
-//!   byte `o ≥ 8` holds `(o / 8 + o mod 8) mod 256` (see [`initial_byte`]);
+//! - places the 4 KiB pages touched by data accesses (`L`, `S`, `M`; `I` lines are ignored)
+//!   in one `u8` address space, as [`LayoutMode`] says:
+//!   - [`LayoutMode::Packed`] (the default): side by side in first-touch order, in the only
+//!     slot (0) of a one-space layout. Packed page `i` is the `i`-th distinct page touched,
+//!     so byte `a` of original page `v` lives at `i · 4096 + a mod 4096`. The slot has
+//!     `num_cells` = the next power of two ≥ max(pages × 4096, 8);
+//!   - [`LayoutMode::Openvm`]: at the program's real addresses modulo 2^29, in slot 1 of
+//!     OpenVM's default layout ([`openvm_layout`]): byte `a` of original page `v` lives at
+//!     byte `(v · 4096 + a) mod 2^29` of slot 1. Two touched pages that land on the same
+//!     offset are an error naming both;
+//! - writes a deterministic, compressible initial image, one `write` line per touched page
+//!   (first-touch order): bytes 0..8 of the page that holds original page `v` hold `v`
+//!   (little-endian u64) and byte `o ≥ 8` holds `(o / 8 + o mod 8) mod 256` (see
+//!   [`initial_byte`]);
 //! - emits one `update` per `accesses_per_batch` data accesses (the last one may be shorter).
 //!   An access touches every 8-byte block it covers, across block and page boundaries. A
 //!   batch lists each block it touched once, in first-touch order, with its cells after the
@@ -21,8 +28,10 @@
 //!   backend, unless disabled.
 //!
 //! The log is read twice (pass 1 finds the pages, pass 2 replays the accesses) and never held
-//! in memory: the converter holds the packed image (`num_cells` bytes), a 4-byte stamp per
-//! block, and the reference tree when it records roots.
+//! in memory. The converter's own state is proportional to the touched pages (a 4 KiB buffer
+//! and a 4-byte stamp per 8-byte block of each), whatever the layout's size; when it records
+//! roots it also holds the reference tree, whose image spans the whole layout (2^29 bytes
+//! for [`LayoutMode::Openvm`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -49,12 +58,79 @@ const BLOCK_BYTES: u64 = BLOCK_CELLS as u64;
 pub const MAX_ACCESS_BYTES: u64 = 1 << 16;
 /// The most pages the packed space can hold: 2^35 `u8` cells (`MAX_ADDRESS_HEIGHT` = 32).
 const MAX_PAGES: u64 = (1 << 35) / PAGE_BYTES;
+/// Blocks in a page.
+const PAGE_BLOCKS: usize = (PAGE_BYTES / BLOCK_BYTES) as usize;
+
+/// The slot of [`openvm_layout`] that holds the program's memory under
+/// [`LayoutMode::Openvm`]: its 2^29-cell `u8` address space.
+pub const OPENVM_MEMORY_SLOT: u32 = 1;
+/// Bytes (= `u8` cells) of [`OPENVM_MEMORY_SLOT`]: 2^29. Under [`LayoutMode::Openvm`] an
+/// address is taken modulo this.
+pub const OPENVM_MEMORY_BYTES: u64 = 1 << 29;
+
+/// OpenVM's default memory layout (openvm-circuit 2.0.2 `MemoryConfig::default()`):
+/// `address_space_height` 3, `address_height` 26, and 8 slots: 0 `u8` × 128 cells, 1 `u8` ×
+/// 2^29 ([`OPENVM_MEMORY_SLOT`]), 2 `u8` × 32, 3 `field` × 2^14, 4..=7 empty.
+///
+/// # Errors
+/// None in practice: the layout is fixed and valid; the `Result` is
+/// [`MemoryLayout::new`]'s.
+pub fn openvm_layout() -> Result<MemoryLayout> {
+    let space = |cell, num_cells| AddressSpace { cell, num_cells };
+    MemoryLayout::new(LayoutSpec {
+        address_spaces: vec![
+            space(CellType::U8, 128),
+            space(CellType::U8, OPENVM_MEMORY_BYTES),
+            space(CellType::U8, 32),
+            space(CellType::Field, 1 << 14),
+            space(CellType::Field, 0),
+            space(CellType::Field, 0),
+            space(CellType::Field, 0),
+            space(CellType::Field, 0),
+        ],
+        address_space_height: Some(3),
+        address_height: Some(26),
+    })
+}
+
+/// Where a conversion places the touched pages (`memcommit record --layout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LayoutMode {
+    /// Pages side by side in first-touch order in one u8 address space (slot 0) of
+    /// next_power_of_two(pages × 4096) cells: the smallest tree.
+    #[default]
+    Packed,
+    /// OpenVM's default layout (8 slots, address_height 26); each page at its real address
+    /// mod 2^29 in slot 1. Fails if two touched pages collide mod 2^29.
+    Openvm,
+}
+
+impl LayoutMode {
+    /// The name used by `--layout` and in the summary.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LayoutMode::Packed => "packed",
+            LayoutMode::Openvm => "openvm",
+        }
+    }
+
+    /// The slot that holds the touched pages.
+    pub const fn slot(self) -> u32 {
+        match self {
+            LayoutMode::Packed => 0,
+            LayoutMode::Openvm => OPENVM_MEMORY_SLOT,
+        }
+    }
+}
 
 /// How to convert a lackey log.
 #[derive(Clone, Debug)]
 pub struct LackeyOptions {
     /// Data accesses (`L`, `S`, `M` lines) per update batch; at least 1.
     pub accesses_per_batch: u64,
+    /// Where the touched pages go: packed (the default) or OpenVM's layout.
+    pub layout: LayoutMode,
     /// Record `expect_root` on the build and every update (reference backend).
     pub expect_root: bool,
     /// Stop after this many update batches; `None` converts the whole log.
@@ -69,6 +145,7 @@ impl Default for LackeyOptions {
     fn default() -> Self {
         LackeyOptions {
             accesses_per_batch: 10_000,
+            layout: LayoutMode::Packed,
             expect_root: true,
             max_batches: None,
             zstd_level: DEFAULT_ZSTD_LEVEL,
@@ -82,7 +159,7 @@ impl Default for LackeyOptions {
 pub struct LackeySummary {
     /// Distinct 4 KiB pages touched by the converted data accesses.
     pub pages: u64,
-    /// `num_cells` of the trace's one `u8` address space.
+    /// `num_cells` (= bytes) of the `u8` address space that holds the pages.
     pub num_cells: u64,
     /// `I` lines read (ignored).
     pub instructions: u64,
@@ -102,6 +179,10 @@ pub struct LackeySummary {
     pub final_root: Option<Digest>,
     /// Size of the output file, in bytes.
     pub output_bytes: u64,
+    /// How the pages were placed.
+    pub layout: LayoutMode,
+    /// The slot that holds the pages (0 packed, 1 openvm).
+    pub slot: u32,
 }
 
 /// Converts the lackey log at `input` into a trace at `output` (zstd when it ends in
@@ -110,9 +191,11 @@ pub struct LackeySummary {
 /// # Errors
 /// [`Error::InvalidArgument`] naming `accesses_per_batch` when it is 0, or `line N` of the
 /// log for a malformed access line (bad address or size, an access past 2^64 or larger than
-/// [`MAX_ACCESS_BYTES`]) or a log with no data access; [`Error::ResourceExhausted`] when the
-/// touched pages exceed 2^35 bytes or cannot be allocated; [`Error::Io`] naming the path
-/// that failed.
+/// [`MAX_ACCESS_BYTES`]), for a page that collides with an earlier one under
+/// [`LayoutMode::Openvm`] (naming both page addresses and the slot offset), or for a log
+/// with no data access; [`Error::ResourceExhausted`] when the touched pages exceed 2^35
+/// bytes (packed) or the image cannot be allocated; [`Error::Io`] naming the path that
+/// failed.
 pub fn convert(input: &Path, output: &Path, options: &LackeyOptions) -> Result<LackeySummary> {
     if options.accesses_per_batch == 0 {
         return Err(Error::invalid("accesses_per_batch", "must be at least 1"));
@@ -122,7 +205,7 @@ pub fn convert(input: &Path, output: &Path, options: &LackeyOptions) -> Result<L
         .map_or(u64::MAX, |m| m.saturating_mul(options.accesses_per_batch));
 
     // Pass 1: the touched pages, in first-touch order.
-    let mut pages = Pages::default();
+    let mut pages = Pages::new(options.layout);
     let mut accesses = 0u64;
     for_each_line(
         input,
@@ -135,7 +218,7 @@ pub fn convert(input: &Path, output: &Path, options: &LackeyOptions) -> Result<L
                 }
                 accesses += 1;
                 for seg in segments(addr, size) {
-                    pages.touch(seg.page)?;
+                    pages.touch(seg.page, line_no)?;
                 }
             }
             Ok(ControlFlow::Continue(()))
@@ -151,45 +234,50 @@ pub fn convert(input: &Path, output: &Path, options: &LackeyOptions) -> Result<L
             ),
         ));
     }
-    let num_cells = (pages.order.len() as u64 * PAGE_BYTES)
-        .next_power_of_two()
-        .max(8);
+    let slot = options.layout.slot();
+    let layout = match options.layout {
+        LayoutMode::Packed => {
+            let num_cells = (pages.len() * PAGE_BYTES).next_power_of_two().max(8);
+            MemoryLayout::new(LayoutSpec {
+                address_spaces: vec![AddressSpace {
+                    cell: CellType::U8,
+                    num_cells,
+                }],
+                address_space_height: None,
+                address_height: None,
+            })?
+        }
+        LayoutMode::Openvm => openvm_layout()?,
+    };
+    let num_cells = layout.address_spaces()[slot as usize].num_cells;
     tracing::info!(
         data_accesses = accesses,
-        pages = pages.order.len(),
+        pages = pages.len(),
+        layout = options.layout.name(),
+        slot,
         num_cells,
-        "lackey pass 1: pages packed"
+        "lackey pass 1: pages placed"
     );
 
     // The initial image and the trace up to the build.
-    let layout = MemoryLayout::new(LayoutSpec {
-        address_spaces: vec![AddressSpace {
-            cell: CellType::U8,
-            num_cells,
-        }],
-        address_space_height: None,
-        address_height: None,
-    })?;
-    let mut memory = Memory::new(num_cells, &pages)?;
+    let mut memory = Memory::new(&pages)?;
     let header = TraceHeader {
         layout: layout.clone(),
         omitted_levels: None,
     };
     let mut writer = TraceWriter::create_with_level(output, &header, options.zstd_level)?;
-    let touched = memory
-        .bytes
-        .chunks(PAGE_BYTES as usize)
-        .take(pages.order.len());
-    for (i, chunk) in touched.enumerate() {
+    for (i, page) in memory.pages.iter().enumerate() {
         writer.write(&TraceEvent::Write {
-            slot: 0,
-            offset: i as u64 * PAGE_BYTES,
-            data: chunk.to_vec(),
+            slot,
+            offset: pages.slot_offset(i),
+            data: page.bytes.to_vec(),
         })?;
     }
     let mut tree = if options.expect_root {
         let mut image = MemoryImage::zeroed(&layout)?;
-        image.write(0, 0, &memory.bytes)?;
+        for (i, page) in memory.pages.iter().enumerate() {
+            image.write(slot, pages.slot_offset(i), &page.bytes)?;
+        }
         Some(tree::build(Backend::Reference, layout, Arc::new(image), 0)?)
     } else {
         None
@@ -199,15 +287,17 @@ pub fn convert(input: &Path, output: &Path, options: &LackeyOptions) -> Result<L
 
     // Pass 2: replay the accesses, one update per `accesses_per_batch`.
     let mut summary = LackeySummary {
-        pages: pages.order.len() as u64,
+        pages: pages.len(),
         num_cells,
         final_root: root,
+        layout: options.layout,
+        slot,
         ..LackeySummary::default()
     };
     let mut in_batch = 0u64;
     let mut access_no = 0u64;
     let mut emit = |memory: &mut Memory, summary: &mut LackeySummary| -> Result<()> {
-        let blocks = memory.take_batch();
+        let blocks = memory.take_batch(&pages, slot);
         let expect_root = match tree.as_mut() {
             Some(t) => Some(t.update(&blocks)?),
             None => None,
@@ -281,8 +371,8 @@ pub fn convert(input: &Path, output: &Path, options: &LackeyOptions) -> Result<L
     Ok(summary)
 }
 
-/// The initial value of byte `offset` (0..4096) of the packed page that holds original page
-/// number `page`: the page number's little-endian bytes in bytes 0..8, then
+/// The initial value of byte `offset` (0..4096) of the page that holds original page
+/// number `page` (in either layout): the page number's little-endian bytes in bytes 0..8, then
 /// `(offset / 8 + offset mod 8) mod 256`. Every page differs, and the whole compresses well.
 pub fn initial_byte(page: u64, offset: u64) -> u8 {
     if offset < 8 {
@@ -396,60 +486,125 @@ fn segments(addr: u64, size: u64) -> impl Iterator<Item = Segment> {
     })
 }
 
-/// Touched pages in first-touch order.
-#[derive(Default)]
+/// Touched pages in first-touch order, and where each goes in the slot.
 struct Pages {
-    /// Original page numbers; index = packed page.
+    mode: LayoutMode,
+    /// Original page numbers; index = the page's place in first-touch order.
     order: Vec<u64>,
-    /// Original page number → packed page.
-    index: HashMap<u64, u64>,
+    /// Original page number → index in `order`.
+    index: HashMap<u64, usize>,
+    /// [`LayoutMode::Openvm`] only: slot page number (offset / 4096) → the original page
+    /// placed there, to find collisions.
+    owner: HashMap<u64, u64>,
 }
 
 impl Pages {
-    fn touch(&mut self, page: u64) -> Result<()> {
-        if !self.index.contains_key(&page) {
-            if self.order.len() as u64 == MAX_PAGES {
-                return Err(Error::ResourceExhausted(format!(
-                    "the log touches more than {MAX_PAGES} pages (2^35 bytes)"
-                )));
-            }
-            self.index.insert(page, self.order.len() as u64);
-            self.order.push(page);
+    fn new(mode: LayoutMode) -> Pages {
+        Pages {
+            mode,
+            order: Vec::new(),
+            index: HashMap::new(),
+            owner: HashMap::new(),
         }
+    }
+
+    /// Touched pages so far.
+    fn len(&self) -> u64 {
+        self.order.len() as u64
+    }
+
+    /// Records that line `line_no` touches original page `page`.
+    fn touch(&mut self, page: u64, line_no: u64) -> Result<()> {
+        if self.index.contains_key(&page) {
+            return Ok(());
+        }
+        match self.mode {
+            LayoutMode::Packed => {
+                if self.len() == MAX_PAGES {
+                    return Err(Error::ResourceExhausted(format!(
+                        "the log touches more than {MAX_PAGES} pages (2^35 bytes)"
+                    )));
+                }
+            }
+            LayoutMode::Openvm => {
+                let at = openvm_slot_page(page);
+                if let Some(&earlier) = self.owner.get(&at) {
+                    return Err(Error::invalid(
+                        format!("line {line_no}"),
+                        format!(
+                            "the pages at {:#x} and {:#x} both map to byte offset {:#x} of \
+                             slot {OPENVM_MEMORY_SLOT}: layout openvm keeps addresses mod 2^29 \
+                             ({OPENVM_MEMORY_BYTES:#x} bytes); record this log with layout \
+                             packed",
+                            earlier * PAGE_BYTES,
+                            page * PAGE_BYTES,
+                            at * PAGE_BYTES
+                        ),
+                    ));
+                }
+                self.owner.insert(at, page);
+            }
+        }
+        self.index.insert(page, self.order.len());
+        self.order.push(page);
         Ok(())
+    }
+
+    /// The byte offset in the slot of the `i`-th touched page.
+    fn slot_offset(&self, i: usize) -> u64 {
+        match self.mode {
+            LayoutMode::Packed => i as u64 * PAGE_BYTES,
+            LayoutMode::Openvm => openvm_slot_page(self.order[i]) * PAGE_BYTES,
+        }
     }
 }
 
-/// The packed image as it evolves, and the blocks the current batch touched.
+/// The page of [`OPENVM_MEMORY_SLOT`] (byte offset / 4096) that holds original page `page`:
+/// its address mod 2^29, in pages.
+fn openvm_slot_page(page: u64) -> u64 {
+    page % (OPENVM_MEMORY_BYTES / PAGE_BYTES)
+}
+
+/// One touched page as it evolves.
+struct PageState {
+    /// The page's current bytes.
+    bytes: Box<[u8]>,
+    /// Per block of the page: the number of the last batch that listed it (0: none).
+    stamp: Box<[u32]>,
+}
+
+/// The touched pages' bytes as they evolve, and the blocks the current batch touched:
+/// 4096 + 2048 bytes per touched page, whatever the layout's size.
 struct Memory {
-    bytes: Vec<u8>,
-    /// Per block: the number of the last batch that listed it (0: none).
-    stamp: Vec<u32>,
-    /// Blocks touched by the current batch, in first-touch order.
-    batch: Vec<u64>,
+    /// Indexed like [`Pages::order`].
+    pages: Vec<PageState>,
+    /// Blocks touched by the current batch, in first-touch order: (page index, block in
+    /// the page).
+    batch: Vec<(usize, usize)>,
     /// The current batch's number, from 1.
     batch_no: u32,
 }
 
 impl Memory {
-    fn new(num_cells: u64, pages: &Pages) -> Result<Memory> {
+    fn new(pages: &Pages) -> Result<Memory> {
+        let n = pages.order.len();
         let exhausted = || {
             Error::ResourceExhausted(format!(
-                "cannot allocate {num_cells} bytes of packed memory"
+                "cannot allocate the state of {n} touched pages ({} bytes)",
+                n as u64 * (PAGE_BYTES + 4 * PAGE_BLOCKS as u64)
             ))
         };
-        let n = usize::try_from(num_cells).map_err(|_| exhausted())?;
-        let mut bytes = Vec::new();
-        bytes.try_reserve_exact(n).map_err(|_| exhausted())?;
-        bytes.resize(n, 0);
-        for (chunk, &page) in bytes.chunks_mut(PAGE_BYTES as usize).zip(&pages.order) {
-            for (o, b) in chunk.iter_mut().enumerate() {
-                *b = initial_byte(page, o as u64);
-            }
+        let mut states = Vec::new();
+        states.try_reserve_exact(n).map_err(|_| exhausted())?;
+        for &page in &pages.order {
+            let bytes: Box<[u8]> = (0..PAGE_BYTES).map(|o| initial_byte(page, o)).collect();
+            states.push(PageState {
+                bytes,
+                stamp: vec![0; PAGE_BLOCKS].into_boxed_slice(),
+            });
         }
         Ok(Memory {
-            bytes,
-            stamp: vec![0; n / BLOCK_BYTES as usize],
+            pages: states,
             batch: Vec::new(),
             batch_no: 1,
         })
@@ -468,7 +623,7 @@ impl Memory {
     ) -> Result<()> {
         let mut j = 0u64;
         for seg in segments(addr, size) {
-            let packed = *pages.index.get(&seg.page).ok_or_else(|| {
+            let i = *pages.index.get(&seg.page).ok_or_else(|| {
                 Error::invalid(
                     format!("line {line_no}"),
                     format!(
@@ -477,39 +632,37 @@ impl Memory {
                     ),
                 )
             })?;
-            let (first, last) = (
-                packed * PAGE_BYTES + seg.first,
-                packed * PAGE_BYTES + seg.last,
-            );
-            for a in first..=last {
+            let page = &mut self.pages[i];
+            for a in seg.first..=seg.last {
                 if kind != Kind::Load {
-                    self.bytes[a as usize] = store_byte(access_no, j);
+                    page.bytes[a as usize] = store_byte(access_no, j);
                 }
                 j += 1;
             }
-            for block in first / BLOCK_BYTES..=last / BLOCK_BYTES {
-                let stamp = &mut self.stamp[block as usize];
+            for block in (seg.first / BLOCK_BYTES) as usize..=(seg.last / BLOCK_BYTES) as usize {
+                let stamp = &mut page.stamp[block];
                 if *stamp != self.batch_no {
                     *stamp = self.batch_no;
-                    self.batch.push(block);
+                    self.batch.push((i, block));
                 }
             }
         }
         Ok(())
     }
 
-    /// The current batch's blocks with their cells now, and starts the next batch.
-    fn take_batch(&mut self) -> Vec<TouchedBlock> {
+    /// The current batch's blocks of `slot` with their cells now, and starts the next batch.
+    fn take_batch(&mut self, pages: &Pages, slot: u32) -> Vec<TouchedBlock> {
         self.batch_no += 1;
-        let bytes = &self.bytes;
+        let states = &self.pages;
         self.batch
             .drain(..)
-            .map(|block| {
-                let start = (block * BLOCK_BYTES) as usize;
+            .map(|(i, block)| {
+                let start = block * BLOCK_BYTES as usize;
+                let bytes = &states[i].bytes[start..start + BLOCK_CELLS];
                 TouchedBlock {
-                    slot: 0,
-                    block,
-                    cells: core::array::from_fn(|i| u32::from(bytes[start + i])),
+                    slot,
+                    block: pages.slot_offset(i) / BLOCK_BYTES + block as u64,
+                    cells: core::array::from_fn(|c| u32::from(bytes[c])),
                 }
             })
             .collect()
@@ -617,5 +770,206 @@ mod tests {
             .collect();
         assert_eq!(s, vec![(2, 0, 0)]);
         assert_eq!(segments(0x2000, 0).count(), 0);
+    }
+
+    #[test]
+    fn openvm_layout_is_openvms_default() {
+        let l = openvm_layout().expect("layout");
+        assert_eq!((l.address_space_height(), l.address_height()), (3, 26));
+        let spaces: Vec<(CellType, u64)> = l
+            .address_spaces()
+            .iter()
+            .map(|s| (s.cell, s.num_cells))
+            .collect();
+        assert_eq!(
+            spaces,
+            vec![
+                (CellType::U8, 128),
+                (CellType::U8, 1 << 29),
+                (CellType::U8, 32),
+                (CellType::Field, 1 << 14),
+                (CellType::Field, 0),
+                (CellType::Field, 0),
+                (CellType::Field, 0),
+                (CellType::Field, 0),
+            ]
+        );
+        assert_eq!(
+            l.address_spaces()[OPENVM_MEMORY_SLOT as usize].num_cells,
+            OPENVM_MEMORY_BYTES
+        );
+    }
+
+    #[test]
+    fn pages_map_to_first_touch_order_or_real_addresses() {
+        // Original pages in first-touch order: a stack page, page 0x4222, a page 2^41 bytes
+        // (a multiple of 2^29) above page 0x4223, and the last page below 2^29.
+        let order = [0x1ff_efff, 0x4222, 0x2000_4223, 0x1_ffff];
+        let mut packed = Pages::new(LayoutMode::Packed);
+        let mut openvm = Pages::new(LayoutMode::Openvm);
+        for (line, &p) in order.iter().enumerate() {
+            packed.touch(p, line as u64 + 1).expect("packed");
+            openvm.touch(p, line as u64 + 1).expect("openvm");
+            // A second touch changes nothing.
+            openvm.touch(p, 99).expect("again");
+        }
+        assert_eq!(openvm.len(), 4);
+        let offsets = |pages: &Pages| (0..4).map(|i| pages.slot_offset(i)).collect::<Vec<_>>();
+        assert_eq!(offsets(&packed), vec![0, 0x1000, 0x2000, 0x3000]);
+        // (page · 4096) mod 2^29.
+        assert_eq!(
+            offsets(&openvm),
+            vec![0x1eff_f000, 0x0422_2000, 0x0422_3000, 0x1fff_f000]
+        );
+        assert_eq!(openvm_slot_page(0x1ff_efff), 0x1efff);
+        assert_eq!(openvm_slot_page(1 << 17), 0);
+    }
+
+    #[test]
+    fn openvm_collision_names_both_pages_and_the_offset() {
+        let mut pages = Pages::new(LayoutMode::Openvm);
+        pages.touch(0x4222, 3).expect("first");
+        let err = pages.touch(0x4222 + (1 << 17), 7).expect_err("collides");
+        let Error::InvalidArgument { field, message } = err else {
+            panic!("expected InvalidArgument, got {err:?}");
+        };
+        assert_eq!(field, "line 7");
+        assert_eq!(
+            message,
+            "the pages at 0x4222000 and 0x24222000 both map to byte offset 0x4222000 of slot \
+             1: layout openvm keeps addresses mod 2^29 (0x20000000 bytes); record this log with \
+             layout packed"
+        );
+        // Packed mode takes the same pages.
+        let mut pages = Pages::new(LayoutMode::Packed);
+        pages.touch(0x4222, 3).expect("first");
+        pages
+            .touch(0x4222 + (1 << 17), 7)
+            .expect("no collision when packed");
+    }
+
+    /// Writes `log` to a temporary file and converts it with layout openvm, without roots.
+    fn convert_openvm(
+        log: &str,
+        accesses_per_batch: u64,
+    ) -> Result<(LackeySummary, Vec<TraceEvent>)> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let (input, output) = (dir.path().join("t.lackey"), dir.path().join("t.trace"));
+        std::fs::write(&input, log).map_err(|e| Error::io("write log", e))?;
+        let options = LackeyOptions {
+            accesses_per_batch,
+            layout: LayoutMode::Openvm,
+            expect_root: false,
+            ..LackeyOptions::default()
+        };
+        let summary = convert(&input, &output, &options)?;
+        let reader = super::super::TraceReader::open(&output)?;
+        assert_eq!(reader.header().layout, openvm_layout()?);
+        let events = reader.collect::<Result<Vec<_>>>()?;
+        Ok((summary, events))
+    }
+
+    #[test]
+    fn openvm_conversion_writes_pages_and_blocks_at_real_offsets() {
+        // Access 0 loads 4 bytes of page 0x4222; access 1 stores 8 bytes across the 2^29
+        // boundary (pages 0x1ffff and 0x20000 → offsets 0x1ffff000 and 0); access 2 loads a
+        // stack page.
+        let log = "==123== Lackey\nI  04016a0,3\n L 04222cac,4\n S 1ffffffc,8\n \
+                   L 1ffefffd20,8\n==123== done\n";
+        let (summary, events) = convert_openvm(log, 2).expect("convert");
+        assert_eq!(
+            (
+                summary.pages,
+                summary.num_cells,
+                summary.slot,
+                summary.layout
+            ),
+            (4, 1 << 29, 1, LayoutMode::Openvm)
+        );
+        assert_eq!((summary.batches, summary.touched_blocks), (2, 4));
+        let writes: Vec<(u32, u64, u64)> = events
+            .iter()
+            .filter_map(|e| match e {
+                TraceEvent::Write { slot, offset, data } => Some((
+                    *slot,
+                    *offset,
+                    u64::from_le_bytes(data[..8].try_into().expect("8 bytes")),
+                )),
+                _ => None,
+            })
+            .collect();
+        // (slot, offset, original page number in bytes 0..8), first-touch order.
+        assert_eq!(
+            writes,
+            vec![
+                (1, 0x0422_2000, 0x4222),
+                (1, 0x1fff_f000, 0x1ffff),
+                (1, 0, 0x20000),
+                (1, 0x1eff_f000, 0x1ff_efff),
+            ]
+        );
+        let updates: Vec<&Vec<TouchedBlock>> = events
+            .iter()
+            .filter_map(|e| match e {
+                TraceEvent::Update { blocks, .. } => Some(blocks),
+                _ => None,
+            })
+            .collect();
+        let store: Vec<u32> = (0..8).map(|j| u32::from(store_byte(1, j))).collect();
+        let tail = |page: u64, o: u64| u32::from(initial_byte(page, o));
+        assert_eq!(
+            updates[0],
+            &vec![
+                // The load keeps block 0x4222ca8 / 8 as it was.
+                TouchedBlock {
+                    slot: 1,
+                    block: 0x0422_2ca8 / 8,
+                    cells: core::array::from_fn(|c| tail(0x4222, 0xca8 + c as u64)),
+                },
+                // The store's first 4 bytes end slot 1; its last 4 begin it.
+                TouchedBlock {
+                    slot: 1,
+                    block: (1 << 26) - 1,
+                    cells: core::array::from_fn(|c| {
+                        if c < 4 {
+                            tail(0x1ffff, 0xff8 + c as u64)
+                        } else {
+                            store[c - 4]
+                        }
+                    }),
+                },
+                TouchedBlock {
+                    slot: 1,
+                    block: 0,
+                    cells: core::array::from_fn(|c| {
+                        if c < 4 {
+                            store[c + 4]
+                        } else {
+                            tail(0x20000, c as u64)
+                        }
+                    }),
+                },
+            ]
+        );
+        assert_eq!(
+            updates[1],
+            &vec![TouchedBlock {
+                slot: 1,
+                block: 0x1eff_fd20 / 8,
+                cells: core::array::from_fn(|c| tail(0x1ff_efff, 0xd20 + c as u64)),
+            }]
+        );
+    }
+
+    #[test]
+    fn openvm_conversion_fails_on_pages_2_29_apart() {
+        let log = " L 04222cac,4\n S 04222cb0,4\n S 24222008,8\n";
+        let err = convert_openvm(log, 10).expect_err("collision");
+        assert_eq!(
+            err.to_string(),
+            "invalid line 3: the pages at 0x4222000 and 0x24222000 both map to byte offset \
+             0x4222000 of slot 1: layout openvm keeps addresses mod 2^29 (0x20000000 bytes); \
+             record this log with layout packed"
+        );
     }
 }
