@@ -9,7 +9,7 @@ use memcommit::replay::{replay, Progress, ReplayOptions};
 use memcommit::service::{self, client::Client, ServiceConfig};
 use memcommit::trace::lackey::{openvm_layout, OPENVM_MEMORY_BYTES, OPENVM_MEMORY_SLOT};
 use memcommit::trace::{TraceEvent, TraceReader};
-use memcommit::tree::Backend;
+use memcommit::tree::{Backend, OmittedLevels};
 
 fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sqlite3-openvm.trace.zst")
@@ -65,7 +65,8 @@ async fn openvm_trace_matches_every_root_over_grpc_at_k3() {
         TraceReader::open(&path).expect("open"),
         ReplayOptions {
             backend: Backend::Cpu,
-            omitted_levels: Some(3),
+            omitted_levels: Some(OmittedLevels::Fixed(3)),
+            memory_budget: None,
         },
         |p| {
             let Progress::Step(step) = p else { return };
