@@ -1,5 +1,5 @@
 //! A fixed CPU update workload for instruction counting: builds one u8 address space of
-//! `2^LOG_LEAVES` blocks, then applies `REPEATS` batches of `BATCH` distinct blocks spread
+//! `2^LOG_LEAVES` blocks, every page written, then applies `REPEATS` batches of `BATCH` distinct blocks spread
 //! over the slot. Under `valgrind --tool=callgrind`, two runs that differ only in `REPEATS`
 //! give the instructions of the extra batches alone (the build cancels out), whatever the
 //! machine's load; `scripts/update-cost.sh` does that for two commits.
@@ -30,7 +30,13 @@ fn main() {
         address_height: None,
     })
     .expect("layout");
-    let image = Arc::new(MemoryImage::zeroed(&layout).expect("image"));
+    // Every page written, so updates land in present pages (the image's content does not
+    // change the instruction count).
+    let mut image = MemoryImage::zeroed(&layout).expect("image");
+    image
+        .write(0, 0, &vec![1u8; 8 * leaves as usize])
+        .expect("write");
+    let image = Arc::new(image);
     let mut tree = tree::build(Backend::Cpu, layout, image, k as u32).expect("build");
     // A stride coprime to the leaf count visits distinct, scattered blocks.
     let stride = (2_654_435_761 % leaves) | 1;

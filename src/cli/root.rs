@@ -93,7 +93,7 @@ fn parse_image(s: &str) -> Result<(u32, PathBuf), String> {
 
 /// Writes the image file `file` into `slot` of `image`, one page at a time, skipping pages
 /// that are all zero (they read as zero anyway), so a sparse 2^29-byte RAM image costs its
-/// non-zero pages. On Linux, holes of a sparse file are skipped without reading them.
+/// non-zero pages. On Linux the holes of a sparse file are skipped without reading them.
 fn load_image(image: &mut MemoryImage, slot: u32, file: &Path) -> anyhow::Result<()> {
     let mut f = File::open(file).with_context(|| format!("opening image {}", file.display()))?;
     let len = f
@@ -101,56 +101,71 @@ fn load_image(image: &mut MemoryImage, slot: u32, file: &Path) -> anyhow::Result
         .with_context(|| format!("reading image {}", file.display()))?
         .len();
     let page = image.page_bytes(slot);
-    // Read a few pages at a time: big reads, little memory.
-    let mut buf = vec![0u8; (page * 64).min(len.next_multiple_of(page)).max(page) as usize];
+    // Big reads, little memory: 1 MiB at a time.
+    let mut buf = vec![0u8; (1u64 << 20).next_multiple_of(page) as usize];
     let mut at = 0u64;
     while at < len {
-        if let Some(data) = holes::next_data(&f, at, len) {
-            // Jump to the page holding the next data.
-            let next = (data / page) * page;
-            if next > at {
-                at = next;
-                f.seek(SeekFrom::Start(at))?;
-                continue;
-            }
+        // Only the data between here and the next hole (page-aligned), on Linux.
+        let (data, hole) = holes::data_extent(&f, at, len);
+        let start = data / page * page;
+        let end = hole.next_multiple_of(page).min(len);
+        if start >= len {
+            break;
         }
-        let want = ((len - at) as usize).min(buf.len());
+        let want = (end.max(start + 1) - start).min(buf.len() as u64) as usize;
+        f.seek(SeekFrom::Start(start))?;
         f.read_exact(&mut buf[..want])
             .with_context(|| format!("reading image {}", file.display()))?;
         for (i, chunk) in buf[..want].chunks(page as usize).enumerate() {
-            if chunk.iter().any(|&b| b != 0) {
-                image.write(slot, at + i as u64 * page, chunk)?;
+            if chunk != &ZERO_PAGE[..chunk.len()] {
+                image.write(slot, start + i as u64 * page, chunk)?;
             }
         }
-        at += want as u64;
+        at = start + want as u64;
     }
     Ok(())
 }
 
-/// `SEEK_DATA` on Linux: where the next data at or after `at` starts in a sparse file.
+/// One page of zeros, as large as the largest page (2^9 blocks of field cells): comparing a
+/// page with it is one `memcmp`.
+static ZERO_PAGE: [u8; 16384] = [0; 16384];
+
+/// `SEEK_DATA` / `SEEK_HOLE` on Linux: where data and holes of a sparse file lie.
 mod holes {
     use std::fs::File;
 
-    /// The offset of the next data at or after `at`, or `None` when unknown (not Linux, or
-    /// the file system does not say).
+    /// `(first data at or after at, first hole after that)`: `(len, len)` when only a hole
+    /// is left, and `(at, len)` when the system cannot say (not Linux, or a file system
+    /// without hole reporting), so the caller reads everything.
     #[cfg(target_os = "linux")]
-    pub fn next_data(f: &File, at: u64, len: u64) -> Option<u64> {
+    pub fn data_extent(f: &File, at: u64, len: u64) -> (u64, u64) {
         use std::os::fd::AsRawFd;
-        let at_i = i64::try_from(at).ok()?;
-        // SAFETY: lseek on an open descriptor we own; it only moves the file offset, which
-        // the caller sets again before reading.
-        let r = unsafe { libc::lseek(f.as_raw_fd(), at_i, libc::SEEK_DATA) };
-        match r {
-            r if r >= 0 => Some(r as u64),
-            // ENXIO: no data after `at`: the rest is a hole.
-            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => Some(len),
-            _ => None,
+        let seek = |from: u64, whence| {
+            let from = i64::try_from(from).ok()?;
+            // SAFETY: lseek on a descriptor `f` owns; it only moves the file offset, which
+            // the caller sets again before reading.
+            let r = unsafe { libc::lseek(f.as_raw_fd(), from, whence) };
+            if r >= 0 {
+                Some(Ok(r as u64))
+            } else {
+                // ENXIO: nothing of the asked kind after `from`.
+                let nxio = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+                nxio.then_some(Err(()))
+            }
+        };
+        match seek(at, libc::SEEK_DATA) {
+            Some(Ok(data)) => match seek(data, libc::SEEK_HOLE) {
+                Some(Ok(hole)) => (data, hole.min(len)),
+                _ => (data, len),
+            },
+            Some(Err(())) => (len, len),
+            None => (at, len),
         }
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub fn next_data(_: &File, _: u64, _: u64) -> Option<u64> {
-        None
+    pub fn data_extent(_: &File, at: u64, len: u64) -> (u64, u64) {
+        (at, len)
     }
 }
 
