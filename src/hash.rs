@@ -62,7 +62,7 @@ impl Digest {
     }
 }
 
-/// Digest JSON (DESIGN.md Part 1): an array of 8 canonical integers.
+/// Digest JSON (docs/design.md Part 1): an array of 8 canonical integers.
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.to_canonical().serialize(s)

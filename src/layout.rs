@@ -1,4 +1,4 @@
-//! `MemoryLayout` and `CellType`: the shape of a zkVM's memory (DESIGN.md Part 1, "Memory
+//! `MemoryLayout` and `CellType`: the shape of a zkVM's memory (docs/design.md Part 1, "Memory
 //! layout" and "Layout JSON"), its validation, and the cell ↔ field encoding.
 
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! memcommit: a Poseidon2/BabyBear Merkle commitment to a zkVM's memory, kept on the CPU
-//! (or a GPU) and served over gRPC. See `DESIGN.md` Part 1 for the binding conventions; the
+//! (or a GPU) and served over gRPC. See `docs/design.md` Part 1 for the binding conventions; the
 //! modules follow the data's path `layout + image → tree → root / openings → service`.
 
 pub mod bench;

@@ -1,4 +1,4 @@
-//! The `memcommit` command line: `serve`, `root`, `replay`, `record` (DESIGN.md "CLI
+//! The `memcommit` command line: `serve`, `root`, `replay`, `record` (docs/design.md "CLI
 //! contracts").
 
 mod cli;

@@ -1,4 +1,4 @@
-//! Replay: drives a memcommit server through a trace file over gRPC (DESIGN.md "CLI
+//! Replay: drives a memcommit server through a trace file over gRPC (docs/design.md "CLI
 //! contracts", `memcommit replay`). Step 0 is the build; each update is the next step.
 
 use std::time::Instant;

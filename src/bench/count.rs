@@ -1,5 +1,5 @@
 //! Exact permutation counts of a build and of an update batch, computed from the layout and
-//! the batch the way the CPU and CUDA trees do the work (DESIGN.md "Update"), so
+//! the batch the way the CPU and CUDA trees do the work (docs/design.md "Update"), so
 //! permutations per second need no instrumentation of the hot loops.
 //!
 //! One Poseidon2-16 permutation is one leaf hash (8 cells absorbed at rate 8) or one

@@ -1,6 +1,6 @@
 //! `memcommit bench`: a sweep of memory size, cell type, `omitted_levels`, touched blocks per
 //! batch and backend, timing builds and updates next to p3-merkle-tree's `MerkleTree::new`
-//! on the same leaves, with the bytes each `k` holds (DESIGN.md "Benchmarks").
+//! on the same leaves, with the bytes each `k` holds (docs/design.md "Benchmarks").
 //!
 //! Each configuration is one address space of `bytes / cell bytes` cells, filled with
 //! deterministic pseudo-random valid cells. Updates write random distinct blocks, so builds
@@ -9,6 +9,7 @@
 pub mod chart;
 pub mod count;
 pub mod replay;
+pub mod sparse;
 pub mod system;
 
 use std::sync::Arc;
@@ -53,6 +54,13 @@ pub struct BenchConfig {
     /// every `k` of `omitted_levels` on every backend but `reference`.
     #[serde(default)]
     pub traces: Vec<std::path::PathBuf>,
+    /// Fractions of OpenVM's RAM pages present in the sparse case ([`sparse::run_case`]);
+    /// empty: no sparse case.
+    #[serde(default)]
+    pub sparse: Vec<f64>,
+    /// `omitted_levels` of the sparse case.
+    #[serde(default)]
+    pub sparse_omitted_levels: Vec<u32>,
 }
 
 impl BenchConfig {
@@ -70,6 +78,8 @@ impl BenchConfig {
             }
         }
         n + (self.traces.len() * self.trace_backends().len() * self.omitted_levels.len()) as u64
+            + (self.sparse.len() * self.sparse_omitted_levels.len() * self.trace_backends().len())
+                as u64
     }
 
     /// Backends the traces are replayed on: the reference tree is left out, being scalar and
@@ -196,6 +206,9 @@ pub struct BenchReport {
     /// Replay benchmarks of `config.traces`.
     #[serde(default)]
     pub traces: Vec<TraceBench>,
+    /// The sparse case, one row per (fraction, k, backend).
+    #[serde(default)]
+    pub sparse: Vec<sparse::SparseRow>,
     /// Wall time of the whole sweep, seconds.
     pub wall_s: f64,
 }
@@ -400,6 +413,7 @@ pub fn run(config: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Bench
         baselines: Vec::new(),
         rows: Vec::new(),
         traces: Vec::new(),
+        sparse: Vec::new(),
         wall_s: 0.0,
     };
     let mut seed = 1u64;
@@ -440,6 +454,18 @@ pub fn run(config: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Bench
             repeats,
             &mut progress,
         )?);
+    }
+    for &fraction in &config.sparse {
+        for &k in &config.sparse_omitted_levels {
+            tree::check_omitted_levels(k)?;
+            for backend in config.trace_backends() {
+                progress(&format!("sparse {} {fraction} k={k}", backend.name()));
+                seed += 1;
+                report
+                    .sparse
+                    .push(sparse::run_case(fraction, k, backend, repeats, seed)?);
+            }
+        }
     }
     report.wall_s = started.elapsed().as_secs_f64();
     Ok(report)

@@ -21,10 +21,13 @@ p3-merkle-tree's MerkleTree::new on the same leaves (the cells as field elements
 Defaults: --min-bytes 2^20 --max-bytes 2^32 --cells u8,u16,field --omitted-levels 0,1,2,3,4,5 \
 --touched 0.0001,0.001,0.01 --repeats 5.\n--trace replays a real trace in-process and through \
 gRPC at each --omitted-levels value (cpu and cuda backends).\n--quick: 2^20 to 2^22 bytes, u8 and field cells, k \
-0,1,3,5, touched 0.001 and 0.01, 3 repeats (explicit flags still win).\n\n\
+0,1,3,5, touched 0.001 and 0.01, sparse 0.001 and 0.01, 3 repeats (explicit flags still \
+win).\n--sparse: OpenVM's default layout with a fraction of its RAM pages present, against \
+the same pages packed into one slot.\n\n\
 Examples:\n  memcommit bench --quick --out /tmp/bench\n  memcommit bench --out bench \
 --min-bytes 1048576 --max-bytes 268435456 --cells u8 --omitted-levels 0,3\n  memcommit bench --out bench \
---no-sweep --trace tests/data/sqlite3.trace.zst --omitted-levels 0,3 --repeats 5"
+--no-sweep --trace tests/data/sqlite3.trace.zst --omitted-levels 0,3 --repeats 5\n  \
+memcommit bench --out bench --no-sweep --sparse 0.001,0.01,1 --sparse-omitted-levels 3"
 )]
 pub struct Args {
     /// Directory for bench.json and bench.svg (created if missing).
@@ -67,9 +70,19 @@ pub struct Args {
     /// permutations per second over the whole trace. Repeatable.
     #[arg(long = "trace", value_name = "TRACE")]
     traces: Vec<PathBuf>,
-    /// Skip the size sweep (and bench.svg); only replay the --trace files.
-    #[arg(long, requires = "traces")]
+    /// Skip the size sweep (and bench.svg); only replay the --trace files and run the
+    /// sparse case.
+    #[arg(long)]
     no_sweep: bool,
+    /// The sparse case: OpenVM's default layout with these fractions of its 2^29-byte RAM
+    /// slot's 4 KiB pages present (random pages, random bytes), against the same pages
+    /// packed into one compact slot, on cpu and cuda. Default 0.001,0.01,1 (--quick:
+    /// 0.001,0.01); 0 skips it.
+    #[arg(long, value_delimiter = ',', value_name = "F,...")]
+    sparse: Option<Vec<f64>>,
+    /// omitted_levels of the sparse case, comma-separated. Default 3.
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    sparse_omitted_levels: Option<Vec<u32>>,
 }
 
 fn parse_cell(s: &str) -> Result<CellType, String> {
@@ -163,6 +176,24 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
             bail!("--trace {}: no such file", t.display());
         }
     }
+    let mut sparse = args.sparse.clone().unwrap_or_else(|| {
+        if q {
+            vec![0.001, 0.01]
+        } else {
+            vec![0.001, 0.01, 1.0]
+        }
+    });
+    sparse.retain(|&f| f != 0.0);
+    if let Some(f) = sparse.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
+        bail!("--sparse {f} is not a fraction in (0, 1] (or 0 to skip the sparse case)");
+    }
+    let sparse_omitted_levels = args.sparse_omitted_levels.clone().unwrap_or(vec![3]);
+    if let Some(k) = sparse_omitted_levels
+        .iter()
+        .find(|&&k| k > MAX_OMITTED_LEVELS)
+    {
+        bail!("--sparse-omitted-levels {k} exceeds the maximum {MAX_OMITTED_LEVELS}");
+    }
     Ok(BenchConfig {
         sizes,
         cells,
@@ -171,6 +202,8 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
         backends,
         repeats: args.repeats.unwrap_or(if q { 3 } else { 5 }).max(1),
         traces: args.traces.clone(),
+        sparse,
+        sparse_omitted_levels,
     })
 }
 
@@ -240,6 +273,68 @@ fn print_table(r: &BenchReport) {
     if !r.traces.is_empty() {
         print_traces(r);
     }
+    if !r.sparse.is_empty() {
+        print_sparse(r);
+    }
+}
+
+/// The sparse case: each figure of OpenVM's layout, and its ratio to the packed slot.
+fn print_sparse(r: &BenchReport) {
+    println!(
+        "
+sparse: OpenVM's default layout (2^29-byte RAM slot) with a fraction of its 4 KiB \
+         pages present vs the same pages packed into one slot; (x) = sparse / packed; {} \
+         builds, {} update batches of 1% of the present blocks",
+        r.config.repeats,
+        bench::sparse::UPDATE_BATCHES
+    );
+    println!(
+        "{:<7} {:>2} {:>7} {:>7} {:>17} {:>17} {:>17} {:>17} {:>17} {:>9} {:>5}",
+        "backend",
+        "k",
+        "pages",
+        "batch",
+        "build ms (x)",
+        "upd p50 ms (x)",
+        "upd p99 ms (x)",
+        "host MiB (x)",
+        "peak RSS MiB (x)",
+        "dev MiB",
+        "roots"
+    );
+    for s in &r.sparse {
+        let [build, p50, p99, host, rss] = s.ratios();
+        let cell = |v: f64, x: f64| format!("{v:.3} ({x:.2}x)");
+        println!(
+            "{:<7} {:>2} {:>7} {:>7} {:>17} {:>17} {:>17} {:>17} {:>17} {:>9} {:>5}",
+            s.backend.name(),
+            s.k,
+            s.pages,
+            s.batch_blocks,
+            cell(s.sparse.build.median_ms, build),
+            cell(s.sparse.update_p50_ms, p50),
+            cell(s.sparse.update_p99_ms, p99),
+            format!("{} ({host:.2}x)", mib(s.sparse.host_bytes)),
+            format!("{} ({rss:.2}x)", mib(s.sparse.peak_rss_bytes)),
+            mib(s.sparse.device_bytes),
+            if s.roots_checked { "ok" } else { "-" }
+        );
+    }
+    println!(
+        "packed baseline per row: build ms, update p50/p99 ms, host MiB, peak RSS MiB = {}",
+        r.sparse
+            .iter()
+            .map(|s| format!(
+                "[{:.3}, {:.3}/{:.3}, {}, {}]",
+                s.packed.build.median_ms,
+                s.packed.update_p50_ms,
+                s.packed.update_p99_ms,
+                mib(s.packed.host_bytes),
+                mib(s.packed.peak_rss_bytes)
+            ))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 }
 
 /// The replay benchmark: per-step latency in-process and through gRPC, their ratio, and

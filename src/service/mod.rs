@@ -232,7 +232,7 @@ pub async fn shutdown_signal() {
 
 /// Wraps the generated server so that tonic's request-size rejection, which it reports as
 /// `OUT_OF_RANGE` before our handlers run, reaches the client as `RESOURCE_EXHAUSTED`
-/// naming `max_message_bytes` (DESIGN: limits are `RESOURCE_EXHAUSTED`).
+/// naming `max_message_bytes` (docs/design.md: limits are `RESOURCE_EXHAUSTED`).
 #[derive(Clone)]
 struct MessageLimit<S> {
     inner: S,

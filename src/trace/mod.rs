@@ -1,4 +1,4 @@
-//! Trace files (DESIGN.md Part 1, "Trace files"): one tree's life as JSON Lines, zstd
+//! Trace files (docs/design.md Part 1, "Trace files"): one tree's life as JSON Lines, zstd
 //! compressed when the path ends in `.zst`.
 //!
 //! ```text
@@ -10,7 +10,7 @@
 //!
 //! `expect_root` is optional on every `build` and `update` line. [`TraceWriter`] puts it at
 //! the line level as above; [`TraceReader`] also accepts it inside the `build` / `update`
-//! object (DESIGN.md allows either reading), but not in both places. Unknown keys are
+//! object (docs/design.md allows either reading), but not in both places. Unknown keys are
 //! errors. Both ends stream: neither holds more than one line in memory.
 //!
 //! [`lackey`] converts `valgrind --tool=lackey --trace-mem=yes` output into a trace.

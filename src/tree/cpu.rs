@@ -10,7 +10,7 @@
 //!
 //! An update validates the batch, writes raw memory (creating the pages it touches),
 //! recomputes every *distinct* level-`b` ancestor of the touched blocks once, then every
-//! distinct parent level by level, then the vertical paths and the top tree (DESIGN.md
+//! distinct parent level by level, then the vertical paths and the top tree (docs/design.md
 //! "Update").
 //!
 //! Every overwritten image block, created page and node is logged as it is replaced (the
@@ -193,23 +193,45 @@ fn hash_subtrees<'a>(
     out: &mut [Digest],
 ) {
     let per_task = (LEAVES_PER_TASK >> levels).max(1);
+    if out.len() <= per_task {
+        hash_subtrees_seq(cell, levels, src, 0, out, &mut (Vec::new(), Vec::new()));
+        return;
+    }
     out.par_chunks_mut(per_task).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |scratch, (t, out)| hash_subtrees_seq(cell, levels, src, t * per_task, out, scratch),
     );
 }
 
-/// Compresses `pairs` of `(left, right)` digests, in parallel tasks.
+/// Sets `out` to `n` compressions, `out[j] = compress(children(j))`, in parallel tasks of
+/// [`PARENTS_PER_TASK`] (a single task runs inline: small batches skip rayon).
+fn compress_into(
+    out: &mut Vec<Digest>,
+    n: usize,
+    children: impl Fn(usize) -> (Digest, Digest) + Sync,
+) {
+    out.clear();
+    out.resize(n, Digest::ZERO);
+    let task = |t: usize, out: &mut [Digest]| {
+        permute_many(out, |i, s| {
+            let (l, r) = children(t * PARENTS_PER_TASK + i);
+            s[..8].copy_from_slice(&l.0);
+            s[8..].copy_from_slice(&r.0);
+        })
+    };
+    if n <= PARENTS_PER_TASK {
+        task(0, out);
+    } else {
+        out.par_chunks_mut(PARENTS_PER_TASK)
+            .enumerate()
+            .for_each(|(t, out)| task(t, out));
+    }
+}
+
+/// Compresses `pairs` of `(left, right)` digests.
 fn compress_all(pairs: &[(Digest, Digest)]) -> Vec<Digest> {
-    let mut out = vec![Digest::ZERO; pairs.len()];
-    out.par_chunks_mut(PARENTS_PER_TASK)
-        .zip(pairs.par_chunks(PARENTS_PER_TASK))
-        .for_each(|(out, pairs)| {
-            permute_many(out, |i, s| {
-                s[..8].copy_from_slice(&pairs[i].0 .0);
-                s[8..].copy_from_slice(&pairs[i].1 .0);
-            })
-        });
+    let mut out = Vec::new();
+    compress_into(&mut out, pairs.len(), |j| pairs[j]);
     out
 }
 
@@ -303,7 +325,7 @@ impl SlotNodes {
         }
     }
 
-    /// `vertical[j] = compress(node below, zero[height + j])` (DESIGN "vertical path").
+    /// `vertical[j] = compress(node below, zero[height + j])` (docs/design.md, "vertical path").
     fn recompute_vertical(&mut self, image: &MemoryImage, slot: u32) {
         let mut node = self.node(image, slot, self.shape.height, 0);
         for (j, v) in self.vertical.iter_mut().enumerate() {
@@ -404,37 +426,31 @@ impl SlotNodes {
         self.add_pages(image, slot)?;
         let mut dirty: Vec<u64> = group.iter().map(|k| (k & 0xffff_ffff) >> b).collect();
         dirty.dedup();
+        // One buffer for every level's fresh digests: no allocation per level.
+        let mut fresh = Vec::with_capacity(dirty.len());
         let mut level = b;
         if s.pages_store_nodes() {
             // Level b from raw memory, then up to q inside the pages.
-            let ids: Vec<PageId> = page_ids(image, slot, &dirty, q - b);
+            let mut ids: Vec<PageId> = page_ids(image, slot, &dirty, q - b);
             let cell = image.cell_types()[slot as usize];
             let bb = BLOCK_CELLS * cell.bytes();
             let local = |i: u64| (i & ((1u64 << (q - b)) - 1)) as usize;
-            let mut fresh = vec![Digest::ZERO; dirty.len()];
+            fresh.resize(dirty.len(), Digest::ZERO);
             hash_subtrees(
                 cell,
                 b,
                 &|j| &image.page(slot, ids[j])[(local(dirty[j]) << b) * bb..],
                 &mut fresh,
             );
-            self.swap_page_nodes(&ids, b, &dirty, fresh, log);
+            self.swap_page_nodes(&ids, b, &dirty, &mut fresh, log);
             fault::point(|| format!("slot {slot} level {b}"))?;
-            let mut ids = ids;
             for l in b + 1..=q {
-                let (up, up_ids) = parents_in_pages(&dirty, &ids);
-                let pairs: Vec<(Digest, Digest)> = up
-                    .iter()
-                    .zip(&up_ids)
-                    .map(|(&p, &id)| {
-                        let left = self.page_pos(id, l - 1, 2 * p);
-                        (self.pages[left], self.pages[left + 1])
-                    })
-                    .collect();
-                let fresh = compress_all(&pairs);
-                self.swap_page_nodes(&up_ids, l, &up, fresh, log);
+                parents_in_pages(&mut dirty, &mut ids);
+                let pages = &self.pages;
+                let at = |j: usize| self.page_pos(ids[j], l - 1, 2 * dirty[j]);
+                compress_into(&mut fresh, dirty.len(), |j| (pages[at(j)], pages[at(j) + 1]));
+                self.swap_page_nodes(&ids, l, &dirty, &mut fresh, log);
                 fault::point(|| format!("slot {slot} level {l}"))?;
-                (dirty, ids) = (up, up_ids);
             }
             level = q;
         } else {
@@ -444,23 +460,20 @@ impl SlotNodes {
                 pages.extend(image.pages_in(slot, i << (b - q)..(i + 1) << (b - q)));
             }
             let nodes = nodes_from_pages(image, slot, q, b, &pages);
-            self.set_upper(b, &nodes, log);
+            fresh.extend(nodes.iter().map(|n| n.1));
+            self.set_upper(b, &dirty, &fresh, log);
             fault::point(|| format!("slot {slot} level {b}"))?;
         }
         for l in level + 1..=s.height {
-            dirty = parents(&dirty);
-            let pairs: Vec<(Digest, Digest)> = dirty
-                .iter()
-                .map(|&p| {
-                    (
-                        self.node(image, slot, l - 1, 2 * p),
-                        self.node(image, slot, l - 1, 2 * p + 1),
-                    )
-                })
-                .collect();
-            let nodes: Vec<(u64, Digest)> =
-                dirty.iter().copied().zip(compress_all(&pairs)).collect();
-            self.set_upper(l, &nodes, log);
+            halve_dedup(&mut dirty);
+            let this = &*self;
+            compress_into(&mut fresh, dirty.len(), |j| {
+                (
+                    this.node(image, slot, l - 1, 2 * dirty[j]),
+                    this.node(image, slot, l - 1, 2 * dirty[j] + 1),
+                )
+            });
+            self.set_upper(l, &dirty, &fresh, log);
             fault::point(|| format!("slot {slot} level {l}"))?;
         }
         log.vertical = self.vertical.clone();
@@ -474,22 +487,22 @@ impl SlotNodes {
         ids: &[PageId],
         l: u32,
         index: &[u64],
-        fresh: Vec<Digest>,
+        fresh: &mut [Digest],
         log: &mut SlotUndo,
     ) {
         log.page_nodes.reserve(fresh.len());
-        for ((&id, &i), mut d) in ids.iter().zip(index).zip(fresh) {
+        for ((&id, &i), d) in ids.iter().zip(index).zip(fresh) {
             let pos = self.page_pos(id, l, i);
-            std::mem::swap(&mut self.pages[pos], &mut d);
-            log.page_nodes.push((pos, d));
+            std::mem::swap(&mut self.pages[pos], d);
+            log.page_nodes.push((pos, *d));
         }
     }
 
-    /// Writes upper-level `l` nodes, logging what they replace.
-    fn set_upper(&mut self, l: u32, nodes: &[(u64, Digest)], log: &mut SlotUndo) {
+    /// Writes upper-level `l` nodes `index[j] = fresh[j]`, logging what they replace.
+    fn set_upper(&mut self, l: u32, index: &[u64], fresh: &[Digest], log: &mut SlotUndo) {
         let j = (l - self.shape.upper_base()) as usize;
-        log.upper.reserve(nodes.len());
-        for &(i, d) in nodes {
+        log.upper.reserve(index.len());
+        for (&i, &d) in index.iter().zip(fresh) {
             let old = self.upper[j].set(i, d);
             log.upper.push((j, i, old));
         }
@@ -540,9 +553,17 @@ fn build_page(
 
 /// Sorted distinct parents of sorted distinct indices.
 fn parents(children: &[u64]) -> Vec<u64> {
-    let mut up: Vec<u64> = children.iter().map(|i| i >> 1).collect();
-    up.dedup();
+    let mut up = children.to_vec();
+    halve_dedup(&mut up);
     up
+}
+
+/// Replaces sorted distinct indices by their sorted distinct parents, in place.
+fn halve_dedup(nodes: &mut Vec<u64>) {
+    for i in nodes.iter_mut() {
+        *i >>= 1;
+    }
+    nodes.dedup();
 }
 
 /// The page ids of sorted nodes `nodes` of a level `levels_to_page` below the page level:
@@ -563,17 +584,20 @@ fn page_ids(image: &MemoryImage, slot: u32, nodes: &[u64], levels_to_page: u32) 
     ids
 }
 
-/// Parents of sorted distinct in-page nodes `(ids[j], nodes[j])`, with their page ids.
-fn parents_in_pages(nodes: &[u64], ids: &[PageId]) -> (Vec<u64>, Vec<PageId>) {
-    let mut up = Vec::with_capacity(nodes.len());
-    let mut up_ids = Vec::with_capacity(nodes.len());
-    for (&i, &id) in nodes.iter().zip(ids) {
-        if up.last() != Some(&(i >> 1)) {
-            up.push(i >> 1);
-            up_ids.push(id);
+/// Replaces sorted distinct in-page nodes `(ids[j], nodes[j])` by their distinct parents
+/// (a parent lies in its children's page), in place.
+fn parents_in_pages(nodes: &mut Vec<u64>, ids: &mut Vec<PageId>) {
+    let mut n = 0;
+    for j in 0..nodes.len() {
+        let up = nodes[j] >> 1;
+        if n == 0 || nodes[n - 1] != up {
+            nodes[n] = up;
+            ids[n] = ids[j];
+            n += 1;
         }
     }
-    (up, up_ids)
+    nodes.truncate(n);
+    ids.truncate(n);
 }
 
 /// The production CPU backend.
@@ -593,11 +617,11 @@ pub struct CpuTree {
 /// distinct, and the digests they held before.
 fn update_parents(children: &[Digest], parent_level: &mut [Digest], dirty: &[u64]) -> LevelUndo {
     let up = parents(dirty);
-    let pairs: Vec<(Digest, Digest)> = up
-        .iter()
-        .map(|&p| (children[2 * p as usize], children[2 * p as usize + 1]))
-        .collect();
-    let mut fresh = compress_all(&pairs);
+    let mut fresh = Vec::new();
+    compress_into(&mut fresh, up.len(), |j| {
+        let c = 2 * up[j] as usize;
+        (children[c], children[c + 1])
+    });
     // Swapping leaves the old digests in `fresh`: the undo log costs no extra pass.
     for (&p, d) in up.iter().zip(&mut fresh) {
         std::mem::swap(&mut parent_level[p as usize], d);

@@ -1,7 +1,7 @@
 //! The `MemoryTree` trait and what every backend shares: touched blocks and batch
 //! validation, openings and [`verify_opening`], zero hashes, and the memory-size formulas.
 //!
-//! Tree shape (DESIGN.md Part 1): each slot has a subtree of height `address_height` whose
+//! Tree shape (docs/design.md Part 1): each slot has a subtree of height `address_height` whose
 //! leftmost `num_cells / 8` leaves are the slot's blocks (the rest zero); the root is a
 //! binary tree of height `address_space_height` over the slot roots. Leaf index of block
 //! `b` in slot `s` is therefore `(s << address_height) | b` in one tree of height
@@ -43,7 +43,7 @@ pub struct TouchedBlock {
     pub cells: [u32; BLOCK_CELLS],
 }
 
-/// Checks a whole batch before anything changes (DESIGN.md "Update semantics"): the slot
+/// Checks a whole batch before anything changes (docs/design.md "Update semantics"): the slot
 /// exists, the block is in range, each cell fits its type, and no `(slot, block)` repeats.
 /// Duplicates are found by sorting packed keys rather than hashing: at 1 Mi blocks a hash
 /// set spends most of its time in cache misses, and sorting has no adversarial worst case.

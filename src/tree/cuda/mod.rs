@@ -1,4 +1,4 @@
-//! The CUDA backend's host side (DESIGN.md "CUDA"): [`CudaTree`] over the [`Device`] trait.
+//! The CUDA backend's host side (docs/design.md "CUDA"): [`CudaTree`] over the [`Device`] trait.
 //!
 //! The kernels live in `cuda/` (headers in `cuda/include/memcommit/`, bodies and launchers in
 //! `cuda/src/`). The same headers and kernel bodies are always compiled for the host, and

@@ -1,5 +1,5 @@
 //! Host-side work lists for the device: the staging buffer that carries them in one upload,
-//! and the update plan (DESIGN.md "Update": the distinct base-level nodes, then the distinct
+//! and the update plan (docs/design.md "Update": the distinct base-level nodes, then the distinct
 //! parents level by level, then vertical paths and the top tree), worked out from the sorted
 //! touched set.
 
