@@ -131,8 +131,9 @@ impl Eq for MemoryImage {}
 /// a page that existed before.
 #[derive(Debug, Default)]
 pub struct ImageUndo {
-    /// Present pages per slot before the write.
-    pages_before: Vec<usize>,
+    /// Present pages per slot before the write, and the capacity of the slot's page buffer
+    /// (given back by the undo).
+    pages_before: Vec<(usize, usize)>,
     /// `(slot, block, old cells)` of each overwritten block in a page that was present.
     blocks: Vec<(u32, u64, [u32; BLOCK_CELLS])>,
 }
@@ -144,13 +145,13 @@ impl ImageUndo {
             .slots
             .iter()
             .zip(&self.pages_before)
-            .map(|(s, &before)| (s.numbers.len() - before) as u64)
+            .map(|(s, &(before, _))| (s.numbers.len() - before) as u64)
             .sum()
     }
 
     /// Present pages of `slot` before the write: ids at or above it were created by it.
     pub fn pages_before(&self, slot: u32) -> usize {
-        self.pages_before[slot as usize]
+        self.pages_before[slot as usize].0
     }
 }
 
@@ -449,7 +450,11 @@ impl MemoryImage {
         blocks: impl ExactSizeIterator<Item = (u32, u64, &'a [u32; BLOCK_CELLS])> + Clone,
     ) -> Result<ImageUndo> {
         let mut undo = ImageUndo {
-            pages_before: self.slots.iter().map(|s| s.numbers.len()).collect(),
+            pages_before: self
+                .slots
+                .iter()
+                .map(|s| (s.numbers.len(), s.data.capacity()))
+                .collect(),
             blocks: Vec::with_capacity(blocks.len()),
         };
         // Pages first, so that a failed allocation leaves every block as it was.
@@ -466,7 +471,7 @@ impl MemoryImage {
             let (cell, bb) = (s.cell, s.block_bytes());
             let at = (block & (s.page_blocks() - 1)) as usize * bb;
             let raw = &mut s.page_mut(id)[at..at + bb];
-            if (id as usize) < undo.pages_before[slot as usize] {
+            if (id as usize) < undo.pages_before[slot as usize].0 {
                 undo.blocks.push((slot, block, cell.read_block(raw)));
             }
             for (i, &v) in cells.iter().enumerate() {
@@ -499,8 +504,11 @@ impl MemoryImage {
                 cell.write(v, &mut raw[i * cell.bytes()..]);
             }
         }
-        for (s, &before) in self.slots.iter_mut().zip(&undo.pages_before) {
-            s.truncate(before);
+        for (s, &(before, capacity)) in self.slots.iter_mut().zip(&undo.pages_before) {
+            if s.numbers.len() > before {
+                s.truncate(before);
+                s.data.shrink_to(capacity);
+            }
         }
     }
 

@@ -6,12 +6,83 @@ mod common;
 
 use std::sync::Arc;
 
-use common::random::{batch_from, corrupt, layout};
+use common::random::{batch_from, cell_type, corrupt, layout};
 use common::{check_openings, four_spaces, image_with};
 use memcommit::image::MemoryImage;
+use memcommit::layout::{AddressSpace, LayoutSpec, MemoryLayout};
 use memcommit::tree::{self, verify_opening, Backend, TouchedBlock};
 use memcommit::Error;
 use proptest::prelude::*;
+
+/// Builds the CPU and reference trees over the image `image_seeds` writes, applies the
+/// batches (an invalid one must change nothing, present pages included), and compares
+/// roots, images and openings at the touched positions and at `probe_seeds` positions
+/// anywhere (absent pages included) after every batch.
+fn cpu_matches_reference(
+    layout: &MemoryLayout,
+    k: u32,
+    image_seeds: &[u64],
+    batches: &[(Vec<u64>, bool, u8)],
+    probe_seeds: &[u64],
+) -> Result<(), TestCaseError> {
+    let image = image_with(layout, &batch_from(layout, image_seeds));
+    let mut cpu = tree::build(Backend::Cpu, layout.clone(), image.clone(), k).expect("cpu");
+    let mut reference = tree::build(Backend::Reference, layout.clone(), image, k).expect("ref");
+    prop_assert_eq!(cpu.root(), reference.root());
+    for (seeds, invalid, how) in batches {
+        let mut batch = batch_from(layout, seeds);
+        if *invalid && !batch.is_empty() {
+            corrupt(layout, &mut batch, *how);
+            let before = cpu.root();
+            let image_before = cpu.image().clone();
+            let usage_before = cpu.memory_usage();
+            let err = cpu.update(&batch).expect_err("invalid batch rejected");
+            prop_assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+            prop_assert!(reference.update(&batch).is_err());
+            prop_assert_eq!(cpu.root(), before);
+            prop_assert_eq!(cpu.image(), &image_before);
+            prop_assert_eq!(cpu.memory_usage(), usage_before);
+            continue;
+        }
+        let new_root = cpu.update(&batch).expect("valid batch");
+        prop_assert_eq!(new_root, reference.update(&batch).expect("valid batch"));
+        prop_assert_eq!(cpu.root(), reference.root());
+        prop_assert_eq!(cpu.image(), reference.image());
+        let mut positions: Vec<_> = batch.iter().map(|b| (b.slot, b.block)).collect();
+        positions.extend(
+            batch_from(layout, probe_seeds)
+                .iter()
+                .map(|b| (b.slot, b.block)),
+        );
+        check_openings(layout, cpu.as_ref(), reference.as_ref(), &positions);
+    }
+    Ok(())
+}
+
+/// 1–3 address spaces of 0 or 2^3..2^15 cells: up to 2^12 blocks, so up to 8 pages of
+/// 2^9 blocks, taller than a page (heights at their minimum or one above).
+fn paged_layout() -> impl Strategy<Value = MemoryLayout> {
+    (
+        prop::collection::vec((cell_type(), prop_oneof![Just(0u32), 3u32..=15]), 1..=3),
+        0u32..=1,
+    )
+        .prop_map(|(spaces, extra_h)| {
+            let spec = |address_height| LayoutSpec {
+                address_spaces: spaces
+                    .iter()
+                    .map(|&(cell, log)| AddressSpace {
+                        cell,
+                        num_cells: if log == 0 { 0 } else { 1 << log },
+                    })
+                    .collect(),
+                address_space_height: None,
+                address_height,
+            };
+            let base = MemoryLayout::new(spec(None)).expect("valid by construction");
+            MemoryLayout::new(spec(Some(base.address_height() + extra_h)))
+                .expect("valid by construction")
+        })
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
@@ -24,29 +95,21 @@ proptest! {
         batches in prop::collection::vec(
             (prop::collection::vec(any::<u64>(), 0..40), any::<bool>(), any::<u8>()), 1..6),
     ) {
-        let image = image_with(&layout, &batch_from(&layout, &image_seeds));
-        let mut cpu = tree::build(Backend::Cpu, layout.clone(), image.clone(), k).expect("cpu");
-        let mut reference = tree::build(Backend::Reference, layout.clone(), image, k).expect("ref");
-        prop_assert_eq!(cpu.root(), reference.root());
-        for (seeds, invalid, how) in batches {
-            let mut batch = batch_from(&layout, &seeds);
-            if invalid && !batch.is_empty() {
-                corrupt(&layout, &mut batch, how);
-                let before = cpu.root();
-                let image_before = cpu.image().clone();
-                let err = cpu.update(&batch).expect_err("invalid batch rejected");
-                prop_assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
-                prop_assert!(reference.update(&batch).is_err());
-                prop_assert_eq!(cpu.root(), before);
-                prop_assert_eq!(cpu.image(), &image_before);
-                continue;
-            }
-            let new_root = cpu.update(&batch).expect("valid batch");
-            prop_assert_eq!(new_root, reference.update(&batch).expect("valid batch"));
-            prop_assert_eq!(cpu.root(), reference.root());
-            let positions: Vec<_> = batch.iter().map(|b| (b.slot, b.block)).collect();
-            check_openings(&layout, cpu.as_ref(), reference.as_ref(), &positions);
-        }
+        cpu_matches_reference(&layout, k, &image_seeds, &batches, &[])?;
+    }
+
+    /// Slots of several pages with few of them written: absent pages, pages that updates
+    /// create, and k below, at and above the page level (9).
+    #[test]
+    fn cpu_tree_equals_reference_over_pages(
+        layout in paged_layout(),
+        k in prop_oneof![0u32..=3, 8u32..=12],
+        image_seeds in prop::collection::vec(any::<u64>(), 0..6),
+        batches in prop::collection::vec(
+            (prop::collection::vec(any::<u64>(), 0..12), any::<bool>(), any::<u8>()), 1..5),
+        probe_seeds in prop::collection::vec(any::<u64>(), 0..6),
+    ) {
+        cpu_matches_reference(&layout, k, &image_seeds, &batches, &probe_seeds)?;
     }
 }
 

@@ -210,3 +210,93 @@ fn grpc_update_failing_part_way_leaves_the_tree_unchanged() {
         srv.stop().await;
     });
 }
+
+/// A batch that creates pages and fails at any of its fault points leaves the image (its
+/// present pages included), every node, the root and the memory usage as before; the
+/// batch then goes through and matches the reference. Covers k below, at and above the page
+/// level (9), where the lowest stored level lies inside the pages or above them.
+#[test]
+fn cpu_rollback_removes_the_pages_a_failed_batch_created() {
+    let _serial = serial();
+    // 2^12 u8 blocks (8 pages) and 2^13 u16 blocks (16 pages).
+    let layout = MemoryLayout::from_json(
+        r#"{"address_spaces": [{"cell": "u8", "num_cells": 32768}, {"cell": "u16", "num_cells": 65536}]}"#,
+    )
+    .expect("layout");
+    let mut image = MemoryImage::zeroed(&layout).expect("image");
+    image.write(0, 0, &[1; 4096]).expect("page 0 of slot 0");
+    let image = Arc::new(image);
+    // Blocks in absent pages of both slots, and one in the present page.
+    let touched: Vec<TouchedBlock> = [
+        (0u32, 5u64),
+        (0, 3 * 512 + 1),
+        (0, 7 * 512 + 511),
+        (1, 2 * 512),
+        (1, 15 * 512 + 3),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, &(slot, block))| TouchedBlock {
+        slot,
+        block,
+        cells: [i as u32 + 2; 8],
+    })
+    .collect();
+    // Every touched position, and a spread of others in present and absent pages.
+    let mut positions: Vec<(u32, u64)> = touched.iter().map(|b| (b.slot, b.block)).collect();
+    positions.extend((0..4096).step_by(37).map(|b| (0, b)));
+    positions.extend((0..8192).step_by(101).map(|b| (1, b)));
+    for k in [0u32, 3, 9, 10, 11] {
+        let mut t = tree::build(Backend::Cpu, layout.clone(), image.clone(), k).expect("build");
+        let mut reference = ReferenceTree::build(layout.clone(), image.clone(), k);
+        assert_eq!(t.root(), reference.root(), "k = {k}");
+        let before = (
+            t.root(),
+            (**t.image()).clone(),
+            t.openings(&positions).expect("openings"),
+        );
+        let usage = t.memory_usage();
+        let mut failures = 0u64;
+        loop {
+            fault::fail_at(failures);
+            let fired = fault::fired();
+            let r = t.update(&touched);
+            if fault::fired() == fired {
+                fault::disarm();
+                let root = r.expect("no fault left to hit: the batch applies");
+                assert_eq!(root, reference.update(&touched).expect("reference"));
+                break;
+            }
+            assert!(matches!(r, Err(Error::Unavailable(_))), "k = {k}: {r:?}");
+            failures += 1;
+            let now = (
+                t.root(),
+                (**t.image()).clone(),
+                t.openings(&positions).expect("openings"),
+            );
+            assert!(
+                now == before,
+                "k = {k}: failure {failures} changed the tree"
+            );
+            assert_eq!(t.image().total_pages(), 1, "k = {k}: created pages removed");
+            assert_eq!(
+                t.memory_usage(),
+                usage,
+                "k = {k}: nodes of created pages freed"
+            );
+        }
+        // The raw write; each stored level k..=h of both slots (h = 12 and 13), each then
+        // followed by its vertical path (slot 0 has one node, slot 1 none, but the point is
+        // there); the top tree's levels 0 and 1.
+        assert_eq!(
+            failures,
+            u64::from(1 + (13 - k) + 1 + (14 - k) + 1 + 2),
+            "k = {k}"
+        );
+        assert_eq!(t.image().total_pages(), 5, "k = {k}: 4 pages created");
+        assert_eq!(
+            t.openings(&positions).expect("openings"),
+            reference.openings(&positions).expect("reference openings")
+        );
+    }
+}

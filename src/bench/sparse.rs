@@ -149,7 +149,12 @@ fn measure(
     for _ in 0..repeats {
         drop(tree.take());
         let t = Instant::now();
-        tree = Some(tree::build(backend, place.layout.clone(), Arc::clone(&image), k)?);
+        tree = Some(tree::build(
+            backend,
+            place.layout.clone(),
+            Arc::clone(&image),
+            k,
+        )?);
         build_ms.push(ms_since(t));
     }
     // The last tree now holds the only handle, so updates write the image in place.

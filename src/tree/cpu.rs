@@ -105,6 +105,20 @@ impl Level {
         }
     }
 
+    fn capacity(&self) -> usize {
+        match self {
+            Level::Dense(v) => v.capacity(),
+            Level::Sparse(m) => m.capacity(),
+        }
+    }
+
+    fn shrink_to(&mut self, capacity: usize) {
+        match self {
+            Level::Dense(v) => v.shrink_to(capacity),
+            Level::Sparse(m) => m.shrink_to(capacity),
+        }
+    }
+
     /// Bytes allocated (a map entry holds its u64 key beside the digest).
     fn bytes(&self) -> u64 {
         match self {
@@ -124,6 +138,9 @@ struct SlotNodes {
     upper: Vec<Level>,
     /// `vertical[j]` is the node at level `h + 1 + j` on the way to `address_height`.
     vertical: Vec<Digest>,
+    /// Present pages of the slot when the tree last looked: more in the image means the
+    /// batch creates pages.
+    known_pages: usize,
 }
 
 /// What one slot's part of an update overwrote.
@@ -132,6 +149,11 @@ struct SlotUndo {
     slot: usize,
     /// Length of `pages` before the batch (pages it created are cut off again).
     pages_len: usize,
+    /// When the batch creates pages in this slot: the capacity of `pages` and of each
+    /// sparse upper level before it, given back on a roll-back.
+    capacities: Option<(usize, Vec<usize>)>,
+    /// `known_pages` before the batch.
+    known_pages: usize,
     /// `(position in pages, old digest)`, in the order written.
     page_nodes: Vec<(usize, Digest)>,
     /// `(upper level index, node index, old)`, in the order written.
@@ -345,6 +367,7 @@ impl SlotNodes {
                 .map(|l| Level::new(&shape, l))
                 .collect(),
             vertical: vec![Digest::ZERO; (ah - shape.height) as usize],
+            known_pages: pages.len(),
         };
         let roots = if shape.pages_store_nodes() {
             let stride = nodes.page_digests();
@@ -423,6 +446,14 @@ impl SlotNodes {
         let s = self.shape;
         let (b, q) = (s.base, s.page_levels);
         log.pages_len = self.pages.len();
+        log.known_pages = self.known_pages;
+        if image.present_pages(slot) > self.known_pages {
+            log.capacities = Some((
+                self.pages.capacity(),
+                self.upper.iter().map(Level::capacity).collect(),
+            ));
+            self.known_pages = image.present_pages(slot);
+        }
         self.add_pages(image, slot)?;
         let mut dirty: Vec<u64> = group.iter().map(|k| (k & 0xffff_ffff) >> b).collect();
         dirty.dedup();
@@ -448,7 +479,9 @@ impl SlotNodes {
                 parents_in_pages(&mut dirty, &mut ids);
                 let pages = &self.pages;
                 let at = |j: usize| self.page_pos(ids[j], l - 1, 2 * dirty[j]);
-                compress_into(&mut fresh, dirty.len(), |j| (pages[at(j)], pages[at(j) + 1]));
+                compress_into(&mut fresh, dirty.len(), |j| {
+                    (pages[at(j)], pages[at(j) + 1])
+                });
                 self.swap_page_nodes(&ids, l, &dirty, &mut fresh, log);
                 fault::point(|| format!("slot {slot} level {l}"))?;
             }
@@ -519,9 +552,16 @@ impl SlotNodes {
         for (j, i, old) in log.upper.into_iter().rev() {
             self.upper[j].restore(i, old);
         }
+        if let Some((pages, upper)) = log.capacities {
+            self.pages.shrink_to(pages);
+            for (level, cap) in self.upper.iter_mut().zip(upper) {
+                level.shrink_to(cap);
+            }
+        }
         if !log.vertical.is_empty() {
             self.vertical = log.vertical;
         }
+        self.known_pages = log.known_pages;
     }
 
     fn bytes(&self) -> u64 {
