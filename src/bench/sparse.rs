@@ -23,6 +23,8 @@ const PAGE_BLOCKS: u64 = PAGE_BYTES / BLOCK_CELLS as u64;
 /// Cases with at most this many pages also check both roots against the reference tree
 /// (which is scalar: 2048 pages take it a few seconds).
 pub const ROOT_CHECK_PAGES: u64 = 2048;
+/// The largest update batch, in blocks (the 1 % of a fully present RAM slot would be 671k).
+pub const MAX_BATCH_BLOCKS: u64 = 1 << 16;
 /// Update batches timed per case, for the p50 and p99.
 pub const UPDATE_BATCHES: usize = 40;
 
@@ -55,8 +57,8 @@ pub struct SparseRow {
     pub fraction: f64,
     /// Present pages (4 KiB each), in both layouts.
     pub pages: u64,
-    /// Blocks per update batch: 1 % of the present blocks (at least 1), all in present
-    /// pages.
+    /// Blocks per update batch: 1 % of the present blocks (at least 1, at most
+    /// [`MAX_BATCH_BLOCKS`]), all in present pages.
     pub batch_blocks: u64,
     /// OpenVM's layout, the pages at scattered page numbers of slot 1.
     pub sparse: SparseMeasure,
@@ -220,7 +222,7 @@ pub fn run_case(
     let total = OPENVM_MEMORY_BYTES / PAGE_BYTES;
     let n = ((fraction * total as f64).round() as u64).clamp(1, total);
     let pages = pages(n, seed);
-    let batch_blocks = (n * PAGE_BLOCKS / 100).max(1);
+    let batch_blocks = (n * PAGE_BLOCKS / 100).clamp(1, MAX_BATCH_BLOCKS);
     let batches = batches(n, batch_blocks, seed + 1);
     let numbers: Vec<u64> = pages.iter().map(|p| p.0).collect();
     let sparse = Placement {

@@ -284,7 +284,7 @@ fn print_sparse(r: &BenchReport) {
         "
 sparse: OpenVM's default layout (2^29-byte RAM slot) with a fraction of its 4 KiB \
          pages present vs the same pages packed into one slot; (x) = sparse / packed; {} \
-         builds, {} update batches of 1% of the present blocks",
+         builds, {} update batches of 1% of the present blocks (at most 64 Ki)",
         r.config.repeats,
         bench::sparse::UPDATE_BATCHES
     );
