@@ -23,7 +23,7 @@ pub enum Error {
     /// An error status a memcommit server returned (client side: replay and tests), kept
     /// with its gRPC code so it maps back to the same code. Displayed with the code's
     /// canonical name, e.g. `server returned UNAUTHENTICATED: …`.
-    #[error("server returned {}: {message}", crate::service::status::code_name(*.code))]
+    #[error("server returned {}: {message}", code_name(*.code))]
     Remote { code: tonic::Code, message: String },
     /// File-system or stream I/O (CLI and traces only).
     #[error("{context}: {source}")]
@@ -49,6 +49,30 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+/// The canonical upper-snake name of a gRPC code (`UNAUTHENTICATED`, `NOT_FOUND`, …), as
+/// the gRPC spec and tools such as `grpcurl` spell it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
