@@ -1,8 +1,8 @@
 //! The sparse case of `memcommit bench`: OpenVM's default layout (a 2^29-byte RAM slot)
 //! with a fraction of its 4 KiB pages present, against the same pages packed side by side
-//! into one compact `u8` slot, measured in the same run. The packed slot does the same leaf
-//! hashing with none of the sparse bookkeeping (its upper levels are narrow, hence dense),
-//! so each sparse figure is given as a ratio to it.
+//! into one compact `u8` slot, measured in the same run with their runs interleaved. The
+//! packed slot does the same leaf hashing with none of the sparse bookkeeping (its upper
+//! levels are narrow, hence dense), so each sparse figure is given as a ratio to it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,8 +41,8 @@ pub struct SparseMeasure {
     pub host_bytes: u64,
     /// Device bytes the tree holds (0 on the CPU).
     pub device_bytes: u64,
-    /// Peak RSS of the process while this layout was built and updated (`VmHWM`, reset
-    /// before each layout when the kernel allows).
+    /// Peak RSS of the process while this layout alone was written, built and updated once
+    /// (`VmHWM`, reset first when the kernel allows).
     pub peak_rss_bytes: u64,
 }
 
@@ -131,74 +131,113 @@ struct Placement {
     page_number: Box<dyn Fn(usize) -> u64>,
 }
 
-/// Builds `repeats` times and applies the batches to the last tree.
-fn measure(
-    place: &Placement,
+impl Placement {
+    /// The image holding `pages` where this placement puts them.
+    fn image(&self, pages: &[(u64, Vec<u8>)]) -> Result<MemoryImage> {
+        let mut image = MemoryImage::zeroed(&self.layout)?;
+        for (i, (_, data)) in pages.iter().enumerate() {
+            image.write(self.slot, (self.page_number)(i) * PAGE_BYTES, data)?;
+        }
+        Ok(image)
+    }
+
+    /// A batch as touched blocks of this placement.
+    fn blocks(&self, batch: &[(u64, u64, [u32; BLOCK_CELLS])]) -> Vec<TouchedBlock> {
+        batch
+            .iter()
+            .map(|&(p, b, cells)| TouchedBlock {
+                slot: self.slot,
+                block: (self.page_number)(p as usize) * PAGE_BLOCKS + b,
+                cells,
+            })
+            .collect()
+    }
+}
+
+/// Times both placements with their runs interleaved (a packed build, then a sparse one,
+/// `repeats` times; then each batch on the packed tree, then on the sparse one), so load
+/// from elsewhere on a shared machine falls on both alike. Returns the measures and roots,
+/// packed first; the memory figures are filled in by [`peak_memory`].
+fn timed(
+    places: [&Placement; 2],
     pages: &[(u64, Vec<u8>)],
     batches: &[Vec<(u64, u64, [u32; BLOCK_CELLS])>],
     backend: Backend,
     k: u32,
     repeats: usize,
-) -> Result<(SparseMeasure, tree::Digest)> {
-    system::reset_peak_rss();
-    let mut image = MemoryImage::zeroed(&place.layout)?;
-    for (i, (_, data)) in pages.iter().enumerate() {
-        image.write(place.slot, (place.page_number)(i) * PAGE_BYTES, data)?;
-    }
-    let image = Arc::new(image);
-    let mut build_ms = Vec::with_capacity(repeats);
-    let mut tree: Option<Box<dyn MemoryTree>> = None;
+) -> Result<[(SparseMeasure, tree::Digest); 2]> {
+    let images = [
+        Arc::new(places[0].image(pages)?),
+        Arc::new(places[1].image(pages)?),
+    ];
+    let mut build_ms = [Vec::with_capacity(repeats), Vec::with_capacity(repeats)];
+    let mut trees: [Option<Box<dyn MemoryTree>>; 2] = [None, None];
     for _ in 0..repeats {
-        drop(tree.take());
-        let t = Instant::now();
-        tree = Some(tree::build(
-            backend,
-            place.layout.clone(),
-            Arc::clone(&image),
-            k,
-        )?);
-        build_ms.push(ms_since(t));
+        for i in 0..2 {
+            drop(trees[i].take());
+            let t = Instant::now();
+            let built = tree::build(backend, places[i].layout.clone(), Arc::clone(&images[i]), k)?;
+            build_ms[i].push(ms_since(t));
+            trees[i] = Some(built);
+        }
     }
-    // The last tree now holds the only handle, so updates write the image in place.
-    drop(image);
-    let mut tree = tree.ok_or_else(|| Error::invalid("repeats", "no build ran"))?;
-    let root = tree.root();
-    let mut ms = Vec::with_capacity(batches.len());
+    // The trees now hold the only handles, so updates write the images in place.
+    drop(images);
+    let [Some(mut packed), Some(mut sparse)] = trees else {
+        return Err(Error::invalid("repeats", "no build ran"));
+    };
+    let roots = [packed.root(), sparse.root()];
+    let mut ms = [
+        Vec::with_capacity(batches.len()),
+        Vec::with_capacity(batches.len()),
+    ];
     for batch in batches {
-        let blocks: Vec<TouchedBlock> = batch
-            .iter()
-            .map(|&(p, b, cells)| TouchedBlock {
-                slot: place.slot,
-                block: (place.page_number)(p as usize) * PAGE_BLOCKS + b,
-                cells,
-            })
-            .collect();
-        let t = Instant::now();
-        tree.update(&blocks)?;
-        ms.push(ms_since(t));
+        for (i, t) in [&mut packed, &mut sparse].into_iter().enumerate() {
+            let blocks = places[i].blocks(batch);
+            let started = Instant::now();
+            t.update(&blocks)?;
+            ms[i].push(ms_since(started));
+        }
     }
-    ms.sort_by(f64::total_cmp);
-    let usage = tree.memory_usage();
-    Ok((
-        SparseMeasure {
-            build: Timing::of(&build_ms),
-            update_p50_ms: percentile(&ms, 0.50),
-            update_p99_ms: percentile(&ms, 0.99),
-            host_bytes: usage.host_node_bytes + usage.host_raw_bytes,
-            device_bytes: usage.device_node_bytes + usage.device_raw_bytes,
-            peak_rss_bytes: system::peak_rss_bytes().unwrap_or(0),
-        },
-        root,
-    ))
+    let usage = [packed.memory_usage(), sparse.memory_usage()];
+    Ok(std::array::from_fn(|i| {
+        ms[i].sort_by(f64::total_cmp);
+        (
+            SparseMeasure {
+                build: Timing::of(&build_ms[i]),
+                update_p50_ms: percentile(&ms[i], 0.50),
+                update_p99_ms: percentile(&ms[i], 0.99),
+                host_bytes: usage[i].host_node_bytes + usage[i].host_raw_bytes,
+                device_bytes: usage[i].device_node_bytes + usage[i].device_raw_bytes,
+                peak_rss_bytes: 0,
+            },
+            roots[i],
+        )
+    }))
+}
+
+/// Peak RSS of one placement alone: its image, one build and the first batch, with the
+/// process's `VmHWM` reset first (0 where `/proc` cannot tell).
+fn peak_memory(
+    place: &Placement,
+    pages: &[(u64, Vec<u8>)],
+    batch: &[(u64, u64, [u32; BLOCK_CELLS])],
+    backend: Backend,
+    k: u32,
+) -> Result<u64> {
+    system::reset_peak_rss();
+    let image = Arc::new(place.image(pages)?);
+    let mut t = tree::build(backend, place.layout.clone(), image, k)?;
+    t.update(&place.blocks(batch))?;
+    let peak = system::peak_rss_bytes().unwrap_or(0);
+    drop(t);
+    Ok(peak)
 }
 
 /// The root of `pages` placed by `place`, from the reference tree.
 fn reference_root(place: &Placement, pages: &[(u64, Vec<u8>)]) -> Result<tree::Digest> {
-    let mut image = MemoryImage::zeroed(&place.layout)?;
-    for (i, (_, data)) in pages.iter().enumerate() {
-        image.write(place.slot, (place.page_number)(i) * PAGE_BYTES, data)?;
-    }
-    Ok(tree::build(Backend::Reference, place.layout.clone(), Arc::new(image), 0)?.root())
+    let image = Arc::new(place.image(pages)?);
+    Ok(tree::build(Backend::Reference, place.layout.clone(), image, 0)?.root())
 }
 
 /// Runs the sparse case at one `fraction` of the RAM slot's pages, `k` and `backend`.
@@ -242,8 +281,10 @@ pub fn run_case(
         slot: 0,
         page_number: Box::new(|i| i as u64),
     };
-    let (packed_m, packed_root) = measure(&packed, &pages, &batches, backend, k, repeats)?;
-    let (sparse_m, sparse_root) = measure(&sparse, &pages, &batches, backend, k, repeats)?;
+    let [(mut packed_m, packed_root), (mut sparse_m, sparse_root)] =
+        timed([&packed, &sparse], &pages, &batches, backend, k, repeats)?;
+    packed_m.peak_rss_bytes = peak_memory(&packed, &pages, &batches[0], backend, k)?;
+    sparse_m.peak_rss_bytes = peak_memory(&sparse, &pages, &batches[0], backend, k)?;
     let roots_checked = n <= ROOT_CHECK_PAGES;
     if roots_checked {
         for (what, place, root) in [
