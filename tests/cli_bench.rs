@@ -22,6 +22,10 @@ fn bench_writes_table_json_and_svg() {
             "2",
             "--backends",
             "cpu,reference",
+            "--sparse",
+            "0.0001",
+            "--sparse-omitted-levels",
+            "3",
             "--out",
         ])
         .arg(dir.path())
@@ -32,6 +36,10 @@ fn bench_writes_table_json_and_svg() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("p3-merkle-tree 0.8.0 MerkleTree::new"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sparse: OpenVM's default layout"),
         "{stdout}"
     );
 
@@ -61,6 +69,28 @@ fn bench_writes_table_json_and_svg() {
     assert_eq!(row["raw_bytes"], 1024);
     assert!(row["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
     assert_eq!(row["peak_device_bytes"], 0);
+
+    // The sparse case on cpu only (the reference is left out): 0.01 % of the 131072 RAM
+    // pages is 13 pages, batches of 1 % of their 6656 blocks.
+    let sparse = report["sparse"].as_array().expect("sparse");
+    assert_eq!(sparse.len(), 1);
+    let s = &sparse[0];
+    assert_eq!(
+        (&s["backend"], &s["k"], &s["pages"], &s["batch_blocks"]),
+        (&"cpu".into(), &3.into(), &13.into(), &66.into())
+    );
+    assert_eq!(s["roots_checked"], true);
+    // Packed: 13 of the 16 pages of a 2^13-block slot, 127 digests each, its dense levels
+    // 10..=13 (15) and the top root; 13 × 4 KiB raw.
+    let packed = s["packed"]["host_bytes"].as_u64().expect("bytes");
+    assert_eq!(packed, (13 * 127 + 15 + 1) * 32 + 13 * 4096);
+    // Sparse: the same pages, plus OpenVM's 2047 dense digests of slot 1 and its few sparse
+    // upper nodes: within 100 KiB of the packed tree, nowhere near the declared 512 MiB.
+    let sparse_bytes = s["sparse"]["host_bytes"].as_u64().expect("bytes");
+    assert!(
+        (packed..packed + (100 << 10)).contains(&sparse_bytes),
+        "{sparse_bytes} vs {packed}"
+    );
 
     let svg = std::fs::read_to_string(dir.path().join("bench.svg")).expect("svg");
     assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);

@@ -77,7 +77,7 @@ pub struct Args {
     /// The sparse case: OpenVM's default layout with these fractions of its 2^29-byte RAM
     /// slot's 4 KiB pages present (random pages, random bytes), against the same pages
     /// packed into one compact slot, on cpu and cuda. Default 0.001,0.01,1 (--quick:
-    /// 0.001,0.01); 0 skips it.
+    /// 0.001,0.01; --no-sweep: none); 0 skips it.
     #[arg(long, value_delimiter = ',', value_name = "F,...")]
     sparse: Option<Vec<f64>>,
     /// omitted_levels of the sparse case, comma-separated. Default 3.
@@ -176,8 +176,11 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
             bail!("--trace {}: no such file", t.display());
         }
     }
+    // --no-sweep runs only what is asked for by name.
     let mut sparse = args.sparse.clone().unwrap_or_else(|| {
-        if q {
+        if args.no_sweep {
+            vec![]
+        } else if q {
             vec![0.001, 0.01]
         } else {
             vec![0.001, 0.01, 1.0]
