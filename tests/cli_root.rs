@@ -170,3 +170,63 @@ fn root_with_auto_omitted_levels_logs_the_chosen_k_and_keeps_the_root() {
         stderr(&out)
     );
 }
+
+/// An image file of OpenVM's 2^29-byte RAM slot, written sparse (holes) and dense (zeros on
+/// disk), holding 3 scattered non-zero pages: both give the reference root of those pages,
+/// and only the 3 pages become present (all-zero pages are skipped).
+#[test]
+fn root_skips_zero_pages_of_sparse_and_dense_ram_images() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::sync::Arc;
+
+    use memcommit::image::MemoryImage;
+    use memcommit::trace::lackey::openvm_layout;
+    use memcommit::tree::{reference::ReferenceTree, MemoryTree};
+
+    let layout = openvm_layout().expect("layout");
+    let pages: [(u64, u8); 3] = [(7, 1), (40_000, 2), ((1 << 17) - 1, 3)];
+    let mut image = MemoryImage::zeroed(&layout).expect("image");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sparse, dense) = (dir.path().join("ram.sparse"), dir.path().join("ram.dense"));
+    let mut f = std::fs::File::create(&sparse).expect("create");
+    f.set_len(1 << 29).expect("sparse length");
+    let mut d = std::fs::File::create(&dense).expect("create");
+    let mut at = 0u64;
+    for (page, value) in pages {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i % 7) as u8 * value).collect();
+        image.write(1, page * 4096, &data).expect("write");
+        f.seek(SeekFrom::Start(page * 4096)).expect("seek");
+        f.write_all(&data).expect("write");
+        d.write_all(&vec![0; (page * 4096 - at) as usize])
+            .expect("zeros");
+        d.write_all(&data).expect("write");
+        at = (page + 1) * 4096;
+    }
+    drop((f, d));
+    let expected = ReferenceTree::build(layout.clone(), Arc::new(image), 0).root();
+    let layout_path = dir.path().join("openvm.json");
+    std::fs::write(&layout_path, serde_json::to_string(&layout).expect("json")).expect("write");
+    for file in [&sparse, &dense] {
+        let out = Command::new(env!("CARGO_BIN_EXE_memcommit"))
+            .arg("root")
+            .arg("--layout")
+            .arg(&layout_path)
+            .arg("--image")
+            .arg(format!("1={}", file.display()))
+            .args(["--backend", "cpu"])
+            .output()
+            .expect("run memcommit");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(printed, serde_json::json!({ "root": expected }), "{file:?}");
+        assert!(
+            stderr(&out).contains(&format!(
+                "image: 3 present pages, 12288 raw bytes (all-zero pages skipped; {} bytes \
+                 declared)",
+                layout.raw_bytes()
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

@@ -198,6 +198,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         load_image(&mut image, *slot, file)
             .with_context(|| format!("--image {slot}={}", file.display()))?;
     }
+    tracing::info!(
+        "image: {} present pages, {} raw bytes (all-zero pages skipped; {} bytes declared)",
+        image.total_pages(),
+        image.total_bytes(),
+        layout.raw_bytes()
+    );
     let k = resolve_omitted_levels(
         args.omitted_levels,
         &layout,
