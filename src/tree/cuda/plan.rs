@@ -246,15 +246,41 @@ impl Resolver<'_> {
         step0: usize,
         rounds: &mut Rounds,
     ) -> Result<()> {
-        let (g, _) = self.slot(slot)?;
+        let (g, place) = self.slot(slot)?;
+        let q = g.shape.page_levels;
         for l in from + 1..=g.shape.height {
             dirty = parents_of(&dirty);
             let step = step0 + (l - from - 1) as usize;
+            // Inside the pages a parent's children share its page: one page-table lookup
+            // per page and level (the dirty list is sorted, so a page's parents are
+            // consecutive).
+            let mut page: Option<(u64, u64)> = None;
             for &p in &dirty {
-                let task = PairTask {
-                    parent: self.written(slot, l, p)?,
-                    left: self.node(slot, l - 1, 2 * p)?,
-                    right: self.node(slot, l - 1, 2 * p + 1)?,
+                let task = if l <= q {
+                    let number = p >> (q - l);
+                    let id = match page {
+                        Some((n, id)) if n == number => id,
+                        _ => {
+                            let id = self.image.page_id(slot, number).ok_or_else(|| {
+                                internal(format!("slot {slot} page {number} is absent"))
+                            })?;
+                            page = Some((number, u64::from(id)));
+                            u64::from(id)
+                        }
+                    };
+                    let local = p & ((1u64 << (q - l)) - 1);
+                    let left = g.page_node(place, l - 1, id, 2 * local);
+                    PairTask {
+                        parent: g.page_node(place, l, id, local),
+                        left,
+                        right: left + 1,
+                    }
+                } else {
+                    PairTask {
+                        parent: self.written(slot, l, p)?,
+                        left: self.node(slot, l - 1, 2 * p)?,
+                        right: self.node(slot, l - 1, 2 * p + 1)?,
+                    }
                 };
                 rounds.push(step, (Base::Nodes, Base::Nodes), task);
             }
