@@ -120,7 +120,7 @@ fn four_spaces_vector_at_every_k() {
     for k in 0..=11 {
         let cpu = tree::build(Backend::Cpu, layout.clone(), image.clone(), k).expect("build");
         assert_eq!(cpu.root(), root, "k = {k}");
-        // Stored digests match the DESIGN formula for the present pages.
+        // Stored digests match the docs/design.md formula for the present pages.
         assert_eq!(
             cpu.memory_usage().host_node_bytes,
             tree::node_bytes(&layout, &image, k),

@@ -19,13 +19,12 @@ mod common;
 mod device {
     use std::sync::Arc;
 
-    use super::common::random::{batch_from, corrupt, layout};
+    use super::common::random::{batch_from, layout, paged_batch_from, paged_layout};
     use super::common::{check_openings, device_cases, four_spaces, image_with};
     use memcommit::image::MemoryImage;
     use memcommit::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout};
     use memcommit::tree::cpu::CpuTree;
     use memcommit::tree::cuda::{probe_device, CudaDevice, CudaTree, Device};
-    use memcommit::tree::reference::ReferenceTree;
     use memcommit::tree::{self, Backend, MemoryTree, TouchedBlock};
     use memcommit::Error;
     use proptest::prelude::*;
@@ -41,6 +40,16 @@ mod device {
             }
         }
     }
+
+    /// The GPU device's counters for the shared cases: exact allocations, no sync count.
+    const GPU: device_cases::Extras<CudaDevice> = device_cases::Extras {
+        stray_bytes: |t| {
+            let usage = t.memory_usage();
+            t.device().allocated_bytes() - usage.device_node_bytes - usage.device_raw_bytes
+        },
+        host_syncs: |_| None,
+        permutations: || None,
+    };
 
     fn on_gpu(layout: &MemoryLayout, image: Arc<MemoryImage>, k: u32) -> CudaTree<CudaDevice> {
         let device = CudaDevice::new().expect("device");
@@ -89,13 +98,12 @@ mod device {
         if device().is_none() {
             return;
         }
-        device_cases::four_spaces_vector_at_every_k(on_gpu, |t, layout| {
+        device_cases::four_spaces_vector_at_every_k(on_gpu, |t, _| {
             let usage = t.memory_usage();
-            assert_eq!(usage.device_raw_bytes, layout.raw_bytes());
             assert_eq!(
                 t.device().allocated_bytes(),
-                usage.device_node_bytes + usage.device_raw_bytes.max(16),
-                "only the node and raw buffers outlive a call"
+                usage.device_node_bytes + usage.device_raw_bytes,
+                "only the node and raw arrays outlive a call"
             );
         });
     }
@@ -114,6 +122,22 @@ mod device {
             return;
         }
         device_cases::updates_reach_the_four_spaces_root_from_zero(on_gpu);
+    }
+
+    #[test]
+    fn openvm_layout_with_512_scattered_pages_costs_its_pages_on_the_device() {
+        if device().is_none() {
+            return;
+        }
+        device_cases::openvm_layout_with_512_scattered_pages(on_gpu, &GPU);
+    }
+
+    #[test]
+    fn a_tall_slot_at_k_below_at_and_above_the_page_level_equals_the_cpu_tree() {
+        if device().is_none() {
+            return;
+        }
+        device_cases::tall_slot_at_every_k(on_gpu);
     }
 
     #[test]
@@ -154,42 +178,66 @@ mod device {
             ..Config::default()
         });
         let result = runner.run(&strategy, |(layout, k, image_seeds, batches)| {
-            let image = image_with(&layout, &batch_from(&layout, &image_seeds));
-            let mut dev = on_gpu(&layout, image.clone(), k);
-            let mut reference = ReferenceTree::build(layout.clone(), image, k);
-            prop_assert_eq!(dev.root(), reference.root());
-            prop_assert_eq!(
-                dev.memory_usage().device_node_bytes,
-                device_cases::expected_device_node_bytes(&layout, k)
-            );
-            for (seeds, invalid, how) in batches {
-                let mut batch: Vec<TouchedBlock> = batch_from(&layout, &seeds);
-                if invalid && !batch.is_empty() {
-                    corrupt(&layout, &mut batch, how);
-                    let before = dev.root();
-                    let image_before = dev.image().clone();
-                    let err = dev.update(&batch).expect_err("invalid batch rejected");
-                    prop_assert!(matches!(err, Error::InvalidArgument { .. }), "{}", err);
-                    prop_assert!(reference.update(&batch).is_err());
-                    prop_assert_eq!(dev.root(), before);
-                    prop_assert_eq!(dev.image(), &image_before);
-                    continue;
-                }
-                let new_root = dev.update(&batch).expect("valid batch");
-                prop_assert_eq!(new_root, reference.update(&batch).expect("valid batch"));
-                prop_assert_eq!(dev.root(), reference.root());
-                prop_assert_eq!(dev.image(), reference.image());
-                let mut positions: Vec<_> = batch.iter().map(|b| (b.slot, b.block)).collect();
-                let rotated: Vec<u64> = seeds.iter().map(|s| s.rotate_left(7)).collect();
-                positions.extend(
-                    batch_from(&layout, &rotated)
+            let batches = batches
+                .into_iter()
+                .map(|(seeds, invalid, how)| {
+                    let rotated: Vec<u64> = seeds.iter().map(|s| s.rotate_left(7)).collect();
+                    let extra = batch_from(&layout, &rotated)
                         .iter()
                         .take(3)
-                        .map(|b| (b.slot, b.block)),
-                );
-                check_openings(&layout, &dev, &reference, &positions);
-            }
-            Ok(())
+                        .map(|b| (b.slot, b.block))
+                        .collect();
+                    (batch_from(&layout, &seeds), invalid.then_some(how), extra)
+                })
+                .collect();
+            let image = batch_from(&layout, &image_seeds);
+            device_cases::check_against_reference(on_gpu, &GPU, &layout, k, &image, batches)
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
+
+    /// The paged cases of `tests/cuda_emulated.rs`: slots taller than a page and with sparse
+    /// levels, few pages present, k from 0 to 12.
+    #[test]
+    fn device_tree_over_pages_equals_reference_on_random_cases() {
+        if device().is_none() {
+            return;
+        }
+        let strategy = (
+            paged_layout(),
+            prop_oneof![0u32..=8, 9u32..=12],
+            prop::collection::vec(any::<u64>(), 0..16),
+            prop::collection::vec(
+                (
+                    prop::collection::vec(any::<u64>(), 0..24),
+                    any::<u8>(),
+                    any::<u8>(),
+                ),
+                1..4,
+            ),
+        );
+        let mut runner = TestRunner::new(Config {
+            cases: 128,
+            ..Config::default()
+        });
+        let result = runner.run(&strategy, |(layout, k, image_seeds, batches)| {
+            let batches = batches
+                .into_iter()
+                .map(|(seeds, invalid, how)| {
+                    let rotated: Vec<u64> = seeds.iter().map(|s| s.rotate_left(13)).collect();
+                    let extra = paged_batch_from(&layout, &rotated)
+                        .iter()
+                        .take(4)
+                        .map(|b| (b.slot, b.block))
+                        .collect();
+                    let corrupt = (invalid % 8 == 0).then_some(how);
+                    (paged_batch_from(&layout, &seeds), corrupt, extra)
+                })
+                .collect();
+            let image = paged_batch_from(&layout, &image_seeds);
+            device_cases::check_against_reference(on_gpu, &GPU, &layout, k, &image, batches)
         });
         if let Err(e) = result {
             panic!("{e}");

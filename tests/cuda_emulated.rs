@@ -6,14 +6,13 @@ mod common;
 
 use std::sync::Arc;
 
-use common::random::{batch_from, corrupt, layout};
-use common::{check_openings, device_cases, digest, four_spaces, image_with, u32s, vectors};
+use common::random::{batch_from, layout, paged_batch_from, paged_layout};
+use common::{device_cases, digest, four_spaces, image_with, u32s, vectors};
 use memcommit::hash::{permute, F, P};
 use memcommit::image::MemoryImage;
 use memcommit::layout::{CellType, MemoryLayout};
 use memcommit::tree::cuda::{index, probe, CudaTree, EmulatedDevice};
-use memcommit::tree::reference::ReferenceTree;
-use memcommit::tree::{self, MemoryTree, TouchedBlock};
+use memcommit::tree::{self, MemoryTree};
 use memcommit::Error;
 use p3_baby_bear::{
     BABYBEAR_POSEIDON2_RC_16_EXTERNAL_FINAL, BABYBEAR_POSEIDON2_RC_16_EXTERNAL_INITIAL,
@@ -167,26 +166,21 @@ fn index_arithmetic_equals_the_header() {
             for l in b..=h {
                 assert_eq!(index::level_offset(h, b, l), probe::level_offset(h, b, l));
             }
-            for ah in h..=32 {
-                assert_eq!(index::slot_digests(h, b, ah), probe::slot_digests(h, b, ah));
-                if h <= 16 {
-                    // A fully present slot stores what the dense device array holds.
-                    let pages: Vec<u64> = (0..1u64 << (h - h.min(9))).collect();
-                    assert_eq!(
-                        index::slot_digests(h, b, ah),
-                        tree::SlotShape::new(h, k).stored_digests(ah, &pages)
-                    );
-                }
-            }
-            for j in 0..4 {
+            // A page's levels b..=q, level-major over one page, are the shape's digests.
+            let shape = tree::SlotShape::new(h, k);
+            if shape.pages_store_nodes() {
+                let (q, b) = (shape.page_levels, shape.base);
                 assert_eq!(
-                    index::vertical_offset(h, b, j),
-                    probe::vertical_offset(h, b, j)
+                    probe::level_offset(q, b, q) + 1,
+                    shape.page_digests(),
+                    "h {h} k {k}"
                 );
             }
         }
     }
     for ash in 0..=16u32 {
+        assert_eq!(index::top_digests(ash), probe::top_digests(ash));
+        assert_eq!(probe::top_digests(ash), (2u64 << ash) - 1);
         for l in 0..=ash {
             assert_eq!(
                 index::top_level_offset(ash, l),
@@ -194,17 +188,18 @@ fn index_arithmetic_equals_the_header() {
             );
         }
     }
+    let (c, rust) = probe::absent_page();
+    assert_eq!((c, rust), (u64::MAX, u64::MAX));
 }
 
 #[test]
 fn four_spaces_vector_at_every_k() {
-    device_cases::four_spaces_vector_at_every_k(emulated, |t, layout| {
+    device_cases::four_spaces_vector_at_every_k(emulated, |t, _| {
         let usage = t.memory_usage();
-        assert!(usage.device_raw_bytes >= layout.raw_bytes());
         assert_eq!(
             t.device().allocated_bytes(),
-            (usage.device_node_bytes + usage.device_raw_bytes).next_multiple_of(16),
-            "only the node and raw buffers outlive a call"
+            usage.device_node_bytes + usage.device_raw_bytes.next_multiple_of(16),
+            "only the node and raw arrays outlive a call (the emulator allocates 16-byte words)"
         );
     });
 }
@@ -246,6 +241,29 @@ fn build_rejects_a_bad_k_or_image() {
     assert!(CudaTree::build(EmulatedDevice::new(), layout, image, 3).is_err());
 }
 
+#[test]
+fn openvm_layout_with_512_scattered_pages_costs_its_pages_on_the_device() {
+    device_cases::openvm_layout_with_512_scattered_pages(emulated, &EMULATED);
+}
+
+#[test]
+fn a_tall_slot_at_k_below_at_and_above_the_page_level_equals_the_cpu_tree() {
+    device_cases::tall_slot_at_every_k(emulated);
+}
+
+/// The emulator's counters for the shared cases: it allocates 16-byte words and counts
+/// host waits.
+const EMULATED: device_cases::Extras<EmulatedDevice> = device_cases::Extras {
+    stray_bytes: |t| {
+        let usage = t.memory_usage();
+        t.device().allocated_bytes()
+            - usage.device_node_bytes
+            - usage.device_raw_bytes.next_multiple_of(16)
+    },
+    host_syncs: |t| Some(t.device().host_syncs()),
+    permutations: || Some(EmulatedDevice::permutations_on_this_thread()),
+};
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -255,6 +273,7 @@ proptest! {
         prop_assert_eq!(probe::permute(state).expect("canonical").to_vec(), want);
     }
 
+    /// Small slots (at most one page each), k = 0..=6.
     #[test]
     fn emulated_cuda_tree_equals_reference(
         layout in layout(),
@@ -263,33 +282,43 @@ proptest! {
         batches in prop::collection::vec(
             (prop::collection::vec(any::<u64>(), 0..40), any::<bool>(), any::<u8>()), 1..5),
     ) {
-        let image = image_with(&layout, &batch_from(&layout, &image_seeds));
-        let mut dev = emulated(&layout, image.clone(), k);
-        let mut reference = ReferenceTree::build(layout.clone(), image, k);
-        prop_assert_eq!(dev.root(), reference.root());
-        prop_assert_eq!(dev.memory_usage().device_node_bytes, device_cases::expected_device_node_bytes(&layout, k));
-        for (seeds, invalid, how) in batches {
-            let mut batch: Vec<TouchedBlock> = batch_from(&layout, &seeds);
-            if invalid && !batch.is_empty() {
-                corrupt(&layout, &mut batch, how);
-                let before = dev.root();
-                let image_before = dev.image().clone();
-                let err = dev.update(&batch).expect_err("invalid batch rejected");
-                prop_assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
-                prop_assert!(reference.update(&batch).is_err());
-                prop_assert_eq!(dev.root(), before);
-                prop_assert_eq!(dev.image(), &image_before);
-                continue;
-            }
-            let new_root = dev.update(&batch).expect("valid batch");
-            prop_assert_eq!(new_root, reference.update(&batch).expect("valid batch"));
-            prop_assert_eq!(dev.root(), reference.root());
-            prop_assert_eq!(dev.image(), reference.image());
-            // The touched blocks, plus a few untouched ones (siblings below k from raw memory).
-            let mut positions: Vec<_> = batch.iter().map(|b| (b.slot, b.block)).collect();
-            positions.extend(batch_from(&layout, &seeds.iter().map(|s| s.rotate_left(7)).collect::<Vec<_>>())
-                .iter().take(3).map(|b| (b.slot, b.block)));
-            check_openings(&layout, &dev, &reference, &positions);
-        }
+        let batches = batches
+            .into_iter()
+            .map(|(seeds, invalid, how)| {
+                // The touched blocks, plus a few untouched ones (siblings below k from raw
+                // memory).
+                let rotated: Vec<u64> = seeds.iter().map(|s| s.rotate_left(7)).collect();
+                let extra = batch_from(&layout, &rotated).iter().take(3).map(|b| (b.slot, b.block)).collect();
+                (batch_from(&layout, &seeds), invalid.then_some(how), extra)
+            })
+            .collect();
+        device_cases::check_against_reference(emulated, &EMULATED, &layout, k, &batch_from(&layout, &image_seeds), batches)?;
+    }
+}
+
+proptest! {
+    // Slots of up to 2^12 blocks (8 pages) and of 2^21..2^23 blocks (sparse upper levels),
+    // with few pages present; k below, at and above the page level (9) and above the
+    // height. About 4 s in release on the 2-core machine.
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn emulated_cuda_tree_over_pages_equals_reference(
+        layout in paged_layout(),
+        k in prop_oneof![0u32..=8, 9u32..=12],
+        image_seeds in prop::collection::vec(any::<u64>(), 0..16),
+        batches in prop::collection::vec(
+            (prop::collection::vec(any::<u64>(), 0..24), any::<u8>(), any::<u8>()), 1..4),
+    ) {
+        let batches = batches
+            .into_iter()
+            .map(|(seeds, invalid, how)| {
+                let rotated: Vec<u64> = seeds.iter().map(|s| s.rotate_left(13)).collect();
+                let extra = paged_batch_from(&layout, &rotated).iter().take(4).map(|b| (b.slot, b.block)).collect();
+                // One batch in eight is corrupted.
+                (paged_batch_from(&layout, &seeds), (invalid % 8 == 0).then_some(how), extra)
+            })
+            .collect();
+        device_cases::check_against_reference(emulated, &EMULATED, &layout, k, &paged_batch_from(&layout, &image_seeds), batches)?;
     }
 }

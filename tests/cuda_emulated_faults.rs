@@ -1,10 +1,12 @@
 //! `CudaTree`'s failure rules, on an emulated device that fails on demand: a batch whose
-//! staging allocation fails leaves the tree unchanged; a launch failure marks the tree lost,
-//! so later updates and openings answer `Unavailable` instead of a wrong root.
+//! device allocation (staging, or the bigger arrays for the pages it creates) fails leaves
+//! the tree, its image and its pages unchanged and usable; a launch or copy failure marks the
+//! tree lost, so later updates and openings answer `Unavailable` instead of a wrong root, and
+//! still leaves root, image and pages as before the batch.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{four_spaces, image_with};
@@ -12,12 +14,16 @@ use memcommit::tree::cuda::{CudaTree, Device, DevicePtr, EmulatedDevice};
 use memcommit::tree::{MemoryTree, TouchedBlock};
 use memcommit::{Error, Result};
 
-/// An emulated device whose allocations or launches fail while the flags are set.
+/// An emulated device whose allocations, launches or device-to-device copies fail on
+/// demand.
 #[derive(Default)]
 struct Flaky {
     inner: Arc<EmulatedDevice>,
     fail_alloc: AtomicBool,
+    /// Allocations of at least this many bytes fail (0: none).
+    fail_alloc_from: AtomicU64,
     fail_launch: AtomicBool,
+    fail_copy: AtomicBool,
 }
 
 impl Flaky {
@@ -35,7 +41,8 @@ impl Device for Flaky {
         "flaky emulated device".into()
     }
     fn alloc(&self, bytes: u64) -> Result<DevicePtr> {
-        if self.fail_alloc.load(Ordering::SeqCst) {
+        let from = self.fail_alloc_from.load(Ordering::SeqCst);
+        if self.fail_alloc.load(Ordering::SeqCst) || (from > 0 && bytes >= from) {
             return Err(Error::ResourceExhausted("injected".into()));
         }
         self.inner.alloc(bytes)
@@ -45,6 +52,12 @@ impl Device for Flaky {
     }
     unsafe fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
         unsafe { self.inner.copy_to_device(dst, src) }
+    }
+    unsafe fn copy_device_to_device(&self, dst: DevicePtr, src: DevicePtr, n: u64) -> Result<()> {
+        if self.fail_copy.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable("injected copy failure".into()));
+        }
+        unsafe { self.inner.copy_device_to_device(dst, src, n) }
     }
     unsafe fn copy_to_host(&self, dst: &mut [u8], src: DevicePtr) -> Result<()> {
         unsafe { self.inner.copy_to_host(dst, src) }
@@ -75,6 +88,10 @@ impl Device for Flaky {
         self.launch()?;
         unsafe { self.inner.vertical(n, z, t, count) }
     }
+    unsafe fn fill_digests(&self, out: DevicePtr, value: DevicePtr, count: u64) -> Result<()> {
+        self.launch()?;
+        unsafe { self.inner.fill_digests(out, value, count) }
+    }
     unsafe fn scatter(&self, raw: DevicePtr, t: DevicePtr, count: u64) -> Result<()> {
         self.launch()?;
         unsafe { self.inner.scatter(raw, t, count) }
@@ -89,16 +106,24 @@ impl Device for Flaky {
         self.launch()?;
         unsafe { self.inner.hash_tasks(r, t, count, n) }
     }
-    unsafe fn compress_pairs(&self, n: DevicePtr, t: DevicePtr, count: u64) -> Result<()> {
+    unsafe fn compress_pairs(
+        &self,
+        c: DevicePtr,
+        p: DevicePtr,
+        t: DevicePtr,
+        count: u64,
+    ) -> Result<()> {
         self.launch()?;
-        unsafe { self.inner.compress_pairs(n, t, count) }
+        unsafe { self.inner.compress_pairs(c, p, t, count) }
     }
     unsafe fn openings(
         &self,
         raw: DevicePtr,
         nodes: DevicePtr,
+        fold: DevicePtr,
         zero: DevicePtr,
         tasks: DevicePtr,
+        listed: DevicePtr,
         count: u64,
         top_offset: u64,
         address_height: u32,
@@ -110,8 +135,10 @@ impl Device for Flaky {
             self.inner.openings(
                 raw,
                 nodes,
+                fold,
                 zero,
                 tasks,
+                listed,
                 count,
                 top_offset,
                 address_height,
@@ -122,12 +149,51 @@ impl Device for Flaky {
     }
 }
 
+/// Block 17 of slot 1 lies in its page 0, absent in the `four_spaces` image (only block
+/// 1023, in page 1, is written there): the batch creates a page.
 fn batch() -> Vec<TouchedBlock> {
     vec![TouchedBlock {
         slot: 1,
         block: 17,
         cells: [5; 8],
     }]
+}
+
+/// A batch in present pages only (slot 1's page 1, slot 0's only page): no growth.
+fn batch_in_present_pages() -> Vec<TouchedBlock> {
+    vec![
+        TouchedBlock {
+            slot: 1,
+            block: 600,
+            cells: [7; 8],
+        },
+        TouchedBlock {
+            slot: 0,
+            block: 3,
+            cells: [9; 8],
+        },
+    ]
+}
+
+fn flaky_tree() -> CudaTree<Flaky> {
+    let (layout, leaves, _) = four_spaces();
+    CudaTree::build(
+        Flaky::default(),
+        layout.clone(),
+        image_with(&layout, &leaves),
+        3,
+    )
+    .expect("build")
+}
+
+/// Device bytes the tree holds equal what the emulator has allocated: no scratch outlives a
+/// call, and a move to bigger arrays freed the old ones.
+fn assert_only_the_arrays_are_allocated(t: &CudaTree<Flaky>) {
+    let usage = t.memory_usage();
+    assert_eq!(
+        t.device().inner.allocated_bytes(),
+        usage.device_node_bytes + usage.device_raw_bytes.next_multiple_of(16)
+    );
 }
 
 #[test]
@@ -150,12 +216,7 @@ fn failed_staging_allocation_leaves_the_tree_unchanged() {
     t.device().fail_alloc.store(false, Ordering::SeqCst);
     let new_root = t.update(&batch()).expect("update");
     assert_ne!(new_root, root);
-    assert_eq!(
-        t.device().inner.allocated_bytes(),
-        (t.memory_usage().device_node_bytes + t.memory_usage().device_raw_bytes)
-            .next_multiple_of(16),
-        "staging buffers are freed after each call"
-    );
+    assert_only_the_arrays_are_allocated(&t);
 }
 
 #[test]
@@ -172,11 +233,7 @@ fn launch_failure_marks_the_tree_lost() {
     t.device().fail_launch.store(true, Ordering::SeqCst);
     assert!(matches!(t.update(&batch()), Err(Error::Unavailable(_))));
     assert_eq!(t.root(), root, "root stays the last good one");
-    assert_eq!(
-        t.image(),
-        &image,
-        "host raw memory is written only after success"
-    );
+    assert_eq!(t.image(), &image, "the host image write is undone");
     t.device().fail_launch.store(false, Ordering::SeqCst);
     assert!(matches!(t.update(&batch()), Err(Error::Unavailable(_))));
     assert!(matches!(t.openings(&[(0, 0)]), Err(Error::Unavailable(_))));
@@ -193,4 +250,63 @@ fn failed_build_frees_its_buffers() {
         .expect("launch fails");
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     assert_eq!(inner.allocated_bytes(), 0);
+}
+
+#[test]
+fn growth_allocation_failure_leaves_tree_image_and_pages_unchanged() {
+    let (_, _, root) = four_spaces();
+    let mut t = flaky_tree();
+    let image = t.image().clone();
+    let usage = t.memory_usage();
+    // The batch needs a bigger node array (and raw array); the small staging lists still fit.
+    t.device().fail_alloc_from.store(
+        usage.device_raw_bytes.min(usage.device_node_bytes),
+        Ordering::SeqCst,
+    );
+    let err = t.update(&batch()).expect_err("no memory for the new page");
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    assert_eq!(t.root(), root);
+    assert_eq!(t.image(), &image);
+    assert_eq!(t.image().present_pages(1), 1, "the page is not created");
+    assert_eq!(t.memory_usage(), usage);
+    assert_only_the_arrays_are_allocated(&t);
+    // Usable once memory is back, and equal to a tree built over the new image.
+    t.device().fail_alloc_from.store(0, Ordering::SeqCst);
+    let new_root = t.update(&batch()).expect("update");
+    assert_eq!(t.image().present_pages(1), 2);
+    let (layout, _, _) = four_spaces();
+    let fresh = CudaTree::build(Flaky::default(), layout, t.image().clone(), 3).expect("build");
+    assert_eq!(new_root, fresh.root());
+    assert_only_the_arrays_are_allocated(&t);
+}
+
+#[test]
+fn a_failed_device_part_leaves_root_image_and_pages_as_before() {
+    let (_, _, root) = four_spaces();
+    for fail in ["launch", "copy"] {
+        for (name, b) in [
+            ("creating", batch()),
+            ("in place", batch_in_present_pages()),
+        ] {
+            if fail == "copy" && name == "in place" {
+                continue; // nothing is copied device to device without growth
+            }
+            let mut t = flaky_tree();
+            let image = t.image().clone();
+            let pages = image.total_pages();
+            let flag = match fail {
+                "launch" => &t.device().fail_launch,
+                _ => &t.device().fail_copy,
+            };
+            flag.store(true, Ordering::SeqCst);
+            let err = t.update(&b).expect_err("device failure");
+            assert!(matches!(err, Error::Unavailable(_)), "{fail} {name}: {err}");
+            assert_eq!(t.root(), root, "{fail} {name}");
+            assert_eq!(t.image(), &image, "{fail} {name}");
+            assert_eq!(t.image().total_pages(), pages, "{fail} {name}");
+            // The tree is lost, and keeps only arrays it owns (the batch's are freed).
+            assert!(matches!(t.update(&b), Err(Error::Unavailable(_))));
+            assert_only_the_arrays_are_allocated(&t);
+        }
+    }
 }

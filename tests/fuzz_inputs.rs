@@ -75,7 +75,7 @@ impl Spec {
         s + "}"
     }
 
-    /// The field the first rule this spec breaks names (DESIGN.md "Layout JSON"), or `None`
+    /// The field the first rule this spec breaks names (docs/design.md "Layout JSON"), or `None`
     /// for a valid spec. Computed here from the rules, not from the parser.
     fn first_error(&self) -> Option<String> {
         if self

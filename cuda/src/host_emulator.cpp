@@ -49,18 +49,26 @@ int32_t mc_emu_hash_tasks(const uint8_t* raw, const McHashTask* tasks, uint64_t 
     return 0;
 }
 
-int32_t mc_emu_compress_pairs(uint32_t* nodes, const McPairTask* tasks, uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) mc::compress_pairs_body(t, nodes, tasks, count);
+int32_t mc_emu_fill_digests(uint32_t* out, const uint32_t* value, uint64_t count) {
+    for (uint64_t t = 0; t < count; ++t) mc::fill_digests_body(t, out, value, count);
     return 0;
 }
 
-int32_t mc_emu_openings(const uint8_t* raw, const uint32_t* nodes, const uint32_t* zero,
-                        const McOpenTask* tasks, uint64_t count, uint64_t top_offset,
-                        uint32_t address_height, uint32_t address_space_height,
-                        uint32_t* out) {
+int32_t mc_emu_compress_pairs(const uint32_t* children, uint32_t* parents,
+                              const McPairTask* tasks, uint64_t count) {
     for (uint64_t t = 0; t < count; ++t) {
-        mc::openings_body(t, raw, nodes, zero, tasks, count, top_offset, address_height,
-                          address_space_height, out);
+        mc::compress_pairs_body(t, children, parents, tasks, count);
+    }
+    return 0;
+}
+
+int32_t mc_emu_openings(const uint8_t* raw, const uint32_t* nodes, const uint32_t* fold,
+                        const uint32_t* zero, const McOpenTask* tasks, const uint64_t* listed,
+                        uint64_t count, uint64_t top_offset, uint32_t address_height,
+                        uint32_t address_space_height, uint32_t* out) {
+    for (uint64_t t = 0; t < count; ++t) {
+        mc::openings_body(t, raw, nodes, fold, zero, tasks, listed, count, top_offset,
+                          address_height, address_space_height, out);
     }
     return 0;
 }
@@ -113,14 +121,14 @@ void mc_emu_leaf_from_raw(const uint8_t* raw, uint32_t cell, uint64_t block, uin
 uint64_t mc_emu_level_offset(uint32_t h, uint32_t b, uint32_t l) {
     return mc::level_offset(h, b, l);
 }
-uint64_t mc_emu_vertical_offset(uint32_t h, uint32_t b, uint32_t j) {
-    return mc::vertical_offset(h, b, j);
-}
-uint64_t mc_emu_slot_digests(uint32_t h, uint32_t b, uint32_t address_height) {
-    return mc::slot_digests(h, b, address_height);
-}
 uint64_t mc_emu_top_level_offset(uint32_t ash, uint32_t l) { return mc::top_level_offset(ash, l); }
+uint64_t mc_emu_top_digests(uint32_t ash) { return mc::top_digests(ash); }
 uint32_t mc_emu_stored_base_level(uint32_t h, uint32_t k) { return mc::stored_base_level(h, k); }
+// tasks.h's MC_ABSENT_PAGE.
+uint64_t mc_emu_absent_page() { return MC_ABSENT_PAGE; }
+
+// Permutations the emulator has run on the calling thread so far.
+uint64_t mc_emu_permutations() { return mc::host_permutations; }
 
 // sizeof of McWriteTask, McHashTask, McPairTask, McVerticalTask, McOpenTask.
 void mc_emu_task_sizes(uint64_t* out) {

@@ -46,16 +46,21 @@ __global__ void hash_tasks_kernel(const uint8_t* raw, const McHashTask* tasks, u
     mc::hash_tasks_body(thread_index(), raw, tasks, count, nodes);
 }
 
-__global__ void compress_pairs_kernel(uint32_t* nodes, const McPairTask* tasks,
-                                      uint64_t count) {
-    mc::compress_pairs_body(thread_index(), nodes, tasks, count);
+__global__ void fill_digests_kernel(uint32_t* out, const uint32_t* value, uint64_t count) {
+    mc::fill_digests_body(thread_index(), out, value, count);
 }
 
-__global__ void openings_kernel(const uint8_t* raw, const uint32_t* nodes, const uint32_t* zero,
-                                const McOpenTask* tasks, uint64_t count, uint64_t top_offset,
+__global__ void compress_pairs_kernel(const uint32_t* children, uint32_t* parents,
+                                      const McPairTask* tasks, uint64_t count) {
+    mc::compress_pairs_body(thread_index(), children, parents, tasks, count);
+}
+
+__global__ void openings_kernel(const uint8_t* raw, const uint32_t* nodes, const uint32_t* fold,
+                                const uint32_t* zero, const McOpenTask* tasks,
+                                const uint64_t* listed, uint64_t count, uint64_t top_offset,
                                 uint32_t address_height, uint32_t address_space_height,
                                 uint32_t* out) {
-    mc::openings_body(thread_index(), raw, nodes, zero, tasks, count, top_offset,
+    mc::openings_body(thread_index(), raw, nodes, fold, zero, tasks, listed, count, top_offset,
                       address_height, address_space_height, out);
 }
 
@@ -113,19 +118,26 @@ extern "C" cudaError_t mc_launch_hash_tasks(const uint8_t* raw, const McHashTask
     MC_LAUNCH(hash_tasks_kernel, count, stream, raw, tasks, count, nodes);
 }
 
-extern "C" cudaError_t mc_launch_compress_pairs(uint32_t* nodes, const McPairTask* tasks,
-                                                uint64_t count, cudaStream_t stream) {
-    MC_LAUNCH(compress_pairs_kernel, count, stream, nodes, tasks, count);
+extern "C" cudaError_t mc_launch_fill_digests(uint32_t* out, const uint32_t* value,
+                                              uint64_t count, cudaStream_t stream) {
+    MC_LAUNCH(fill_digests_kernel, count, stream, out, value, count);
+}
+
+extern "C" cudaError_t mc_launch_compress_pairs(const uint32_t* children, uint32_t* parents,
+                                                const McPairTask* tasks, uint64_t count,
+                                                cudaStream_t stream) {
+    MC_LAUNCH(compress_pairs_kernel, count, stream, children, parents, tasks, count);
 }
 
 extern "C" cudaError_t mc_launch_openings(const uint8_t* raw, const uint32_t* nodes,
-                                          const uint32_t* zero, const McOpenTask* tasks,
+                                          const uint32_t* fold, const uint32_t* zero,
+                                          const McOpenTask* tasks, const uint64_t* listed,
                                           uint64_t count, uint64_t top_offset,
                                           uint32_t address_height,
                                           uint32_t address_space_height, uint32_t* out,
                                           cudaStream_t stream) {
-    MC_LAUNCH(openings_kernel, count, stream, raw, nodes, zero, tasks, count, top_offset,
-              address_height, address_space_height, out);
+    MC_LAUNCH(openings_kernel, count, stream, raw, nodes, fold, zero, tasks, listed, count,
+              top_offset, address_height, address_space_height, out);
 }
 
 #endif  // __CUDACC__

@@ -1,7 +1,8 @@
 // Kernel bodies for an update batch (DESIGN.md "Update"): scatter the new cells into raw
-// memory, recompute the distinct stored base-level nodes from raw memory, then the distinct
-// parents one level per launch. The host computes every node list; all launches go on one
-// stream, so each launch sees the previous one's writes.
+// memory, give pages the batch created their zero-hash nodes, recompute the distinct stored
+// base-level nodes from raw memory, then the distinct parents one level per launch. The host
+// computes every node list; all launches go on one stream, so each launch sees the previous
+// one's writes.
 #pragma once
 
 #include "memcommit/leaf.h"
@@ -17,7 +18,14 @@ MC_HD void scatter_body(uint64_t t, uint8_t* raw, const McWriteTask* tasks, uint
     write_block(raw + task.raw_byte, task.cell, 0, task.cells);
 }
 
-// Recomputes one stored node from raw memory (see McHashTask), for t < count.
+// out[t] = *value (one digest), for t < count: a new page's level, or a dense upper level at
+// build, starts as the level's zero hash. `value` must not lie in out[0..count).
+MC_HD void fill_digests_body(uint64_t t, uint32_t* out, const uint32_t* value, uint64_t count) {
+    if (t >= count) return;
+    for (uint32_t i = 0; i < DIGEST_WORDS; ++i) out[DIGEST_WORDS * t + i] = value[i];
+}
+
+// Recomputes one node from raw memory (see McHashTask), for t < count.
 MC_HD void hash_tasks_body(uint64_t t, const uint8_t* raw, const McHashTask* tasks,
                            uint64_t count, uint32_t* nodes) {
     if (t >= count) return;
@@ -26,14 +34,15 @@ MC_HD void hash_tasks_body(uint64_t t, const uint8_t* raw, const McHashTask* tas
                      nodes + DIGEST_WORDS * task.out_node);
 }
 
-// nodes[parent] = compress(nodes[left], nodes[left + 1]) (see McPairTask), for t < count.
-// One launch covers one level of every touched slot (or one top-tree level).
-MC_HD void compress_pairs_body(uint64_t t, uint32_t* nodes, const McPairTask* tasks,
-                               uint64_t count) {
+// parents[parent] = compress(children[left], children[right]) (see McPairTask), for
+// t < count. `children` and `parents` may be the same array; one launch covers one level
+// step of every touched slot, so no task reads another task's parent.
+MC_HD void compress_pairs_body(uint64_t t, const uint32_t* children, uint32_t* parents,
+                               const McPairTask* tasks, uint64_t count) {
     if (t >= count) return;
     const McPairTask task = tasks[t];
-    compress(nodes + DIGEST_WORDS * task.left, nodes + DIGEST_WORDS * (task.left + 1),
-             nodes + DIGEST_WORDS * task.parent);
+    compress(children + DIGEST_WORDS * task.left, children + DIGEST_WORDS * task.right,
+             parents + DIGEST_WORDS * task.parent);
 }
 
 }  // namespace mc

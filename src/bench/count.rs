@@ -96,11 +96,12 @@ pub fn update_permutations(
 
 /// Permutations of openings at (valid) `positions` at `omitted_levels = k` on `backend`:
 /// only the siblings below a slot's stored base level `b` are hashed, from raw memory, and
-/// nothing in an absent page. The CPU tree hashes the `2^m` blocks under the block's
-/// level-`m` ancestor, `m = min(b, q)`, and folds them (`2^(m+1) − 1`, so 1 at `m = 0`);
-/// when `b > q` it also computes each sibling at levels `q..b` from its present pages. A
-/// CUDA thread hashes each sibling subtree of height `l < b` alone
-/// (`Σ 2^(l+1) − 1 = 2^(b+1) − 2 − b`). The reference tree stores every node (0).
+/// nothing in an absent page. Below the page level, with `m = min(b, q)`: the CPU tree
+/// hashes the `2^m` blocks under the block's level-`m` ancestor and folds them
+/// (`2^(m+1) − 1`, so 1 at `m = 0`); a CUDA thread hashes each sibling subtree of height
+/// `l < m` alone (`Σ 2^(l+1) − 1 = 2^(m+1) − 2 − m`). When `b > q` both also compute each
+/// sibling at levels `q..b` from its present pages (their roots, then one compression per
+/// distinct ancestor), per opening. The reference tree stores every node (0).
 pub fn opening_permutations(
     backend: Backend,
     layout: &MemoryLayout,
@@ -115,21 +116,29 @@ pub fn opening_permutations(
             let b = s.base;
             let q = s.page_levels;
             let page = image.page_id(slot, block >> q).is_some();
+            let m = b.min(q);
+            let above = || -> u64 {
+                (q..b.max(q))
+                    .map(|l| {
+                        let span = 1u64 << (l - q);
+                        let mut pages = present(image, slot, ((block >> l) ^ 1) * span, span);
+                        pages.len() as u64 * page_cost(&s) + distinct_ancestors(&mut pages, l - q)
+                    })
+                    .sum()
+            };
             Some(match backend {
                 Backend::Cpu | Backend::Auto => {
-                    let m = b.min(q);
                     let own = if page { (2u64 << m) - 1 } else { 0 };
-                    let above: u64 = (q..b.max(q))
-                        .map(|l| {
-                            let span = 1u64 << (l - q);
-                            let mut pages = present(image, slot, ((block >> l) ^ 1) * span, span);
-                            pages.len() as u64 * page_cost(&s)
-                                + distinct_ancestors(&mut pages, l - q)
-                        })
-                        .sum();
-                    own + above
+                    own + above()
                 }
-                Backend::Cuda => (2u64 << b) - 2 - u64::from(b),
+                Backend::Cuda => {
+                    let own = if page {
+                        (2u64 << m) - 2 - u64::from(m)
+                    } else {
+                        0
+                    };
+                    own + above()
+                }
                 Backend::Reference => 0,
             })
         })
@@ -262,9 +271,28 @@ mod tests {
             opening_permutations(Backend::Cpu, &l11, &img11, 10, &two),
             2 * 2046
         );
-        // Nothing to hash in an absent page.
+        // A CUDA thread hashes the sibling subtrees of heights 0..9 inside the page
+        // (2^10 − 2 − 9 = 1013), then folds the sibling page like the CPU (1023).
+        assert_eq!(
+            opening_permutations(Backend::Cuda, &l11, &img11, 10, &two),
+            2 * (1013 + 1023)
+        );
+        // Nothing to hash in an absent page, on either backend.
         let empty = MemoryImage::zeroed(&l).unwrap();
         assert_eq!(opening_permutations(Backend::Cpu, &l, &empty, 3, &two), 0);
+        assert_eq!(opening_permutations(Backend::Cuda, &l, &empty, 3, &two), 0);
+        // h = 12 and k = 11 > q, only page 7 present: an opening in absent page 4 hashes
+        // nothing of its own page, its level-9 sibling (page 5) is absent, and its level-10
+        // sibling covers pages 6 and 7: page 7's root (1023) and 1 compression.
+        let l12 = layout(&[8 << 12], None, None);
+        let mut one = MemoryImage::zeroed(&l12).unwrap();
+        one.write(0, 7 * 4096, &[1]).unwrap();
+        for backend in [Backend::Cpu, Backend::Cuda] {
+            assert_eq!(
+                opening_permutations(backend, &l12, &one, 11, &[(0, 4 * 512 + 3)]),
+                1024
+            );
+        }
         // A slot of height 1 at k = 3 is stored in full (b = 0).
         let small = layout(&[64, 16, 0], Some(2), Some(4));
         let small_img = full(&small);

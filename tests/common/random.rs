@@ -1,5 +1,5 @@
 //! Random layouts and batches for the backend-vs-reference property tests: mixed cell types,
-//! empty slots, small slots with vertical paths, and batches broken in each way DESIGN.md
+//! empty slots, small slots with vertical paths, and batches broken in each way docs/design.md
 //! lists.
 
 use memcommit::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout};
@@ -44,6 +44,71 @@ pub fn layout() -> impl Strategy<Value = MemoryLayout> {
         })
 }
 
+/// 1–3 address spaces for the paged trees: 0 cells, 2^3..2^15 cells (slots from one block
+/// up to 2^12 blocks, so up to 8 pages of 2^9 blocks), or 2^24..2^26 cells (heights 21–23,
+/// whose levels 10..=h−11 are wider than 1024 and stored sparsely). Heights at their minimum
+/// or one above.
+pub fn paged_layout() -> impl Strategy<Value = MemoryLayout> {
+    let log = prop_oneof![Just(0u32), 3u32..=15, 3u32..=15, 24u32..=26];
+    (prop::collection::vec((cell_type(), log), 1..=3), 0u32..=1).prop_map(|(spaces, extra_h)| {
+        let address_spaces: Vec<AddressSpace> = spaces
+            .into_iter()
+            .map(|(cell, log)| AddressSpace {
+                cell,
+                // A field cell is 4 bytes: keep the big slots at 2^24 cells whatever the
+                // type, so every case stays cheap to upload.
+                num_cells: if log == 0 { 0 } else { 1 << log },
+            })
+            .collect();
+        let base = MemoryLayout::new(LayoutSpec {
+            address_spaces: address_spaces.clone(),
+            address_space_height: None,
+            address_height: None,
+        })
+        .expect("valid by construction");
+        MemoryLayout::new(LayoutSpec {
+            address_spaces,
+            address_space_height: None,
+            address_height: Some(base.address_height() + extra_h),
+        })
+        .expect("valid by construction")
+    })
+}
+
+/// Like [`batch_from`], but three of four blocks fall in clusters (the first 2048 blocks, the
+/// 2048 around the middle, the last 2048) so pages share their ancestors, and the rest
+/// anywhere in the slot (mostly absent pages of a big slot).
+pub fn paged_batch_from(layout: &MemoryLayout, seeds: &[u64]) -> Vec<TouchedBlock> {
+    let live: Vec<(u32, &AddressSpace)> = layout
+        .address_spaces()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.num_cells > 0)
+        .map(|(i, s)| (i as u32, s))
+        .collect();
+    let mut out: Vec<TouchedBlock> = Vec::new();
+    if live.is_empty() {
+        return out;
+    }
+    for &seed in seeds {
+        let (slot, space) = live[(seed % live.len() as u64) as usize];
+        let n = space.num_blocks();
+        let span = n.min(2048);
+        let block = match (seed >> 4) % 4 {
+            0 => (seed >> 8) % n,
+            1 => (seed >> 8) % span,
+            2 => (n / 2).saturating_sub(span / 2) + (seed >> 8) % span,
+            _ => n - span + (seed >> 8) % span,
+        };
+        if out.iter().any(|b| b.slot == slot && b.block == block) {
+            continue;
+        }
+        let cells = core::array::from_fn(|j| fitting(space.cell, seed ^ (j as u64 * 0x1234_5678)));
+        out.push(TouchedBlock { slot, block, cells });
+    }
+    out
+}
+
 /// A cell value that fits `cell`, biased towards the edges.
 pub fn fitting(cell: CellType, seed: u64) -> u32 {
     let max = u64::from(cell.max_value());
@@ -79,7 +144,7 @@ pub fn batch_from(layout: &MemoryLayout, seeds: &[u64]) -> Vec<TouchedBlock> {
     out
 }
 
-/// Breaks a valid non-empty batch in one of the ways DESIGN.md lists.
+/// Breaks a valid non-empty batch in one of the ways docs/design.md lists.
 pub fn corrupt(layout: &MemoryLayout, batch: &mut Vec<TouchedBlock>, how: u8) {
     let last = batch.len() - 1;
     match how % 4 {

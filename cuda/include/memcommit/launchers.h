@@ -41,18 +41,26 @@ cudaError_t mc_launch_vertical(uint32_t* nodes, const uint32_t* zero,
 cudaError_t mc_launch_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count,
                               cudaStream_t stream);
 
-/* Recomputes tasks[0..count) nodes from raw memory. */
+/* out[t] = *value (one digest) for t < count; `value` lies outside out[0..count). */
+cudaError_t mc_launch_fill_digests(uint32_t* out, const uint32_t* value, uint64_t count,
+                                   cudaStream_t stream);
+
+/* Recomputes tasks[0..count) nodes from raw memory into `nodes`. */
 cudaError_t mc_launch_hash_tasks(const uint8_t* raw, const McHashTask* tasks, uint64_t count,
                                  uint32_t* nodes, cudaStream_t stream);
 
-/* nodes[parent] = compress(nodes[left], nodes[left+1]) for tasks[0..count). */
-cudaError_t mc_launch_compress_pairs(uint32_t* nodes, const McPairTask* tasks, uint64_t count,
+/* parents[parent] = compress(children[left], children[right]) for tasks[0..count);
+ * `children` and `parents` may be the same array. */
+cudaError_t mc_launch_compress_pairs(const uint32_t* children, uint32_t* parents,
+                                     const McPairTask* tasks, uint64_t count,
                                      cudaStream_t stream);
 
 /* Siblings of tasks[0..count): out holds count * (address_height + address_space_height)
- * digests. */
-cudaError_t mc_launch_openings(const uint8_t* raw, const uint32_t* nodes, const uint32_t* zero,
-                               const McOpenTask* tasks, uint64_t count, uint64_t top_offset,
+ * digests. `listed` holds the node indices the tasks name (into `fold`, then `nodes`); `zero`
+ * is zero[0..=address_height] and `top_offset` the top tree's index in `nodes`. */
+cudaError_t mc_launch_openings(const uint8_t* raw, const uint32_t* nodes, const uint32_t* fold,
+                               const uint32_t* zero, const McOpenTask* tasks,
+                               const uint64_t* listed, uint64_t count, uint64_t top_offset,
                                uint32_t address_height, uint32_t address_space_height,
                                uint32_t* out, cudaStream_t stream);
 

@@ -64,8 +64,18 @@ MC_HD void internal_round(uint32_t* s, uint32_t rc) {
     for (uint32_t i = 0; i < WIDTH; ++i) s[i] = add(sum, mul(MC_TABLE(DIAGONAL)[i], s[i]));
 }
 
+#if !defined(__CUDACC__)
+// Host build only (the kernel emulator): permutations run on the calling thread, so tests
+// can compare the kernels' work with src/bench/count.rs. Not compiled for the device.
+inline thread_local uint64_t host_permutations = 0;
+#define MC_COUNT_PERMUTATION() (++::mc::host_permutations)
+#else
+#define MC_COUNT_PERMUTATION() ((void)0)
+#endif
+
 // The permutation, in place on 16 Montgomery words.
 MC_HD void permute(uint32_t* s) {
+    MC_COUNT_PERMUTATION();
     external_linear_layer(s);
     for (uint32_t r = 0; r < HALF_FULL_ROUNDS; ++r) external_round(s, MC_TABLE(RC_INITIAL) + WIDTH * r);
     for (uint32_t r = 0; r < PARTIAL_ROUNDS; ++r) internal_round(s, MC_TABLE(RC_INTERNAL)[r]);

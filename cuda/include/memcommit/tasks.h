@@ -1,11 +1,17 @@
 /* Work items the host prepares and the kernels read (C layout; mirrored by #[repr(C)] structs
- * in src/tree/cuda/ffi.rs, sizes checked by tests). Node positions are indices of digests in
- * the flat node array (see tree_index.h); raw positions are byte offsets in the raw buffer,
- * which holds every slot's raw memory, each slot starting 16-byte aligned. */
+ * in src/tree/cuda/ffi.rs, sizes checked by tests). Node positions are indices of digests
+ * from a base pointer the launch is given (the tree's node array, or a call's fold scratch;
+ * see tree_index.h); raw positions are byte offsets in the raw array, which holds every
+ * slot's present pages back to back (every block 8-byte aligned: a block is 8, 16 or 32
+ * bytes and a page whole blocks). */
 #ifndef MEMCOMMIT_TASKS_H
 #define MEMCOMMIT_TASKS_H
 
 #include <stdint.h>
+
+/* McOpenTask.raw_page_byte of a block whose page is absent: its siblings below the stored
+ * base level are zero hashes. */
+#define MC_ABSENT_PAGE UINT64_MAX
 
 /* Write one block's 8 cells into raw memory (update scatter). 48 bytes. */
 typedef struct McWriteTask {
@@ -15,25 +21,29 @@ typedef struct McWriteTask {
     uint32_t cells[8];  /* canonical values, checked to fit `cell` */
 } McWriteTask;
 
-/* Recompute one stored node from raw memory: the subtree of height `levels` over the
- * 2^levels blocks starting at `raw_byte`. 24 bytes. */
+/* Recompute one node from raw memory: the subtree of height `levels` over the 2^levels
+ * blocks starting at `raw_byte` (which lie in one page when levels <= the page levels).
+ * 24 bytes. */
 typedef struct McHashTask {
-    uint64_t out_node; /* node index written */
+    uint64_t out_node; /* node index written, from the launch's `nodes` */
     uint64_t raw_byte; /* byte offset of the subtree's first block */
     uint32_t cell;
     uint32_t levels;
 } McHashTask;
 
-/* nodes[parent] = compress(nodes[left], nodes[left + 1]). 16 bytes. */
+/* parents[parent] = compress(children[left], children[right]). Both children are explicit:
+ * above the pages a child may be stored anywhere (a sparse level's pool) or be absent, in
+ * which case it names a zero-hash entry. 24 bytes. */
 typedef struct McPairTask {
     uint64_t parent;
     uint64_t left;
+    uint64_t right;
 } McPairTask;
 
 /* A slot's vertical path and its entry in top-tree level 0: node = nodes[slot_root]; for
  * j < count: node = compress(node, zero[height + j]), nodes[first_vertical + j] = node;
- * finally nodes[top_leaf] = node. An empty slot uses slot_root = zero[address_height]'s index
- * and count = 0. 32 bytes. */
+ * finally nodes[top_leaf] = node. An empty slot (or an absent one-page slot) uses a zero
+ * table index as slot_root. 32 bytes. */
 typedef struct McVerticalTask {
     uint64_t slot_root;
     uint64_t first_vertical;
@@ -42,15 +52,27 @@ typedef struct McVerticalTask {
     uint32_t count;
 } McVerticalTask;
 
-/* One opening: siblings of block `block` of slot `slot`. 40 bytes. */
+/* One opening: the siblings of one block, leaf level first.
+ * - levels 0 .. raw_levels: hashed from the block's page (raw_page_byte), or zero hashes
+ *   when the page is absent (raw_page_byte == MC_ABSENT_PAGE);
+ * - levels raw_levels .. listed_from: read from the fold scratch at the indices
+ *   listed[first_listed + j] (siblings above the page but below the stored base level, which
+ *   the host had folded from their pages before the launch);
+ * - levels listed_from .. height: read from the node array at the indices that follow in
+ *   `listed` (stored nodes, or zero-table entries where nothing is present);
+ * - levels height .. address_height: zero hashes (the vertical path's siblings);
+ * - then the top tree's siblings of `slot`.
+ * 48 bytes. */
 typedef struct McOpenTask {
-    uint64_t raw_slot_byte; /* byte offset of the slot's raw memory */
-    uint64_t slot_node;     /* index of the slot's first stored digest */
-    uint64_t block;
+    uint64_t raw_page_byte; /* byte offset of the block's page, or MC_ABSENT_PAGE */
+    uint64_t first_listed;  /* index in `listed` of this opening's first entry */
+    uint64_t block;         /* block index within its page */
     uint32_t slot;
     uint32_t cell;
-    uint32_t height; /* real height h of the slot */
-    uint32_t base;   /* stored base level b */
+    uint32_t height;       /* real height h of the slot */
+    uint32_t raw_levels;   /* min(b, q): levels hashed from the page */
+    uint32_t listed_from;  /* b: the first stored level */
+    uint32_t pad;
 } McOpenTask;
 
 #endif

@@ -1,14 +1,19 @@
-// Tree index arithmetic (DESIGN.md "The tree and its memory"), all 64-bit.
+// Tree index arithmetic (DESIGN.md "The tree and its memory", "Sparse memory"), all 64-bit.
 //
-// Node storage is one flat array of digests (8 Montgomery words each), in this order:
-// 1. each non-empty slot in slot order: its stored levels b..=h (level l holds 2^(h-l) nodes,
-//    index i of level l is the node over blocks i*2^l .. (i+1)*2^l), then its vertical path
-//    (address_height - h nodes, level h+1 first);
-// 2. the top tree: levels 0..=address_space_height, level l holding 2^(ash-l) nodes
-//    (level 0 = the slot roots, the last = the root);
-// 3. the zero hashes zero[0..=address_height].
-// b is the stored base level: omitted_levels when h > omitted_levels, else 0.
-// src/tree/cuda/index.rs mirrors these functions; tests compare the two.
+// The device holds a tree's nodes in one array of digests (8 Montgomery words each). The
+// host works out every index (src/tree/cuda/index.rs) and passes it in task structs; the
+// kernels only add indices to base pointers. The array, in order:
+// 1. the fixed part, whatever pages are present: per non-empty slot its vertical path
+//    (address_height - h nodes, level h + 1 first) and its dense upper levels; the top tree
+//    (levels 0..=address_space_height, level l holding 2^(ash - l) nodes); the zero hashes
+//    zero[0..=address_height];
+// 2. per non-empty slot, its present pages' levels b..=q, level-major: level l holds
+//    P * 2^(q - l) digests (P present pages), page id i's nodes at i * 2^(q - l), so one
+//    launch per level covers every page of the slot ("level_offset" below, times P);
+// 3. per non-empty slot, the pool of its sparse upper levels' nodes, in the order they were
+//    created (the host keeps the map from (level, index) to pool position).
+// b is the stored base level: omitted_levels when h > omitted_levels, else 0; q is the page
+// levels min(9, h). src/tree/cuda/index.rs mirrors these functions; tests compare the two.
 #pragma once
 
 #include "hd.h"
@@ -18,19 +23,11 @@ namespace mc {
 // The lowest stored level of a slot of real height h with k omitted levels.
 MC_HD uint32_t stored_base_level(uint32_t h, uint32_t k) { return h > k ? k : 0; }
 
-// Offset, in digests from the slot's first digest, of level l (b <= l <= h).
+// Offset, in digests per unit, of level l in a level-major stack of levels b..=h where level
+// l' holds 2^(h - l') digests per unit (b <= l <= h). A page pool of P pages of height q
+// starts level l at P * level_offset(q, b, l).
 MC_HD uint64_t level_offset(uint32_t h, uint32_t b, uint32_t l) {
     return (1ull << (h - b + 1)) - (1ull << (h - l + 1));
-}
-
-// Offset of the vertical-path node at level h + 1 + j.
-MC_HD uint64_t vertical_offset(uint32_t h, uint32_t b, uint32_t j) {
-    return (1ull << (h - b + 1)) - 1 + j;
-}
-
-// Digests stored for a non-empty slot: levels b..=h plus the vertical path.
-MC_HD uint64_t slot_digests(uint32_t h, uint32_t b, uint32_t address_height) {
-    return (1ull << (h - b + 1)) - 1 + (address_height - h);
 }
 
 // Offset of top-tree level l from the top tree's first digest.

@@ -58,6 +58,18 @@ pub trait Device: Send + Sync {
     /// See the trait: `dst .. dst + src.len()` is allocated and `src` outlives the copy.
     unsafe fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
 
+    /// Queues a copy of `bytes` bytes from `src` to `dst`, both device memory (growing a
+    /// buffer: the old contents into the bigger one).
+    ///
+    /// # Safety
+    /// `src .. src + bytes` and `dst .. dst + bytes` are allocated and do not overlap.
+    unsafe fn copy_device_to_device(
+        &self,
+        dst: DevicePtr,
+        src: DevicePtr,
+        bytes: u64,
+    ) -> Result<()>;
+
     /// Waits for the queued work, then copies `dst.len()` bytes from `src` into `dst`.
     ///
     /// # Safety
@@ -110,6 +122,12 @@ pub trait Device: Send + Sync {
         count: u64,
     ) -> Result<()>;
 
+    /// `out[t] = value` (one digest) for `t < count`.
+    ///
+    /// # Safety
+    /// See the trait: `count` digests at `out`, one at `value`, outside them.
+    unsafe fn fill_digests(&self, out: DevicePtr, value: DevicePtr, count: u64) -> Result<()>;
+
     /// Writes `count` `WriteTask`s at `tasks` into the raw buffer at `raw`.
     ///
     /// # Safety
@@ -128,14 +146,25 @@ pub trait Device: Send + Sync {
         nodes: DevicePtr,
     ) -> Result<()>;
 
-    /// Runs `count` `PairTask`s at `tasks` on `nodes` (one tree level per launch).
+    /// Runs `count` `PairTask`s at `tasks`: children read from `children`, parents written to
+    /// `parents` (the same array, or the node array after a fold scratch; one level step per
+    /// launch).
     ///
     /// # Safety
     /// See the trait; parents are distinct and no task reads another's parent.
-    unsafe fn compress_pairs(&self, nodes: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()>;
+    unsafe fn compress_pairs(
+        &self,
+        children: DevicePtr,
+        parents: DevicePtr,
+        tasks: DevicePtr,
+        count: u64,
+    ) -> Result<()>;
 
     /// Siblings of `count` `OpenTask`s at `tasks` into `out`:
-    /// `count · (address_height + address_space_height)` digests, leaf level first.
+    /// `count · (address_height + address_space_height)` digests, leaf level first. `listed`
+    /// holds the `u64` node indices the tasks name, into `fold` (a scratch of folded
+    /// siblings) and then `nodes`; `zero` is `zero[0..=address_height]`; `top_offset` is the
+    /// top tree's index in `nodes`.
     ///
     /// # Safety
     /// See the trait.
@@ -144,8 +173,10 @@ pub trait Device: Send + Sync {
         &self,
         raw: DevicePtr,
         nodes: DevicePtr,
+        fold: DevicePtr,
         zero: DevicePtr,
         tasks: DevicePtr,
+        listed: DevicePtr,
         count: u64,
         top_offset: u64,
         address_height: u32,

@@ -3,6 +3,7 @@
 //! vehicle: it runs the device's arithmetic and index logic on any machine, not fast.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::device::{Device, DevicePtr};
@@ -18,6 +19,8 @@ pub struct EmulatedDevice {
     allocations: Mutex<BTreeMap<u64, Box<[u128]>>>,
     /// Held for each launch, as a stream serialises them.
     stream: Mutex<()>,
+    /// Host waits so far: [`Device::copy_to_host`] and [`Device::synchronize`] calls.
+    syncs: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -47,6 +50,20 @@ impl EmulatedDevice {
             .values()
             .map(|a| (a.len() * 16) as u64)
             .sum()
+    }
+
+    /// Host waits so far ([`Device::copy_to_host`] and [`Device::synchronize`] calls): what a
+    /// GPU stream would block the host for. Tests count them per batch.
+    pub fn host_syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Permutations the kernel emulator has run on the calling thread so far (every
+    /// launch runs on the thread that makes it): tests compare a call's difference with
+    /// [`crate::bench::count`].
+    pub fn permutations_on_this_thread() -> u64 {
+        // SAFETY: reads a thread-local counter.
+        unsafe { ffi::mc_emu_permutations() }
     }
 
     /// Checks that `ptr .. ptr + len` lies inside one allocation.
@@ -100,16 +117,35 @@ impl Device for EmulatedDevice {
         Ok(())
     }
 
+    unsafe fn copy_device_to_device(
+        &self,
+        dst: DevicePtr,
+        src: DevicePtr,
+        bytes: u64,
+    ) -> Result<()> {
+        let len = usize::try_from(bytes)
+            .map_err(|_| Error::Unavailable(format!("emulated device copy of {bytes} bytes")))?;
+        self.check_range(src, len, "device-to-device copy (source)")?;
+        self.check_range(dst, len, "device-to-device copy (destination)")?;
+        let _stream = lock(&self.stream);
+        // SAFETY: both ranges lie in live allocations (checked); the caller guarantees they
+        // do not overlap (trait contract).
+        unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.0 as *mut u8, len) };
+        Ok(())
+    }
+
     unsafe fn copy_to_host(&self, dst: &mut [u8], src: DevicePtr) -> Result<()> {
         self.check_range(src, dst.len(), "copy to host")?;
         let _stream = lock(&self.stream);
         // SAFETY: as in `copy_to_device`.
         unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.as_mut_ptr(), dst.len()) };
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
-        // Every call already ran to completion.
+        // Every call already ran to completion; count the wait a GPU would do.
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -168,6 +204,14 @@ impl Device for EmulatedDevice {
         })
     }
 
+    unsafe fn fill_digests(&self, out: DevicePtr, value: DevicePtr, count: u64) -> Result<()> {
+        let _stream = lock(&self.stream);
+        // SAFETY: the caller guarantees the shapes (trait contract).
+        launched("fill_digests", unsafe {
+            ffi::mc_emu_fill_digests(out.0 as *mut u32, value.0 as *const u32, count)
+        })
+    }
+
     unsafe fn scatter(&self, raw: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
         let _stream = lock(&self.stream);
         // SAFETY: the caller guarantees the shapes (trait contract).
@@ -195,11 +239,22 @@ impl Device for EmulatedDevice {
         })
     }
 
-    unsafe fn compress_pairs(&self, nodes: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
+    unsafe fn compress_pairs(
+        &self,
+        children: DevicePtr,
+        parents: DevicePtr,
+        tasks: DevicePtr,
+        count: u64,
+    ) -> Result<()> {
         let _stream = lock(&self.stream);
         // SAFETY: the caller guarantees the shapes (trait contract).
         launched("compress_pairs", unsafe {
-            ffi::mc_emu_compress_pairs(nodes.0 as *mut u32, tasks.0 as *const ffi::PairTask, count)
+            ffi::mc_emu_compress_pairs(
+                children.0 as *const u32,
+                parents.0 as *mut u32,
+                tasks.0 as *const ffi::PairTask,
+                count,
+            )
         })
     }
 
@@ -207,8 +262,10 @@ impl Device for EmulatedDevice {
         &self,
         raw: DevicePtr,
         nodes: DevicePtr,
+        fold: DevicePtr,
         zero: DevicePtr,
         tasks: DevicePtr,
+        listed: DevicePtr,
         count: u64,
         top_offset: u64,
         address_height: u32,
@@ -221,8 +278,10 @@ impl Device for EmulatedDevice {
             ffi::mc_emu_openings(
                 raw.0 as *const u8,
                 nodes.0 as *const u32,
+                fold.0 as *const u32,
                 zero.0 as *const u32,
                 tasks.0 as *const ffi::OpenTask,
+                listed.0 as *const u64,
                 count,
                 top_offset,
                 address_height,

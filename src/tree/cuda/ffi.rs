@@ -3,8 +3,12 @@
 //! of `cuda/include/memcommit/tasks.h`. The device launchers of `launchers.h` get bindgen
 //! bindings with feature `cuda`; these stay hand-written because the emulator is internal.
 //!
-//! Shapes: a digest is 8 Montgomery `u32` words; node indices count digests in the flat node
-//! array; raw offsets count bytes (see `tree_index.h`).
+//! Shapes: a digest is 8 Montgomery `u32` words; node indices count digests from the base
+//! pointer a launch is given (the node array, or a call's fold scratch); raw offsets count
+//! bytes in the raw array of present pages (see `tree_index.h`).
+
+/// `McOpenTask::raw_page_byte` of a block in an absent page (C `MC_ABSENT_PAGE`).
+pub const ABSENT_PAGE: u64 = u64::MAX;
 
 /// Writes one block's 8 canonical cells into raw memory at `raw_byte` (C `McWriteTask`).
 #[repr(C)]
@@ -35,14 +39,16 @@ pub struct HashTask {
     pub levels: u32,
 }
 
-/// `nodes[parent] = compress(nodes[left], nodes[left + 1])` (C `McPairTask`).
+/// `parents[parent] = compress(children[left], children[right])` (C `McPairTask`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PairTask {
-    /// Node index written.
+    /// Node index written, from the launch's `parents`.
     pub parent: u64,
-    /// Node index of the left child; the right child follows it.
+    /// Node index of the left child, from the launch's `children`.
     pub left: u64,
+    /// Node index of the right child (a zero-table entry when nothing is present below it).
+    pub right: u64,
 }
 
 /// A slot's vertical path and top-tree leaf (C `McVerticalTask`).
@@ -61,15 +67,15 @@ pub struct VerticalTask {
     pub count: u32,
 }
 
-/// One opening's sibling path (C `McOpenTask`).
+/// One opening's sibling path (C `McOpenTask`; `tasks.h` says where each level comes from).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenTask {
-    /// Byte offset of the slot's raw memory.
-    pub raw_slot_byte: u64,
-    /// Node index of the slot's first stored digest.
-    pub slot_node: u64,
-    /// Block index within the slot.
+    /// Byte offset of the block's page in the raw array, or [`ABSENT_PAGE`].
+    pub raw_page_byte: u64,
+    /// Index in the `listed` array of this opening's first listed sibling.
+    pub first_listed: u64,
+    /// Block index within its page.
     pub block: u64,
     /// Slot index.
     pub slot: u32,
@@ -77,16 +83,21 @@ pub struct OpenTask {
     pub cell: u32,
     /// Real height `h`.
     pub height: u32,
-    /// Stored base level `b`.
-    pub base: u32,
+    /// Levels hashed from the page: `min(b, q)`.
+    pub raw_levels: u32,
+    /// The stored base level `b`: levels `raw_levels..b` come from the fold scratch, levels
+    /// `b..h` from the node array, both through `listed`.
+    pub listed_from: u32,
+    /// Padding, 0.
+    pub pad: u32,
 }
 
 const _: () = {
     assert!(size_of::<WriteTask>() == 48);
     assert!(size_of::<HashTask>() == 24);
-    assert!(size_of::<PairTask>() == 16);
+    assert!(size_of::<PairTask>() == 24);
     assert!(size_of::<VerticalTask>() == 32);
-    assert!(size_of::<OpenTask>() == 40);
+    assert!(size_of::<OpenTask>() == 48);
 };
 
 /// Types whose every byte is initialised data (no padding, no pointers), so a slice of them
@@ -147,13 +158,21 @@ extern "C" {
         count: u64,
         nodes: *mut u32,
     ) -> i32;
-    pub fn mc_emu_compress_pairs(nodes: *mut u32, tasks: *const PairTask, count: u64) -> i32;
+    pub fn mc_emu_fill_digests(out: *mut u32, value: *const u32, count: u64) -> i32;
+    pub fn mc_emu_compress_pairs(
+        children: *const u32,
+        parents: *mut u32,
+        tasks: *const PairTask,
+        count: u64,
+    ) -> i32;
     #[allow(clippy::too_many_arguments)]
     pub fn mc_emu_openings(
         raw: *const u8,
         nodes: *const u32,
+        fold: *const u32,
         zero: *const u32,
         tasks: *const OpenTask,
+        listed: *const u64,
         count: u64,
         top_offset: u64,
         address_height: u32,
@@ -182,10 +201,13 @@ extern "C" {
     /// Canonical leaf hash of block `block` of a raw slot.
     pub fn mc_emu_leaf_from_raw(raw: *const u8, cell: u32, block: u64, out: *mut u32);
     pub fn mc_emu_level_offset(h: u32, b: u32, l: u32) -> u64;
-    pub fn mc_emu_vertical_offset(h: u32, b: u32, j: u32) -> u64;
-    pub fn mc_emu_slot_digests(h: u32, b: u32, address_height: u32) -> u64;
     pub fn mc_emu_top_level_offset(ash: u32, l: u32) -> u64;
+    pub fn mc_emu_top_digests(ash: u32) -> u64;
     pub fn mc_emu_stored_base_level(h: u32, k: u32) -> u32;
+    /// `MC_ABSENT_PAGE`.
+    pub fn mc_emu_absent_page() -> u64;
+    /// Permutations the emulator has run on the calling thread.
+    pub fn mc_emu_permutations() -> u64;
     /// `sizeof` of the five task structs, in the order of `tasks.h`.
     pub fn mc_emu_task_sizes(out: *mut u64);
 }

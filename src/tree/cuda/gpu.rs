@@ -265,6 +265,27 @@ impl Device for CudaDevice {
             .map_err(|e| unavailable("host-to-device copy", &e))
     }
 
+    unsafe fn copy_device_to_device(
+        &self,
+        dst: DevicePtr,
+        src: DevicePtr,
+        bytes: u64,
+    ) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let len = usize::try_from(bytes)
+            .map_err(|_| Error::Unavailable(format!("device-to-device copy of {bytes} bytes")))?;
+        self.bind()?;
+        // SAFETY: the caller guarantees both ranges are allocated and disjoint (trait
+        // contract); the copy is queued on this tree's stream, after the work that wrote
+        // `src` and before any later launch or free.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(dst.0, src.0, len, self.stream.cu_stream())
+        }
+        .map_err(|e| unavailable("device-to-device copy", &e))
+    }
+
     unsafe fn copy_to_host(&self, dst: &mut [u8], src: DevicePtr) -> Result<()> {
         self.bind()?;
         if !dst.is_empty() {
@@ -355,6 +376,15 @@ impl Device for CudaDevice {
         })
     }
 
+    unsafe fn fill_digests(&self, out: DevicePtr, value: DevicePtr, count: u64) -> Result<()> {
+        self.launch("fill_digests", |s| {
+            // SAFETY: shapes guaranteed by the caller (trait contract).
+            unsafe {
+                lb::mc_launch_fill_digests(out.0 as *mut u32, value.0 as *const u32, count, s)
+            }
+        })
+    }
+
     unsafe fn scatter(&self, raw: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
         self.launch("scatter", |s| {
             // SAFETY: as in `vertical`.
@@ -390,12 +420,19 @@ impl Device for CudaDevice {
         })
     }
 
-    unsafe fn compress_pairs(&self, nodes: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
+    unsafe fn compress_pairs(
+        &self,
+        children: DevicePtr,
+        parents: DevicePtr,
+        tasks: DevicePtr,
+        count: u64,
+    ) -> Result<()> {
         self.launch("compress_pairs", |s| {
             // SAFETY: as in `vertical`.
             unsafe {
                 lb::mc_launch_compress_pairs(
-                    nodes.0 as *mut u32,
+                    children.0 as *const u32,
+                    parents.0 as *mut u32,
                     tasks.0 as *const lb::McPairTask,
                     count,
                     s,
@@ -408,8 +445,10 @@ impl Device for CudaDevice {
         &self,
         raw: DevicePtr,
         nodes: DevicePtr,
+        fold: DevicePtr,
         zero: DevicePtr,
         tasks: DevicePtr,
+        listed: DevicePtr,
         count: u64,
         top_offset: u64,
         address_height: u32,
@@ -422,8 +461,10 @@ impl Device for CudaDevice {
                 lb::mc_launch_openings(
                     raw.0 as *const u8,
                     nodes.0 as *const u32,
+                    fold.0 as *const u32,
                     zero.0 as *const u32,
                     tasks.0 as *const lb::McOpenTask,
+                    listed.0 as *const u64,
                     count,
                     top_offset,
                     address_height,

@@ -181,13 +181,15 @@ const _: () = {
 pub struct McPairTask {
     pub parent: u64,
     pub left: u64,
+    pub right: u64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of McPairTask"][::std::mem::size_of::<McPairTask>() - 16usize];
+    ["Size of McPairTask"][::std::mem::size_of::<McPairTask>() - 24usize];
     ["Alignment of McPairTask"][::std::mem::align_of::<McPairTask>() - 8usize];
     ["Offset of field: McPairTask::parent"][::std::mem::offset_of!(McPairTask, parent) - 0usize];
     ["Offset of field: McPairTask::left"][::std::mem::offset_of!(McPairTask, left) - 8usize];
+    ["Offset of field: McPairTask::right"][::std::mem::offset_of!(McPairTask, right) - 16usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -216,27 +218,33 @@ const _: () = {
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct McOpenTask {
-    pub raw_slot_byte: u64,
-    pub slot_node: u64,
+    pub raw_page_byte: u64,
+    pub first_listed: u64,
     pub block: u64,
     pub slot: u32,
     pub cell: u32,
     pub height: u32,
-    pub base: u32,
+    pub raw_levels: u32,
+    pub listed_from: u32,
+    pub pad: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of McOpenTask"][::std::mem::size_of::<McOpenTask>() - 40usize];
+    ["Size of McOpenTask"][::std::mem::size_of::<McOpenTask>() - 48usize];
     ["Alignment of McOpenTask"][::std::mem::align_of::<McOpenTask>() - 8usize];
-    ["Offset of field: McOpenTask::raw_slot_byte"]
-        [::std::mem::offset_of!(McOpenTask, raw_slot_byte) - 0usize];
-    ["Offset of field: McOpenTask::slot_node"]
-        [::std::mem::offset_of!(McOpenTask, slot_node) - 8usize];
+    ["Offset of field: McOpenTask::raw_page_byte"]
+        [::std::mem::offset_of!(McOpenTask, raw_page_byte) - 0usize];
+    ["Offset of field: McOpenTask::first_listed"]
+        [::std::mem::offset_of!(McOpenTask, first_listed) - 8usize];
     ["Offset of field: McOpenTask::block"][::std::mem::offset_of!(McOpenTask, block) - 16usize];
     ["Offset of field: McOpenTask::slot"][::std::mem::offset_of!(McOpenTask, slot) - 24usize];
     ["Offset of field: McOpenTask::cell"][::std::mem::offset_of!(McOpenTask, cell) - 28usize];
     ["Offset of field: McOpenTask::height"][::std::mem::offset_of!(McOpenTask, height) - 32usize];
-    ["Offset of field: McOpenTask::base"][::std::mem::offset_of!(McOpenTask, base) - 36usize];
+    ["Offset of field: McOpenTask::raw_levels"]
+        [::std::mem::offset_of!(McOpenTask, raw_levels) - 36usize];
+    ["Offset of field: McOpenTask::listed_from"]
+        [::std::mem::offset_of!(McOpenTask, listed_from) - 40usize];
+    ["Offset of field: McOpenTask::pad"][::std::mem::offset_of!(McOpenTask, pad) - 44usize];
 };
 unsafe extern "C" {
     pub fn mc_launch_zero_hashes(zero: *mut u32, count: u32, stream: cudaStream_t) -> cudaError_t;
@@ -277,6 +285,14 @@ unsafe extern "C" {
     ) -> cudaError_t;
 }
 unsafe extern "C" {
+    pub fn mc_launch_fill_digests(
+        out: *mut u32,
+        value: *const u32,
+        count: u64,
+        stream: cudaStream_t,
+    ) -> cudaError_t;
+}
+unsafe extern "C" {
     pub fn mc_launch_hash_tasks(
         raw: *const u8,
         tasks: *const McHashTask,
@@ -287,7 +303,8 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn mc_launch_compress_pairs(
-        nodes: *mut u32,
+        children: *const u32,
+        parents: *mut u32,
         tasks: *const McPairTask,
         count: u64,
         stream: cudaStream_t,
@@ -297,8 +314,10 @@ unsafe extern "C" {
     pub fn mc_launch_openings(
         raw: *const u8,
         nodes: *const u32,
+        fold: *const u32,
         zero: *const u32,
         tasks: *const McOpenTask,
+        listed: *const u64,
         count: u64,
         top_offset: u64,
         address_height: u32,

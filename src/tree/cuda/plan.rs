@@ -1,10 +1,17 @@
 //! Host-side work lists for the device: the staging buffer that carries them in one upload,
-//! and the update plan (docs/design.md "Update": the distinct base-level nodes, then the distinct
-//! parents level by level, then vertical paths and the top tree), worked out from the sorted
-//! touched set.
+//! the node resolver over the page table and sparse maps, and the plans of a build, an update
+//! batch and a set of openings (docs/design.md "Update": the distinct base-level nodes, then the
+//! distinct parents level by level, then vertical paths and the top tree), worked out from
+//! the sorted touched set and the image's present pages.
 
-use super::ffi::{as_bytes, HashTask, PairTask, Plain, VerticalTask, WriteTask};
-use super::index::Geometry;
+use std::collections::HashMap;
+
+use super::ffi::{
+    as_bytes, HashTask, OpenTask, PairTask, Plain, VerticalTask, WriteTask, ABSENT_PAGE,
+};
+use super::index::{Geometry, Placement, SlotGeometry, SlotPlace, Upper};
+use crate::error::{Error, Result};
+use crate::image::{ImageUndo, MemoryImage};
 use crate::tree::TouchedBlock;
 
 /// One array inside a [`Staging`] buffer: byte offset and element count.
@@ -17,7 +24,7 @@ pub(crate) struct Section {
 }
 
 /// Arrays of task structs packed into one byte buffer, each 16-byte aligned, so one
-/// allocation and one copy carry a whole batch's lists to the device.
+/// allocation and one copy carry a whole call's lists to the device.
 #[derive(Default)]
 pub(crate) struct Staging {
     bytes: Vec<u8>,
@@ -41,92 +48,619 @@ impl Staging {
     }
 }
 
-/// The work of one update batch, every list in launch order.
-#[derive(Debug, Default)]
-pub(crate) struct UpdatePlan {
-    /// The touched blocks' new cells, for the raw-memory scatter.
-    pub writes: Vec<WriteTask>,
-    /// Each distinct stored base-level ancestor of a touched block, once.
-    pub hashes: Vec<HashTask>,
-    /// `rounds[r]`: the distinct parents at level `b + 1 + r` of every touched slot.
-    pub rounds: Vec<Vec<PairTask>>,
-    /// The touched slots' vertical paths and top-tree leaves.
-    pub vertical: Vec<VerticalTask>,
-    /// `top_rounds[r]`: the distinct top-tree nodes at level `r + 1` above touched slots.
-    pub top_rounds: Vec<Vec<PairTask>>,
+/// A sparse upper level's map: node index → position in the slot's sparse pool.
+pub(crate) type SparseLevel = HashMap<u64, u64>;
+
+/// Per slot, per upper level (`upper_base + j`), the sparse map (empty for dense levels and
+/// empty slots).
+pub(crate) type SparseMaps = Vec<Vec<SparseLevel>>;
+
+/// Gives every sparse-level ancestor of `slot`'s pages `pages` (page numbers) a pool
+/// position, in the order met; returns the `(level index j, node index)` entries it added.
+pub(crate) fn add_sparse_ancestors(
+    g: &SlotGeometry,
+    maps: &mut [SparseLevel],
+    pages: impl Iterator<Item = u64>,
+) -> Vec<(usize, u64)> {
+    let s = &g.shape;
+    let mut added = Vec::new();
+    let mut count: u64 = maps.iter().map(|m| m.len() as u64).sum();
+    for page in pages {
+        for l in s.upper_base()..=s.height {
+            if g.upper(l) != Upper::Sparse {
+                continue;
+            }
+            let j = (l - s.upper_base()) as usize;
+            let i = page >> (l - s.page_levels);
+            if let std::collections::hash_map::Entry::Vacant(e) = maps[j].entry(i) {
+                e.insert(count);
+                count += 1;
+                added.push((j, i));
+            }
+        }
+    }
+    added
 }
 
-/// Sorted distinct parents of sorted distinct `children` indices.
+/// Resolves tree positions to node indices for one placement of the arrays.
+pub(crate) struct Resolver<'a> {
+    pub geometry: &'a Geometry,
+    pub placement: &'a Placement,
+    pub sparse: &'a SparseMaps,
+    pub image: &'a MemoryImage,
+}
+
+/// Which array a launch reads children from and writes parents to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Base {
+    /// The tree's node array.
+    Nodes,
+    /// The call's fold scratch ([`Fold`]).
+    Fold,
+}
+
+/// One `compress_pairs` launch.
+#[derive(Debug)]
+pub(crate) struct Round {
+    pub children: Base,
+    pub parents: Base,
+    pub tasks: Vec<PairTask>,
+}
+
+/// The base pairs a round may have, in launch order within a step.
+const KINDS: [(Base, Base); 3] = [
+    (Base::Fold, Base::Fold),
+    (Base::Fold, Base::Nodes),
+    (Base::Nodes, Base::Nodes),
+];
+
+/// Pair tasks collected by step: step `r` of every slot (or opening) goes into one launch per
+/// base pair, since different slots never read each other's nodes.
+#[derive(Default)]
+pub(crate) struct Rounds {
+    steps: Vec<[Vec<PairTask>; 3]>,
+}
+
+impl Rounds {
+    fn push(&mut self, step: usize, kind: (Base, Base), task: PairTask) {
+        if self.steps.len() <= step {
+            self.steps.resize_with(step + 1, Default::default);
+        }
+        let k = KINDS.iter().position(|&x| x == kind).unwrap_or(2);
+        self.steps[step][k].push(task);
+    }
+
+    /// The launches, in order.
+    pub fn into_rounds(self) -> Vec<Round> {
+        let mut out = Vec::new();
+        for step in self.steps {
+            for (tasks, (children, parents)) in step.into_iter().zip(KINDS) {
+                if !tasks.is_empty() {
+                    out.push(Round {
+                        children,
+                        parents,
+                        tasks,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A call's fold scratch: `zero[0..=address_height]` (copied from the node array), then page
+/// roots hashed from raw memory and the nodes folded from them, for stored levels above the
+/// pages when `b > q` and for such openings' siblings.
+pub(crate) struct Fold {
+    /// Digests used so far.
+    pub digests: u64,
+    /// Page roots to hash from raw memory into the scratch (`out_node` is a fold index).
+    pub roots: Vec<HashTask>,
+    /// Whether anything reads the scratch.
+    pub used: bool,
+}
+
+impl Fold {
+    fn new(address_height: u32) -> Self {
+        Fold {
+            digests: u64::from(address_height) + 1,
+            roots: Vec::new(),
+            used: false,
+        }
+    }
+
+    fn alloc(&mut self, n: u64) -> u64 {
+        self.used = true;
+        let at = self.digests;
+        self.digests += n;
+        at
+    }
+
+    /// Fold index of `zero[l]`.
+    fn zero(&mut self, l: u32) -> u64 {
+        self.used = true;
+        u64::from(l)
+    }
+}
+
+/// Sorted distinct parents of sorted distinct indices.
 fn parents_of(children: &[u64]) -> Vec<u64> {
     let mut up: Vec<u64> = children.iter().map(|i| i >> 1).collect();
     up.dedup();
     up
 }
 
-impl UpdatePlan {
-    /// Plans `blocks`, whose sorted `keys` [`crate::tree::validated_keys`] returned for the
-    /// layout of `geometry` (so every slot is non-empty and every block in range and
-    /// distinct).
-    pub fn new(geometry: &Geometry, blocks: &[TouchedBlock], keys: &[u64]) -> Self {
-        let mut plan = UpdatePlan::default();
+impl Resolver<'_> {
+    fn slot(&self, slot: u32) -> Result<(&SlotGeometry, &SlotPlace)> {
+        match (
+            self.geometry.slots.get(slot as usize),
+            self.placement.slots.get(slot as usize),
+        ) {
+            (Some(Some(g)), Some(Some(p))) => Ok((g, p)),
+            _ => Err(internal(format!("slot {slot} has no device nodes"))),
+        }
+    }
+
+    /// Node index of node `i` of a stored level `l ≥ b` of `slot` (or of the page root,
+    /// `l = q`, when `b ≤ q`): where it is stored, or `zero[l]`'s entry when nothing present
+    /// lies below it.
+    pub fn node(&self, slot: u32, l: u32, i: u64) -> Result<u64> {
+        Ok(self
+            .stored(slot, l, i)?
+            .unwrap_or_else(|| self.geometry.zero(l)))
+    }
+
+    /// Node index of a node that must be stored (a parent being written).
+    fn written(&self, slot: u32, l: u32, i: u64) -> Result<u64> {
+        self.stored(slot, l, i)?
+            .ok_or_else(|| internal(format!("slot {slot} level {l} node {i} is not stored")))
+    }
+
+    /// Where node `(l, i)` of `slot` is stored, `None` when nothing present lies below it.
+    fn stored(&self, slot: u32, l: u32, i: u64) -> Result<Option<u64>> {
+        let (g, p) = self.slot(slot)?;
+        let s = &g.shape;
+        if l <= s.page_levels {
+            let up = s.page_levels - l;
+            return Ok(self
+                .image
+                .page_id(slot, i >> up)
+                .map(|id| g.page_node(p, l, u64::from(id), i & ((1u64 << up) - 1))));
+        }
+        Ok(match g.upper(l) {
+            Upper::Dense(first) => Some(first + i),
+            Upper::Sparse => self.sparse[slot as usize][(l - s.upper_base()) as usize]
+                .get(&i)
+                .map(|&pos| p.sparse_nodes + pos),
+        })
+    }
+
+    /// Pair tasks for the distinct ancestors of `dirty` (sorted distinct level-`from` nodes
+    /// of `slot`, `from ≥ b`, already written) up to the slot's height, level `from + 1 + r`
+    /// at step `step0 + r`.
+    fn plan_up(
+        &self,
+        slot: u32,
+        from: u32,
+        mut dirty: Vec<u64>,
+        step0: usize,
+        rounds: &mut Rounds,
+    ) -> Result<()> {
+        let (g, place) = self.slot(slot)?;
+        let q = g.shape.page_levels;
+        for l in from + 1..=g.shape.height {
+            dirty = parents_of(&dirty);
+            let step = step0 + (l - from - 1) as usize;
+            // Inside the pages a parent's children share its page: one page-table lookup
+            // per page and level (the dirty list is sorted, so a page's parents are
+            // consecutive).
+            let mut page: Option<(u64, u64)> = None;
+            for &p in &dirty {
+                let task = if l <= q {
+                    let number = p >> (q - l);
+                    let id = match page {
+                        Some((n, id)) if n == number => id,
+                        _ => {
+                            let id = self.image.page_id(slot, number).ok_or_else(|| {
+                                internal(format!("slot {slot} page {number} is absent"))
+                            })?;
+                            page = Some((number, u64::from(id)));
+                            u64::from(id)
+                        }
+                    };
+                    let local = p & ((1u64 << (q - l)) - 1);
+                    let left = g.page_node(place, l - 1, id, 2 * local);
+                    PairTask {
+                        parent: g.page_node(place, l, id, local),
+                        left,
+                        right: left + 1,
+                    }
+                } else {
+                    PairTask {
+                        parent: self.written(slot, l, p)?,
+                        left: self.node(slot, l - 1, 2 * p)?,
+                        right: self.node(slot, l - 1, 2 * p + 1)?,
+                    }
+                };
+                rounds.push(step, (Base::Nodes, Base::Nodes), task);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hash tasks for the roots of `slot`'s present pages `pages` (`(page number, id)`,
+    /// sorted) into the fold scratch; returns `(page number, fold index)`.
+    fn fold_roots(
+        &self,
+        slot: u32,
+        pages: &[(u64, u32)],
+        fold: &mut Fold,
+    ) -> Result<Vec<(u64, u64)>> {
+        let (g, p) = self.slot(slot)?;
+        let first = fold.alloc(pages.len() as u64);
+        Ok(pages
+            .iter()
+            .enumerate()
+            .map(|(j, &(n, id))| {
+                fold.roots.push(HashTask {
+                    out_node: first + j as u64,
+                    raw_byte: p.raw + u64::from(id) * g.page_bytes,
+                    cell: super::cell_code(g.cell),
+                    levels: g.shape.page_levels,
+                });
+                (n, first + j as u64)
+            })
+            .collect())
+    }
+
+    /// The present pages of `slot` under level-`l` node `i` (`l ≥ q`).
+    fn pages_under(&self, slot: u32, q: u32, l: u32, i: u64) -> Vec<(u64, u32)> {
+        self.image
+            .pages_in(slot, i << (l - q)..(i + 1) << (l - q))
+            .collect()
+    }
+}
+
+/// The error for a broken invariant of the planner (never expected; reported instead of a
+/// wrong write).
+fn internal(what: String) -> Error {
+    Error::Unavailable(format!(
+        "internal error in the device tree's planner: {what}"
+    ))
+}
+
+/// Folds `nodes` (sorted distinct `(index, fold index)` at level `from`) up to level `to`
+/// in the fold scratch, level `from + 1 + r` at step `step0 + r`; a missing sibling is
+/// `zero[l]`. The last level's parents go to the node array at `last(i)` when given, else
+/// into the scratch. Returns the level-`to` nodes as `(index, fold or node index)`.
+fn fold_levels(
+    mut nodes: Vec<(u64, u64)>,
+    from: u32,
+    to: u32,
+    step0: usize,
+    last: Option<&dyn Fn(u64) -> Result<u64>>,
+    fold: &mut Fold,
+    rounds: &mut Rounds,
+) -> Result<Vec<(u64, u64)>> {
+    for l in from + 1..=to {
+        let step = step0 + (l - from - 1) as usize;
+        let z = fold.zero(l - 1);
+        let mut up = Vec::with_capacity(nodes.len());
+        let mut j = 0;
+        while j < nodes.len() {
+            let (c, at) = nodes[j];
+            let (left, right) = if c & 1 == 1 {
+                (z, at)
+            } else if nodes.get(j + 1).is_some_and(|&(n, _)| n == c + 1) {
+                j += 1;
+                (at, nodes[j].1)
+            } else {
+                (at, z)
+            };
+            let (parent, kind) = match last {
+                Some(f) if l == to => (f(c >> 1)?, (Base::Fold, Base::Nodes)),
+                _ => (fold.alloc(1), (Base::Fold, Base::Fold)),
+            };
+            rounds.push(
+                step,
+                kind,
+                PairTask {
+                    parent,
+                    left,
+                    right,
+                },
+            );
+            up.push((c >> 1, parent));
+            j += 1;
+        }
+        nodes = up;
+    }
+    Ok(nodes)
+}
+
+/// The work of a build, beyond the per-slot page launches (which need no task lists).
+pub(crate) struct BuildPlan {
+    /// `(first node index, count, level)`: dense upper levels to fill with `zero[level]`.
+    pub fills: Vec<(u64, u64, u32)>,
+    /// Per slot with `b > q` and pages: `(slot, fold index of page id 0's root)`, for one
+    /// `build_base` of its pages' roots into the scratch.
+    pub fold_roots: Vec<(u32, u64)>,
+    /// Pair launches: folds, then the upper levels of every slot.
+    pub rounds: Vec<Round>,
+    /// Every top-tree leaf's vertical task.
+    pub vertical: Vec<VerticalTask>,
+    /// The fold scratch's size and use.
+    pub fold: Fold,
+}
+
+impl Resolver<'_> {
+    /// Plans the build over every present page.
+    pub fn plan_build(&self) -> Result<BuildPlan> {
+        let g = self.geometry;
+        let mut fold = Fold::new(g.address_height);
+        let mut rounds = Rounds::default();
+        let mut fills = Vec::new();
+        let mut fold_roots = Vec::new();
+        for (slot, sg) in g.slots.iter().enumerate() {
+            let Some(sg) = sg else { continue };
+            let slot = slot as u32;
+            let s = &sg.shape;
+            for l in s.upper_base()..=s.height {
+                if let Upper::Dense(first) = sg.upper(l) {
+                    fills.push((first, s.width(l), l));
+                }
+            }
+            let pages: Vec<(u64, u32)> = self.image.pages(slot).collect();
+            if pages.is_empty() {
+                continue;
+            }
+            if s.pages_store_nodes() {
+                // Levels b..=q by whole-level launches; above, the page roots' ancestors.
+                let numbers = pages.iter().map(|p| p.0).collect();
+                self.plan_up(slot, s.page_levels, numbers, 0, &mut rounds)?;
+            } else {
+                let first = fold.alloc(pages.len() as u64);
+                fold_roots.push((slot, first));
+                let roots = pages
+                    .iter()
+                    .map(|&(n, id)| (n, first + u64::from(id)))
+                    .collect();
+                let b = s.base;
+                let stored = |i| self.written(slot, b, i);
+                let level_b = fold_levels(
+                    roots,
+                    s.page_levels,
+                    b,
+                    0,
+                    Some(&stored),
+                    &mut fold,
+                    &mut rounds,
+                )?;
+                let dirty = level_b.iter().map(|n| n.0).collect();
+                self.plan_up(slot, b, dirty, (b - s.page_levels) as usize, &mut rounds)?;
+            }
+        }
+        let vertical = (0..1u64 << g.address_space_height)
+            .map(|slot| self.vertical_task(slot))
+            .collect::<Result<_>>()?;
+        Ok(BuildPlan {
+            fills,
+            fold_roots,
+            rounds: rounds.into_rounds(),
+            vertical,
+            fold,
+        })
+    }
+
+    /// The vertical task of top-tree leaf `slot`: a slot's path, or `zero[address_height]`
+    /// for an empty (or missing) slot.
+    fn vertical_task(&self, slot: u64) -> Result<VerticalTask> {
+        let g = self.geometry;
+        Ok(match g.slots.get(slot as usize) {
+            Some(Some(sg)) => VerticalTask {
+                slot_root: self.node(slot as u32, sg.shape.height, 0)?,
+                first_vertical: sg.vertical,
+                top_leaf: g.top(0, slot),
+                height: sg.shape.height,
+                count: g.address_height - sg.shape.height,
+            },
+            _ => VerticalTask {
+                slot_root: g.zero(g.address_height),
+                first_vertical: 0,
+                top_leaf: g.top(0, slot),
+                height: g.address_height,
+                count: 0,
+            },
+        })
+    }
+}
+
+/// The work of one update batch, every list in launch order.
+pub(crate) struct UpdatePlan {
+    /// `(first node index, count, level)`: the new pages' levels, filled with `zero[level]`.
+    pub fills: Vec<(u64, u64, u32)>,
+    /// The touched blocks in pages that existed before the batch (new pages are uploaded
+    /// whole from the host image, which already holds the batch).
+    pub writes: Vec<WriteTask>,
+    /// Each distinct stored base-level ancestor of a touched block (`b ≤ q`), once.
+    pub hashes: Vec<HashTask>,
+    /// Pair launches: folds, then each touched slot's levels above its base.
+    pub rounds: Vec<Round>,
+    /// The touched slots' vertical paths and top-tree leaves.
+    pub vertical: Vec<VerticalTask>,
+    /// `top_rounds[r]`: the distinct top-tree nodes at level `r + 1` above touched slots.
+    pub top_rounds: Vec<Vec<PairTask>>,
+    /// Page roots for `b > q` slots, and the scratch's size.
+    pub fold: Fold,
+}
+
+impl Resolver<'_> {
+    /// Plans `blocks`, whose sorted `keys` [`crate::tree::validated_keys`] returned, against
+    /// the image after the batch's write (`undo` tells which pages it created) and this
+    /// resolver's placement (already grown for them).
+    pub fn plan_update(
+        &self,
+        blocks: &[TouchedBlock],
+        keys: &[u64],
+        undo: &ImageUndo,
+    ) -> Result<UpdatePlan> {
+        let g = self.geometry;
+        let mut plan = UpdatePlan {
+            fills: Vec::new(),
+            writes: Vec::with_capacity(blocks.len()),
+            hashes: Vec::new(),
+            rounds: Vec::new(),
+            vertical: Vec::new(),
+            top_rounds: Vec::new(),
+            fold: Fold::new(g.address_height),
+        };
+        let mut rounds = Rounds::default();
         let mut touched_slots = Vec::new();
         for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
             let slot = (group[0] >> 32) as u32;
-            let Some(Some(g)) = geometry.slots.get(slot as usize) else {
-                continue;
-            };
+            let (sg, place) = self.slot(slot)?;
             touched_slots.push(u64::from(slot));
-            let mut dirty: Vec<u64> = group.iter().map(|k| (k & 0xffff_ffff) >> g.base).collect();
-            dirty.dedup();
-            plan.hashes.extend(dirty.iter().map(|&i| HashTask {
-                out_node: g.node(g.base, i),
-                raw_byte: g.raw_offset + (i << g.base) * g.block_bytes(),
-                cell: super::cell_code(g.cell),
-                levels: g.base,
-            }));
-            for l in g.base + 1..=g.height {
-                let up = parents_of(&dirty);
-                let round = (l - g.base - 1) as usize;
-                if plan.rounds.len() <= round {
-                    plan.rounds.push(Vec::new());
+            let s = &sg.shape;
+            let (b, q) = (s.base, s.page_levels);
+            let before = undo.pages_before(slot) as u64;
+            if s.pages_store_nodes() && place.pages > before {
+                for l in b..=q {
+                    let (first, _) = sg.page_level(place, l);
+                    let per = 1u64 << (q - l);
+                    plan.fills
+                        .push((first + before * per, (place.pages - before) * per, l));
                 }
-                plan.rounds[round].extend(up.iter().map(|&p| PairTask {
-                    parent: g.node(l, p),
-                    left: g.node(l - 1, 2 * p),
-                }));
-                dirty = up;
             }
-            plan.vertical.push(VerticalTask {
-                slot_root: g.node(g.height, 0),
-                first_vertical: g.vertical(0),
-                top_leaf: geometry.top(0, u64::from(slot)),
-                height: g.height,
-                count: geometry.address_height - g.height,
+            let mut dirty: Vec<u64> = group.iter().map(|k| (k & 0xffff_ffff) >> b).collect();
+            dirty.dedup();
+            if s.pages_store_nodes() {
+                let bb = sg.block_bytes();
+                for &i in &dirty {
+                    let page = i >> (q - b);
+                    let id = self.image.page_id(slot, page).ok_or_else(|| {
+                        internal(format!("slot {slot} page {page} was written but is absent"))
+                    })?;
+                    let local = i & ((1u64 << (q - b)) - 1);
+                    plan.hashes.push(HashTask {
+                        out_node: self.written(slot, b, i)?,
+                        raw_byte: place.raw + u64::from(id) * sg.page_bytes + (local << b) * bb,
+                        cell: super::cell_code(sg.cell),
+                        levels: b,
+                    });
+                }
+                self.plan_up(slot, b, dirty, 0, &mut rounds)?;
+            } else {
+                let mut pages = Vec::new();
+                for &i in &dirty {
+                    pages.extend(self.pages_under(slot, q, b, i));
+                }
+                let roots = self.fold_roots(slot, &pages, &mut plan.fold)?;
+                let stored = |i| self.written(slot, b, i);
+                let level_b =
+                    fold_levels(roots, q, b, 0, Some(&stored), &mut plan.fold, &mut rounds)?;
+                let up = level_b.iter().map(|n| n.0).collect();
+                self.plan_up(slot, b, up, (b - q) as usize, &mut rounds)?;
+            }
+            plan.vertical.push(self.vertical_task(u64::from(slot))?);
+        }
+        for blk in blocks {
+            let (sg, place) = self.slot(blk.slot)?;
+            let page = blk.block >> sg.shape.page_levels;
+            let Some(id) = self.image.page_id(blk.slot, page) else {
+                return Err(internal(format!("slot {} page {page} is absent", blk.slot)));
+            };
+            if u64::from(id) >= undo.pages_before(blk.slot) as u64 {
+                continue;
+            }
+            let local = blk.block & ((1u64 << sg.shape.page_levels) - 1);
+            plan.writes.push(WriteTask {
+                raw_byte: place.raw + u64::from(id) * sg.page_bytes + local * sg.block_bytes(),
+                cell: super::cell_code(sg.cell),
+                pad: 0,
+                cells: blk.cells,
             });
         }
-        for b in blocks {
-            if let Some(Some(g)) = geometry.slots.get(b.slot as usize) {
-                plan.writes.push(WriteTask {
-                    raw_byte: g.raw_offset + b.block * g.block_bytes(),
-                    cell: super::cell_code(g.cell),
-                    pad: 0,
-                    cells: b.cells,
-                });
-            }
-        }
+        plan.rounds = rounds.into_rounds();
         let mut dirty = touched_slots;
-        for l in 1..=geometry.address_space_height {
+        for l in 1..=g.address_space_height {
             let up = parents_of(&dirty);
             plan.top_rounds.push(
                 up.iter()
                     .map(|&p| PairTask {
-                        parent: geometry.top(l, p),
-                        left: geometry.top(l - 1, 2 * p),
+                        parent: g.top(l, p),
+                        left: g.top(l - 1, 2 * p),
+                        right: g.top(l - 1, 2 * p + 1),
                     })
                     .collect(),
             );
             dirty = up;
         }
-        plan
+        Ok(plan)
+    }
+}
+
+/// The work of a set of openings.
+pub(crate) struct OpeningPlan {
+    /// One task per position.
+    pub tasks: Vec<OpenTask>,
+    /// The node indices the tasks name (fold, then node array), per task in level order.
+    pub listed: Vec<u64>,
+    /// Fold launches for siblings between the page level and `b` (all in the scratch).
+    pub rounds: Vec<Round>,
+    /// Their page roots, and the scratch's size.
+    pub fold: Fold,
+}
+
+impl Resolver<'_> {
+    /// Plans openings of validated `positions`. Each sibling below the stored base level `b`
+    /// and above the page level is folded from its present pages, per opening (two openings
+    /// under the same sibling fold it twice).
+    pub fn plan_openings(&self, positions: &[(u32, u64)]) -> Result<OpeningPlan> {
+        let g = self.geometry;
+        let mut fold = Fold::new(g.address_height);
+        let mut rounds = Rounds::default();
+        let mut tasks = Vec::with_capacity(positions.len());
+        let mut listed = Vec::new();
+        for &(slot, block) in positions {
+            let (sg, place) = self.slot(slot)?;
+            let s = &sg.shape;
+            let (b, q, h) = (s.base, s.page_levels, s.height);
+            let local_mask = (1u64 << q) - 1;
+            let first_listed = listed.len() as u64;
+            for l in q.min(b)..b {
+                let sibling = (block >> l) ^ 1;
+                let pages = self.pages_under(slot, q, l, sibling);
+                if pages.is_empty() {
+                    listed.push(fold.zero(l));
+                    continue;
+                }
+                let roots = self.fold_roots(slot, &pages, &mut fold)?;
+                let top = fold_levels(roots, q, l, 0, None, &mut fold, &mut rounds)?;
+                listed.push(top.first().map_or(fold.zero(l), |n| n.1));
+            }
+            for l in b..h {
+                listed.push(self.node(slot, l, (block >> l) ^ 1)?);
+            }
+            tasks.push(OpenTask {
+                raw_page_byte: self
+                    .image
+                    .page_id(slot, block >> q)
+                    .map_or(ABSENT_PAGE, |id| place.raw + u64::from(id) * sg.page_bytes),
+                first_listed,
+                block: block & local_mask,
+                slot,
+                cell: super::cell_code(sg.cell),
+                height: h,
+                raw_levels: b.min(q),
+                listed_from: b,
+                pad: 0,
+            });
+        }
+        Ok(OpeningPlan {
+            tasks,
+            listed,
+            rounds: rounds.into_rounds(),
+            fold,
+        })
     }
 }

@@ -114,22 +114,22 @@ pub fn level_offset(h: u32, b: u32, l: u32) -> u64 {
     unsafe { ffi::mc_emu_level_offset(h, b, l) }
 }
 
-/// `tree_index.h`'s `vertical_offset(h, b, j)`; needs `b <= h < 63`.
-pub fn vertical_offset(h: u32, b: u32, j: u32) -> u64 {
-    // SAFETY: plain values.
-    unsafe { ffi::mc_emu_vertical_offset(h, b, j) }
-}
-
-/// `tree_index.h`'s `slot_digests(h, b, address_height)`; needs `b <= h <= address_height`.
-pub fn slot_digests(h: u32, b: u32, address_height: u32) -> u64 {
-    // SAFETY: plain values.
-    unsafe { ffi::mc_emu_slot_digests(h, b, address_height) }
-}
-
 /// `tree_index.h`'s `top_level_offset(ash, l)`; needs `l <= ash < 63`.
 pub fn top_level_offset(ash: u32, l: u32) -> u64 {
     // SAFETY: plain values.
     unsafe { ffi::mc_emu_top_level_offset(ash, l) }
+}
+
+/// `tree_index.h`'s `top_digests(ash)`; needs `ash < 63`.
+pub fn top_digests(ash: u32) -> u64 {
+    // SAFETY: plain values.
+    unsafe { ffi::mc_emu_top_digests(ash) }
+}
+
+/// `tasks.h`'s `MC_ABSENT_PAGE` and the Rust mirror's value, to compare.
+pub fn absent_page() -> (u64, u64) {
+    // SAFETY: no arguments.
+    (unsafe { ffi::mc_emu_absent_page() }, ffi::ABSENT_PAGE)
 }
 
 /// C `sizeof` of `McWriteTask`, `McHashTask`, `McPairTask`, `McVerticalTask`, `McOpenTask`.

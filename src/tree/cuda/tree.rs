@@ -1,82 +1,120 @@
-//! `CudaTree`: the device tree on any [`Device`], mirroring the CPU tree's layout and
-//! update algorithm (see [`crate::tree::cpu`]) with every hash computed by the kernels.
+//! `CudaTree`: the device tree on any [`Device`], over the image's present pages, mirroring
+//! the CPU tree's stored shape and update algorithm (see [`crate::tree::cpu`] and
+//! [`crate::tree::shape`]) with every hash computed by the kernels.
+//!
+//! Device memory is two exactly sized arrays (see [`super::index`]): the node array (the
+//! fixed part, then each slot's page levels and sparse pool) and the raw array (each slot's
+//! present pages). Device page = the image's page id, so the image's page table is the
+//! device's page table; the host also keeps, per sparse level, the map from node index to
+//! pool position. A batch that creates pages moves the tree to bigger arrays inside the
+//! batch: allocate, copy the old contents device-to-device on the same stream, upload the
+//! new pages, fill their levels with zero hashes, then update as usual; the old arrays are
+//! freed after the batch's one host synchronisation.
 
 use std::sync::Arc;
 
 use super::device::{Device, DevicePtr};
-use super::ffi::{as_bytes_mut, OpenTask, VerticalTask};
-use super::index::{Geometry, SlotGeometry};
-use super::plan::{Section, Staging, UpdatePlan};
+use super::ffi::as_bytes_mut;
+use super::index::{moves, Geometry, Placement};
+use super::plan::{
+    add_sparse_ancestors, Base, BuildPlan, Resolver, Round, Section, SparseLevel, SparseMaps,
+    Staging, UpdatePlan,
+};
 use super::words::digest_from_words;
 use crate::error::{Error, Result};
 use crate::hash::{Digest, DIGEST_BYTES};
-use crate::image::MemoryImage;
+use crate::image::{ImageUndo, MemoryImage};
 use crate::layout::MemoryLayout;
 use crate::tree::{
     check_image, check_omitted_levels, check_positions, validated_keys, Backend, MemoryTree,
     MemoryUsage, Opening, TouchedBlock,
 };
 
-/// A device allocation owned by a tree or a call; freed by its owner.
+/// A device allocation owned by a tree; freed by its owner.
 #[derive(Clone, Copy, Debug)]
 struct Buffer {
     ptr: DevicePtr,
     bytes: u64,
 }
 
-/// A call's temporary device buffer, freed when the guard drops (after the call's sync).
-struct Scratch<'d, D: Device> {
+/// A device allocation freed when the guard drops (after the call's sync), unless kept.
+struct Allocation<'d, D: Device> {
     device: &'d D,
     buffer: Buffer,
+    armed: bool,
 }
 
-impl<'d, D: Device> Scratch<'d, D> {
+impl<'d, D: Device> Allocation<'d, D> {
+    /// Allocates `bytes` (at least 16, so an empty list still has an address).
     fn new(device: &'d D, bytes: u64) -> Result<Self> {
         let ptr = device.alloc(bytes.max(16))?;
-        Ok(Scratch {
+        Ok(Allocation {
             device,
             buffer: Buffer { ptr, bytes },
+            armed: true,
         })
-    }
-
-    /// Allocates and uploads `staging`; the caller keeps `staging` alive until its sync.
-    fn upload(device: &'d D, staging: &Staging) -> Result<Self> {
-        let scratch = Scratch::new(device, staging.bytes().len() as u64)?;
-        // SAFETY: the allocation holds the bytes; the caller keeps `staging` alive and
-        // unchanged until it synchronises (its doc).
-        unsafe { device.copy_to_device(scratch.buffer.ptr, staging.bytes())? };
-        Ok(scratch)
     }
 
     /// The address of `section` inside this buffer.
     fn at(&self, section: Section) -> DevicePtr {
         self.buffer.ptr.offset(section.offset)
     }
-}
 
-impl<D: Device> Drop for Scratch<'_, D> {
-    fn drop(&mut self) {
-        // SAFETY: allocated by `Scratch::new` on this device and dropped only here.
-        unsafe { self.device.free(self.buffer.ptr) };
+    /// Hands the allocation to a new owner instead of freeing it.
+    fn keep(mut self) -> Buffer {
+        self.armed = false;
+        self.buffer
     }
 }
 
-/// The device tree. Nodes live in one flat device array (each slot's stored levels and
-/// vertical path, then the top tree, then the zero hashes; see [`super::index`]); raw memory
-/// is the host's `Arc<MemoryImage>`, mirrored in one device buffer.
+impl<D: Device> Drop for Allocation<'_, D> {
+    fn drop(&mut self) {
+        if self.armed {
+            // SAFETY: allocated by `Allocation::new` on this device and not kept, so nothing
+            // else frees it; frees are ordered after the work queued on it.
+            unsafe { self.device.free(self.buffer.ptr) };
+        }
+    }
+}
+
+/// How a batch failed: before anything was queued (the tree is as it was) or after (the
+/// device state is unknown and the tree is lost).
+enum Failure {
+    Unchanged(Error),
+    Lost(Error),
+}
+
+/// The arrays one update writes: the tree's own, or bigger ones the batch moves to.
+#[derive(Clone, Copy)]
+struct Targets {
+    nodes: DevicePtr,
+    raw: DevicePtr,
+    old_nodes: DevicePtr,
+    old_raw: DevicePtr,
+    staging: DevicePtr,
+    fold: DevicePtr,
+}
+
+/// The device tree (module docs).
 ///
 /// Ownership: the tree keeps raw memory (and every host buffer it copies from) alive until
 /// its stream has synchronised, which every call does before returning, on errors too.
 ///
-/// A failed batch leaves the tree unchanged when validation or a staging allocation fails;
-/// a device failure after the first launch marks the tree lost, and every later update or
-/// opening returns [`Error::Unavailable`].
+/// A failed batch leaves the tree, its image and its pages unchanged when validation, the
+/// host page allocation or a device allocation fails (nothing was queued); a device failure
+/// after that marks the tree lost (every later update or opening returns
+/// [`Error::Unavailable`]) and still restores the host image, so the image never holds a
+/// batch the root does not.
 pub struct CudaTree<D: Device> {
     device: D,
     layout: MemoryLayout,
     omitted_levels: u32,
     image: Arc<MemoryImage>,
     geometry: Geometry,
+    /// Where each slot's pages and sparse pool lie in the arrays the tree holds.
+    placement: Placement,
+    /// Per slot and upper level: sparse node index → pool position.
+    sparse: SparseMaps,
     nodes: Option<Buffer>,
     raw: Option<Buffer>,
     root: Digest,
@@ -86,17 +124,31 @@ pub struct CudaTree<D: Device> {
 impl<D: Device> Drop for CudaTree<D> {
     fn drop(&mut self) {
         for b in [self.nodes.take(), self.raw.take()].into_iter().flatten() {
-            // SAFETY: allocated by `build` on this device and never used again.
+            // SAFETY: allocated by this tree on this device and never used again.
             unsafe { self.device.free(b.ptr) };
         }
     }
 }
 
+/// `(present pages, sparse nodes)` of each slot.
+fn sizes<'a>(
+    image: &'a MemoryImage,
+    sparse: &'a SparseMaps,
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    sparse.iter().enumerate().map(|(slot, levels)| {
+        (
+            image.present_pages(slot as u32) as u64,
+            levels.iter().map(|m| m.len() as u64).sum(),
+        )
+    })
+}
+
 impl<D: Device> CudaTree<D> {
-    /// Builds the tree on `device` over `image` with `omitted_levels = k`: uploads raw memory,
-    /// then hashes every slot from raw memory to its base level (one thread per base-level
-    /// node), its stored levels one launch each, the vertical paths and the top tree, and
-    /// synchronises once.
+    /// Builds the tree on `device` over `image`'s present pages with `omitted_levels = k`:
+    /// uploads each slot's page buffer, hashes its pages' levels with one launch per level
+    /// (or, when `b > q`, their roots into a scratch and folds them to level `b`), then the
+    /// ancestors of the present pages level by level, the vertical paths and the top tree,
+    /// and synchronises once.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for `k > MAX_OMITTED_LEVELS` or an image that does not
@@ -105,32 +157,47 @@ impl<D: Device> CudaTree<D> {
     pub fn build(device: D, layout: MemoryLayout, image: Arc<MemoryImage>, k: u32) -> Result<Self> {
         check_omitted_levels(k)?;
         check_image(&layout, &image)?;
-        let geometry = Geometry::new(&layout, k)?;
+        let geometry = Geometry::new(&layout, k);
+        let mut sparse: SparseMaps = geometry
+            .slots
+            .iter()
+            .map(|g| {
+                g.as_ref()
+                    .map_or(Vec::new(), |g| vec![SparseLevel::new(); g.upper.len()])
+            })
+            .collect();
+        for (slot, g) in geometry.slots.iter().enumerate() {
+            if let Some(g) = g {
+                let pages = image.pages(slot as u32).map(|p| p.0);
+                add_sparse_ancestors(g, &mut sparse[slot], pages);
+            }
+        }
+        let placement = geometry.place(sizes(&image, &sparse))?;
         let mut tree = CudaTree {
             device,
             layout,
             omitted_levels: k,
             image,
             geometry,
+            placement,
+            sparse,
             nodes: None,
             raw: None,
             root: Digest::ZERO,
             lost: None,
         };
-        let node_bytes = tree
-            .geometry
-            .total_digests
-            .checked_mul(DIGEST_BYTES)
-            .ok_or_else(|| Error::ResourceExhausted("node array overflows 64 bits".into()))?;
+        let node_bytes = tree.placement.node_digests * DIGEST_BYTES;
         tree.nodes = Some(Buffer {
             ptr: tree.device.alloc(node_bytes)?,
             bytes: node_bytes,
         });
-        let raw_bytes = tree.geometry.raw_bytes;
-        tree.raw = Some(Buffer {
-            ptr: tree.device.alloc(raw_bytes.max(16))?,
-            bytes: raw_bytes,
-        });
+        let raw_bytes = tree.placement.raw_bytes;
+        if raw_bytes > 0 {
+            tree.raw = Some(Buffer {
+                ptr: tree.device.alloc(raw_bytes)?,
+                bytes: raw_bytes,
+            });
+        }
         tree.root = tree.build_on_device()?;
         Ok(tree)
     }
@@ -148,6 +215,15 @@ impl<D: Device> CudaTree<D> {
         self.raw.map_or(DevicePtr(0), |b| b.ptr)
     }
 
+    fn resolver<'a>(&'a self, placement: &'a Placement) -> Resolver<'a> {
+        Resolver {
+            geometry: &self.geometry,
+            placement,
+            sparse: &self.sparse,
+            image: &self.image,
+        }
+    }
+
     fn check_live(&self) -> Result<()> {
         match &self.lost {
             None => Ok(()),
@@ -157,103 +233,150 @@ impl<D: Device> CudaTree<D> {
         }
     }
 
-    /// Reads the root back; this waits for the stream (the call's one host sync).
-    fn read_root(&self) -> Result<Digest> {
+    /// Reads the root from the node array at `nodes`; this waits for the stream (the call's
+    /// one host sync).
+    fn read_root(&self, nodes: DevicePtr) -> Result<Digest> {
         let mut words = [0u32; 8];
-        let at = self
-            .nodes_ptr()
-            .digest(self.geometry.top(self.geometry.address_space_height, 0));
+        let at = nodes.digest(self.geometry.top(self.geometry.address_space_height, 0));
         // SAFETY: the root lies in the node array.
         unsafe { self.device.copy_to_host(as_bytes_mut(&mut words), at)? };
         Ok(digest_from_words(&words))
     }
 
-    /// Dense build of one slot: base level from raw memory, then one launch per level.
-    fn build_slot(&self, g: &SlotGeometry) -> Result<()> {
-        let nodes = self.nodes_ptr();
-        let code = super::cell_code(g.cell);
-        // SAFETY: the geometry sizes the node array and raw buffer for every slot: level l
-        // holds 2^(h-l) digests and the raw slot 2^h blocks.
-        unsafe {
-            self.device.build_base(
-                self.raw_ptr().offset(g.raw_offset),
-                code,
-                g.base,
-                nodes.digest(g.node(g.base, 0)),
-                1u64 << (g.height - g.base),
-            )?;
-            for l in g.base + 1..=g.height {
-                self.device.compress_level(
-                    nodes.digest(g.node(l - 1, 0)),
-                    nodes.digest(g.node(l, 0)),
-                    1u64 << (g.height - l),
-                )?;
-            }
+    /// Launches `rounds` (their task lists at `sections` of the staging buffer).
+    ///
+    /// # Safety
+    /// The tasks' indices lie in the arrays at `nodes` and `fold`; the staging buffer holds
+    /// the sections.
+    unsafe fn launch_rounds(
+        &self,
+        rounds: &[(Section, Base, Base)],
+        staging: DevicePtr,
+        nodes: DevicePtr,
+        fold: DevicePtr,
+    ) -> Result<()> {
+        let base = |b: Base| if b == Base::Nodes { nodes } else { fold };
+        for &(section, children, parents) in rounds {
+            // SAFETY: as the caller guarantees.
+            unsafe {
+                self.device.compress_pairs(
+                    base(children),
+                    base(parents),
+                    staging.offset(section.offset),
+                    section.count,
+                )?
+            };
         }
         Ok(())
     }
 
     fn build_on_device(&self) -> Result<Digest> {
-        let g = &self.geometry;
-        // Every top-tree leaf: a slot's vertical path, or zero[address_height] when empty.
-        let vertical: Vec<VerticalTask> = (0..1u64 << g.address_space_height)
-            .map(|s| match g.slots.get(s as usize) {
-                Some(Some(slot)) => VerticalTask {
-                    slot_root: slot.node(slot.height, 0),
-                    first_vertical: slot.vertical(0),
-                    top_leaf: g.top(0, s),
-                    height: slot.height,
-                    count: g.address_height - slot.height,
-                },
-                _ => VerticalTask {
-                    slot_root: g.zero(g.address_height),
-                    first_vertical: 0,
-                    top_leaf: g.top(0, s),
-                    height: g.address_height,
-                    count: 0,
-                },
-            })
-            .collect();
+        let plan = self.resolver(&self.placement).plan_build()?;
         let mut staging = Staging::default();
-        let tasks = staging.push(&vertical);
-        // Every host-to-device copy is queued before the first launch: a copy from pageable
-        // memory may wait for the stream, which would add a host sync after the launches.
-        let scratch = Scratch::upload(&self.device, &staging)?;
-        let queued = self.settle(self.build_launches(&scratch, tasks));
+        let vertical = staging.push(&plan.vertical);
+        let rounds = push_rounds(&mut staging, &plan.rounds);
+        let scratch = Allocation::new(&self.device, staging.bytes().len() as u64)?;
+        let fold = match plan.fold.used {
+            true => Some(Allocation::new(
+                &self.device,
+                plan.fold.digests * DIGEST_BYTES,
+            )?),
+            false => None,
+        };
+        let fold_ptr = fold.as_ref().map_or(DevicePtr(0), |f| f.buffer.ptr);
+        let queued = self
+            .settle(self.build_launches(&plan, &staging, &scratch, vertical, &rounds, fold_ptr));
+        // Only now, after the sync, may the host copy of the lists go.
         drop(staging);
         queued
     }
 
-    /// The raw-memory uploads and every build launch, ending with the root's read-back.
-    fn build_launches(&self, scratch: &Scratch<'_, D>, tasks: Section) -> Result<Digest> {
+    /// The uploads and every build launch, ending with the root's read-back.
+    fn build_launches(
+        &self,
+        plan: &BuildPlan,
+        staging: &Staging,
+        scratch: &Allocation<'_, D>,
+        vertical: Section,
+        rounds: &[(Section, Base, Base)],
+        fold: DevicePtr,
+    ) -> Result<Digest> {
         let g = &self.geometry;
-        let nodes = self.nodes_ptr();
+        let (nodes, raw) = (self.nodes_ptr(), self.raw_ptr());
         let zero = nodes.digest(g.zero(0));
-        for (s, slot) in g.slots.iter().enumerate() {
-            if let Some(slot) = slot {
-                let page_bytes = self.image.page_bytes(s as u32);
-                for (n, id) in self.image.pages(s as u32) {
-                    // SAFETY: the page lies inside the slot's raw region; `self.image` stays
-                    // alive until `read_root` below (or `settle`) has synchronised.
-                    unsafe {
-                        self.device.copy_to_device(
-                            self.raw_ptr().offset(slot.raw_offset + n * page_bytes),
-                            self.image.page(s as u32, id),
-                        )?
-                    };
+        // Every host-to-device copy is queued before the first launch: a copy from pageable
+        // memory may wait for the stream, which would add a host sync after the launches.
+        // SAFETY: the scratch holds the staging bytes, which (like `self.image`) outlive the
+        // sync in `read_root` (or in `settle`, on an error); each slot's page buffer fits its
+        // raw region (the placement sizes it).
+        unsafe {
+            self.device
+                .copy_to_device(scratch.buffer.ptr, staging.bytes())?;
+            for (slot, place) in self.placement.slots.iter().enumerate() {
+                if let Some(place) = place {
+                    let pages = self.image.page_buffer(slot as u32);
+                    if !pages.is_empty() {
+                        self.device.copy_to_device(raw.offset(place.raw), pages)?;
+                    }
                 }
             }
         }
-        // SAFETY: the zero table holds address_height + 1 digests.
-        unsafe { self.device.zero_hashes(zero, g.address_height + 1)? };
-        for slot in g.slots.iter().flatten() {
-            self.build_slot(slot)?;
-        }
-        // SAFETY: task indices come from the geometry; the staging bytes outlive the sync in
-        // `read_root` (or in `settle`, on an error).
+        // SAFETY: every index and count below comes from the geometry and placement that
+        // sized the node and raw arrays; the fold scratch holds `plan.fold.digests`.
         unsafe {
+            self.device.zero_hashes(zero, g.address_height + 1)?;
+            for &(first, count, l) in &plan.fills {
+                self.device
+                    .fill_digests(nodes.digest(first), zero.digest(u64::from(l)), count)?;
+            }
+            if fold != DevicePtr(0) {
+                self.copy_zeros_to_fold(nodes, fold)?;
+            }
+            for (slot, sg) in g.slots.iter().enumerate() {
+                let (Some(sg), Some(place)) = (sg, &self.placement.slots[slot]) else {
+                    continue;
+                };
+                let s = &sg.shape;
+                if place.pages == 0 || !s.pages_store_nodes() {
+                    continue;
+                }
+                let (b, q) = (s.base, s.page_levels);
+                let (first, count) = sg.page_level(place, b);
+                self.device.build_base(
+                    raw.offset(place.raw),
+                    super::cell_code(sg.cell),
+                    b,
+                    nodes.digest(first),
+                    count,
+                )?;
+                for l in b + 1..=q {
+                    let (children, _) = sg.page_level(place, l - 1);
+                    let (parents, count) = sg.page_level(place, l);
+                    self.device.compress_level(
+                        nodes.digest(children),
+                        nodes.digest(parents),
+                        count,
+                    )?;
+                }
+            }
+            for &(slot, first) in &plan.fold_roots {
+                let (Some(sg), Some(place)) = (
+                    &g.slots[slot as usize],
+                    &self.placement.slots[slot as usize],
+                ) else {
+                    continue;
+                };
+                self.device.build_base(
+                    raw.offset(place.raw),
+                    super::cell_code(sg.cell),
+                    sg.shape.page_levels,
+                    fold.digest(first),
+                    place.pages,
+                )?;
+            }
+            self.launch_rounds(rounds, scratch.buffer.ptr, nodes, fold)?;
             self.device
-                .vertical(nodes, zero, scratch.at(tasks), tasks.count)?;
+                .vertical(nodes, zero, scratch.at(vertical), vertical.count)?;
             for l in 1..=g.address_space_height {
                 self.device.compress_level(
                     nodes.digest(g.top(l - 1, 0)),
@@ -262,49 +385,199 @@ impl<D: Device> CudaTree<D> {
                 )?;
             }
         }
-        self.read_root()
+        self.read_root(nodes)
     }
 
-    /// Runs a planned batch on the device and reads the new root (one host sync).
-    fn run_update(&self, plan: &UpdatePlan) -> Result<Digest> {
+    /// Copies the zero table into the first `address_height + 1` digests of a fold scratch.
+    ///
+    /// # Safety
+    /// `nodes` is the node array, after the zero table was written; `fold` holds at least
+    /// `address_height + 1` digests.
+    unsafe fn copy_zeros_to_fold(&self, nodes: DevicePtr, fold: DevicePtr) -> Result<()> {
+        let g = &self.geometry;
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            self.device.copy_device_to_device(
+                fold,
+                nodes.digest(g.zero(0)),
+                (u64::from(g.address_height) + 1) * DIGEST_BYTES,
+            )
+        }
+    }
+
+    /// Plans and runs one validated batch whose host image write `undo` describes (the
+    /// sparse maps already hold the new pages' ancestors) and returns the new root, with the
+    /// tree on the arrays the batch ended on.
+    fn apply(
+        &mut self,
+        blocks: &[TouchedBlock],
+        keys: &[u64],
+        undo: &ImageUndo,
+    ) -> Result<Digest, Failure> {
+        let place = self
+            .geometry
+            .place(sizes(&self.image, &self.sparse))
+            .map_err(Failure::Unchanged)?;
+        let plan = self
+            .resolver(&place)
+            .plan_update(blocks, keys, undo)
+            .map_err(Failure::Unchanged)?;
         let mut staging = Staging::default();
-        let writes = staging.push(&plan.writes);
-        let hashes = staging.push(&plan.hashes);
-        let rounds: Vec<Section> = plan.rounds.iter().map(|r| staging.push(r)).collect();
-        let vertical = staging.push(&plan.vertical);
-        let top: Vec<Section> = plan.top_rounds.iter().map(|r| staging.push(r)).collect();
-        let scratch = Scratch::upload(&self.device, &staging)?;
-        let (nodes, raw) = (self.nodes_ptr(), self.raw_ptr());
-        let zero = nodes.digest(self.geometry.zero(0));
-        // SAFETY: every task's indices and offsets come from the geometry of these buffers;
-        // the plan's lists are distinct per level; `staging` outlives the sync in
-        // `read_root` (or in `settle`, on an error).
-        let launched = unsafe {
-            self.device
-                .scatter(raw, scratch.at(writes), writes.count)
-                .and_then(|()| {
-                    self.device
-                        .hash_tasks(raw, scratch.at(hashes), hashes.count, nodes)
-                })
-                .and_then(|()| {
-                    rounds.iter().try_for_each(|&r| {
-                        self.device.compress_pairs(nodes, scratch.at(r), r.count)
-                    })
-                })
-                .and_then(|()| {
-                    self.device
-                        .vertical(nodes, zero, scratch.at(vertical), vertical.count)
-                })
-                .and_then(|()| {
-                    top.iter().try_for_each(|&r| {
-                        self.device.compress_pairs(nodes, scratch.at(r), r.count)
-                    })
-                })
+        let sections = UpdateSections::push(&mut staging, &plan);
+        // Every allocation comes before anything is queued, so running out of memory here
+        // leaves the tree as it was.
+        let device = &self.device;
+        let grow_nodes = place.node_digests != self.placement.node_digests;
+        let grow_raw = place.raw_bytes != self.placement.raw_bytes;
+        let allocate = || -> Result<_> {
+            let nodes = match grow_nodes {
+                true => Some(Allocation::new(device, place.node_digests * DIGEST_BYTES)?),
+                false => None,
+            };
+            let raw = match grow_raw {
+                true => Some(Allocation::new(device, place.raw_bytes)?),
+                false => None,
+            };
+            let scratch = Allocation::new(device, staging.bytes().len() as u64)?;
+            let fold = match plan.fold.used {
+                true => Some(Allocation::new(device, plan.fold.digests * DIGEST_BYTES)?),
+                false => None,
+            };
+            Ok((nodes, raw, scratch, fold))
         };
-        let root = self.settle(launched.and_then(|()| self.read_root()));
+        let (new_nodes, new_raw, scratch, fold) = allocate().map_err(Failure::Unchanged)?;
+        let ptr = |a: &Option<Allocation<'_, D>>, old: DevicePtr| {
+            a.as_ref().map_or(old, |a| a.buffer.ptr)
+        };
+        let targets = Targets {
+            nodes: ptr(&new_nodes, self.nodes_ptr()),
+            raw: ptr(&new_raw, self.raw_ptr()),
+            old_nodes: self.nodes_ptr(),
+            old_raw: self.raw_ptr(),
+            staging: scratch.buffer.ptr,
+            fold: ptr(&fold, DevicePtr(0)),
+        };
+        let queued =
+            self.settle(self.update_launches(&plan, &staging, &sections, &place, undo, targets));
         // Only now, after the sync, may the host copy of the lists go.
         drop(staging);
-        root
+        let root = queued.map_err(Failure::Lost)?;
+        // Synchronised: the old arrays are no longer read; move to the new ones.
+        for (new, old) in [(new_nodes, &mut self.nodes), (new_raw, &mut self.raw)] {
+            if let Some(new) = new {
+                if let Some(old) = old.replace(new.keep()) {
+                    // SAFETY: the tree's previous array, replaced and never used again.
+                    unsafe { device.free(old.ptr) };
+                }
+            }
+        }
+        drop(scratch);
+        drop(fold);
+        self.placement = place;
+        Ok(root)
+    }
+
+    /// The uploads, moves and launches of one planned batch, ending with the root's
+    /// read-back (the batch's one host sync).
+    fn update_launches(
+        &self,
+        plan: &UpdatePlan,
+        staging: &Staging,
+        sections: &UpdateSections,
+        place: &Placement,
+        undo: &ImageUndo,
+        t: Targets,
+    ) -> Result<Digest> {
+        let g = &self.geometry;
+        let zero = t.nodes.digest(g.zero(0));
+        // Host-to-device copies first (see `build_launches`): the lists, then the pages the
+        // batch created, whole from the host image (which already holds the batch).
+        // SAFETY: the staging allocation holds the staging bytes; a new page's bytes fit its
+        // slot's raw region in the (new) raw array; both sources outlive the sync in
+        // `read_root` (or in `settle`).
+        unsafe {
+            self.device.copy_to_device(t.staging, staging.bytes())?;
+            for (slot, p) in place.slots.iter().enumerate() {
+                let (Some(p), Some(sg)) = (p, &g.slots[slot]) else {
+                    continue;
+                };
+                let before = undo.pages_before(slot as u32) as u64;
+                if p.pages > before {
+                    let bytes =
+                        &self.image.page_buffer(slot as u32)[(before * sg.page_bytes) as usize..];
+                    self.device
+                        .copy_to_device(t.raw.offset(p.raw + before * sg.page_bytes), bytes)?;
+                }
+            }
+        }
+        // SAFETY: every move, index and count comes from the old and new placements that sized
+        // the arrays (moves stay inside both, old and new arrays are distinct allocations);
+        // task lists lie in the staging allocation; the fold scratch holds
+        // `plan.fold.digests`.
+        unsafe {
+            if t.nodes != t.old_nodes || t.raw != t.old_raw {
+                let (node_moves, raw_moves) = moves(g, &self.placement, place);
+                if t.nodes != t.old_nodes {
+                    for (dst, src, len) in node_moves {
+                        self.device.copy_device_to_device(
+                            t.nodes.digest(dst),
+                            t.old_nodes.digest(src),
+                            len * DIGEST_BYTES,
+                        )?;
+                    }
+                }
+                if t.raw != t.old_raw {
+                    for (dst, src, len) in raw_moves {
+                        self.device.copy_device_to_device(
+                            t.raw.offset(dst),
+                            t.old_raw.offset(src),
+                            len,
+                        )?;
+                    }
+                }
+            }
+            if t.fold != DevicePtr(0) {
+                self.copy_zeros_to_fold(t.nodes, t.fold)?;
+            }
+            for &(first, count, l) in &plan.fills {
+                self.device.fill_digests(
+                    t.nodes.digest(first),
+                    zero.digest(u64::from(l)),
+                    count,
+                )?;
+            }
+            let s = sections;
+            self.device
+                .scatter(t.raw, t.staging.offset(s.writes.offset), s.writes.count)?;
+            self.device.hash_tasks(
+                t.raw,
+                t.staging.offset(s.hashes.offset),
+                s.hashes.count,
+                t.nodes,
+            )?;
+            self.device.hash_tasks(
+                t.raw,
+                t.staging.offset(s.fold_roots.offset),
+                s.fold_roots.count,
+                t.fold,
+            )?;
+            self.launch_rounds(&s.rounds, t.staging, t.nodes, t.fold)?;
+            self.device.vertical(
+                t.nodes,
+                zero,
+                t.staging.offset(s.vertical.offset),
+                s.vertical.count,
+            )?;
+            for r in &s.top {
+                self.device.compress_pairs(
+                    t.nodes,
+                    t.nodes,
+                    t.staging.offset(r.offset),
+                    r.count,
+                )?;
+            }
+        }
+        self.read_root(t.nodes)
     }
 
     /// Passes `result` on; on an error, first waits for the stream (ignoring a second
@@ -316,23 +589,45 @@ impl<D: Device> CudaTree<D> {
         result
     }
 
-    fn opening_tasks(&self, positions: &[(u32, u64)]) -> Vec<OpenTask> {
-        positions
+    /// Bytes of the host's sparse maps (a `u64` key and a `u64` pool position per entry).
+    fn map_bytes(&self) -> u64 {
+        self.sparse
             .iter()
-            .filter_map(|&(slot, block)| {
-                let g = self.geometry.slots.get(slot as usize)?.as_ref()?;
-                Some(OpenTask {
-                    raw_slot_byte: g.raw_offset,
-                    slot_node: g.node_offset,
-                    block,
-                    slot,
-                    cell: super::cell_code(g.cell),
-                    height: g.height,
-                    base: g.base,
-                })
-            })
-            .collect()
+            .flatten()
+            .map(|m| m.capacity() as u64 * 16)
+            .sum()
     }
+}
+
+/// Where an update's lists lie in its staging buffer.
+struct UpdateSections {
+    writes: Section,
+    hashes: Section,
+    fold_roots: Section,
+    rounds: Vec<(Section, Base, Base)>,
+    vertical: Section,
+    top: Vec<Section>,
+}
+
+impl UpdateSections {
+    fn push(staging: &mut Staging, plan: &UpdatePlan) -> Self {
+        UpdateSections {
+            writes: staging.push(&plan.writes),
+            hashes: staging.push(&plan.hashes),
+            fold_roots: staging.push(&plan.fold.roots),
+            rounds: push_rounds(staging, &plan.rounds),
+            vertical: staging.push(&plan.vertical),
+            top: plan.top_rounds.iter().map(|r| staging.push(r)).collect(),
+        }
+    }
+}
+
+/// Stages every round's tasks; returns each round's section and bases.
+fn push_rounds(staging: &mut Staging, rounds: &[Round]) -> Vec<(Section, Base, Base)> {
+    rounds
+        .iter()
+        .map(|r| (staging.push(&r.tasks), r.children, r.parents))
+        .collect()
 }
 
 impl<D: Device> MemoryTree for CudaTree<D> {
@@ -362,18 +657,36 @@ impl<D: Device> MemoryTree for CudaTree<D> {
         if blocks.is_empty() {
             return Ok(self.root);
         }
-        let plan = UpdatePlan::new(&self.geometry, blocks, &keys);
-        match self.run_update(&plan) {
-            Ok(root) => {
-                // The device has the batch; bring the host's raw memory level with it.
-                Arc::make_mut(&mut self.image)
-                    .write_blocks(blocks.iter().map(|b| (b.slot, b.block, &b.cells)))?;
-                self.root = root;
-                Ok(root)
+        // The host image is written first: it assigns the new pages their ids, which are
+        // their device pages, so the plan can address them. Any failure below undoes it, so
+        // the image never holds a batch the root does not.
+        let undo = Arc::make_mut(&mut self.image)
+            .write_blocks(blocks.iter().map(|b| (b.slot, b.block, &b.cells)))?;
+        let mut added = Vec::new();
+        for (slot, g) in self.geometry.slots.iter().enumerate() {
+            if let Some(g) = g {
+                let before = undo.pages_before(slot as u32);
+                let new = (before..self.image.present_pages(slot as u32))
+                    .map(|id| self.image.page_number(slot as u32, id as u32));
+                for (j, i) in add_sparse_ancestors(g, &mut self.sparse[slot], new) {
+                    added.push((slot, j, i));
+                }
             }
-            // Out of memory for the staging buffer: nothing was launched.
-            Err(e @ Error::ResourceExhausted(_)) => Err(e),
-            Err(e) => {
+        }
+        let failure = match self.apply(blocks, &keys, &undo) {
+            Ok(root) => {
+                self.root = root;
+                return Ok(root);
+            }
+            Err(f) => f,
+        };
+        for (slot, j, i) in added {
+            self.sparse[slot][j].remove(&i);
+        }
+        Arc::make_mut(&mut self.image).undo(undo);
+        match failure {
+            Failure::Unchanged(e) => Err(e),
+            Failure::Lost(e) => {
                 self.lost = Some(e.to_string());
                 Err(e)
             }
@@ -384,29 +697,56 @@ impl<D: Device> MemoryTree for CudaTree<D> {
         self.check_live()?;
         check_positions(&self.layout, positions)?;
         let per = self.geometry.opening_len() as usize;
-        let tasks = self.opening_tasks(positions);
-        let mut words = vec![0u32; tasks.len() * per * 8];
+        let mut words = vec![0u32; positions.len() * per * 8];
         if !words.is_empty() {
+            let plan = self.resolver(&self.placement).plan_openings(positions)?;
             let mut staging = Staging::default();
-            let section = staging.push(&tasks);
-            let scratch = Scratch::upload(&self.device, &staging)?;
-            let out = Scratch::new(&self.device, (words.len() * 4) as u64)?;
-            let nodes = self.nodes_ptr();
-            // SAFETY: `out` holds count · opening_len digests; task fields come from the
-            // geometry; `staging` outlives the sync in `copy_to_host` (or in `settle`).
+            let tasks = staging.push(&plan.tasks);
+            let listed = staging.push(&plan.listed);
+            let roots = staging.push(&plan.fold.roots);
+            let rounds = push_rounds(&mut staging, &plan.rounds);
+            let scratch = Allocation::new(&self.device, staging.bytes().len() as u64)?;
+            let fold = match plan.fold.used {
+                true => Some(Allocation::new(
+                    &self.device,
+                    plan.fold.digests * DIGEST_BYTES,
+                )?),
+                false => None,
+            };
+            let fold_ptr = fold.as_ref().map_or(DevicePtr(0), |f| f.buffer.ptr);
+            let out = Allocation::new(&self.device, (words.len() * 4) as u64)?;
+            let (nodes, raw) = (self.nodes_ptr(), self.raw_ptr());
+            let g = &self.geometry;
+            // SAFETY: `out` holds count · opening_len digests; the fold scratch holds
+            // `plan.fold.digests`; task fields come from the geometry and placement of these
+            // arrays; `staging` outlives the sync in `copy_to_host` (or in `settle`).
             let read = unsafe {
                 self.device
-                    .openings(
-                        self.raw_ptr(),
-                        nodes,
-                        nodes.digest(self.geometry.zero(0)),
-                        scratch.at(section),
-                        section.count,
-                        self.geometry.top_offset,
-                        self.geometry.address_height,
-                        self.geometry.address_space_height,
-                        out.buffer.ptr,
-                    )
+                    .copy_to_device(scratch.buffer.ptr, staging.bytes())
+                    .and_then(|()| match fold_ptr {
+                        DevicePtr(0) => Ok(()),
+                        f => self.copy_zeros_to_fold(nodes, f),
+                    })
+                    .and_then(|()| {
+                        self.device
+                            .hash_tasks(raw, scratch.at(roots), roots.count, fold_ptr)
+                    })
+                    .and_then(|()| self.launch_rounds(&rounds, scratch.buffer.ptr, nodes, fold_ptr))
+                    .and_then(|()| {
+                        self.device.openings(
+                            raw,
+                            nodes,
+                            fold_ptr,
+                            nodes.digest(g.zero(0)),
+                            scratch.at(tasks),
+                            scratch.at(listed),
+                            tasks.count,
+                            g.top_offset,
+                            g.address_height,
+                            g.address_space_height,
+                            out.buffer.ptr,
+                        )
+                    })
                     .and_then(|()| {
                         self.device
                             .copy_to_host(as_bytes_mut(&mut words), out.buffer.ptr)
@@ -429,9 +769,11 @@ impl<D: Device> MemoryTree for CudaTree<D> {
             .collect())
     }
 
+    /// Device bytes are the two arrays as allocated; host node bytes are the sparse maps
+    /// (indices, not digests); host raw bytes the image.
     fn memory_usage(&self) -> MemoryUsage {
         MemoryUsage {
-            host_node_bytes: 0,
+            host_node_bytes: self.map_bytes(),
             host_raw_bytes: self.image.total_bytes(),
             device_node_bytes: self.nodes.map_or(0, |b| b.bytes),
             device_raw_bytes: self.raw.map_or(0, |b| b.bytes),
