@@ -6,10 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::random::{batch_from, cell_type, corrupt, layout};
+use common::random::{batch_from, corrupt, layout, paged_layout};
 use common::{check_openings, four_spaces, image_with};
 use memcommit::image::MemoryImage;
-use memcommit::layout::{AddressSpace, LayoutSpec, MemoryLayout};
+use memcommit::layout::MemoryLayout;
 use memcommit::tree::{self, verify_opening, Backend, TouchedBlock};
 use memcommit::Error;
 use proptest::prelude::*;
@@ -59,31 +59,6 @@ fn cpu_matches_reference(
     Ok(())
 }
 
-/// 1–3 address spaces of 0 or 2^3..2^15 cells: up to 2^12 blocks, so up to 8 pages of
-/// 2^9 blocks, taller than a page (heights at their minimum or one above).
-fn paged_layout() -> impl Strategy<Value = MemoryLayout> {
-    (
-        prop::collection::vec((cell_type(), prop_oneof![Just(0u32), 3u32..=15]), 1..=3),
-        0u32..=1,
-    )
-        .prop_map(|(spaces, extra_h)| {
-            let spec = |address_height| LayoutSpec {
-                address_spaces: spaces
-                    .iter()
-                    .map(|&(cell, log)| AddressSpace {
-                        cell,
-                        num_cells: if log == 0 { 0 } else { 1 << log },
-                    })
-                    .collect(),
-                address_space_height: None,
-                address_height,
-            };
-            let base = MemoryLayout::new(spec(None)).expect("valid by construction");
-            MemoryLayout::new(spec(Some(base.address_height() + extra_h)))
-                .expect("valid by construction")
-        })
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
@@ -98,8 +73,9 @@ proptest! {
         cpu_matches_reference(&layout, k, &image_seeds, &batches, &[])?;
     }
 
-    /// Slots of several pages with few of them written: absent pages, pages that updates
-    /// create, and k below, at and above the page level (9).
+    /// Slots of several pages with few of them written (some tall enough for sparse upper
+    /// levels): absent pages, pages that updates create, and k below, at and above the page
+    /// level (9).
     #[test]
     fn cpu_tree_equals_reference_over_pages(
         layout in paged_layout(),

@@ -81,6 +81,37 @@ fn snapshot(t: &dyn MemoryTree) -> (memcommit::hash::Digest, MemoryImage, Vec<Op
     )
 }
 
+/// Fails `batch` on `t` at each fault point in turn (0, 1, 2, …), calling `after_failure`
+/// after each failure, until the batch goes through. Returns the failures' messages (each an
+/// injected fault) and the root the batch finally gave.
+fn fail_at_every_point(
+    t: &mut dyn MemoryTree,
+    batch: &[TouchedBlock],
+    mut after_failure: impl FnMut(&dyn MemoryTree, &str),
+) -> (Vec<String>, memcommit::hash::Digest) {
+    let mut failures = Vec::new();
+    loop {
+        fault::fail_at(failures.len() as u64);
+        let fired = fault::fired();
+        let r = t.update(batch);
+        if fault::fired() == fired {
+            fault::disarm();
+            return (
+                failures,
+                r.expect("no fault left to hit: the batch applies"),
+            );
+        }
+        match r {
+            Err(Error::Unavailable(m)) => failures.push(m),
+            other => panic!(
+                "point {}: expected the injected fault, got {other:?}",
+                failures.len()
+            ),
+        }
+        after_failure(t, failures.last().map_or("", String::as_str));
+    }
+}
+
 /// At every k of interest, fails the same batch at each fault point in turn (0, 1, 2, …)
 /// and checks that each failure leaves root, image and every opening unchanged, until the
 /// batch goes through; its root and openings must then be the reference's. The points
@@ -98,28 +129,13 @@ fn cpu_update_rolls_back_at_every_fault_point() {
         let mut reference = ReferenceTree::build(layout.clone(), initial_image(&layout), k);
         assert_eq!(t.root(), reference.root());
         let before = snapshot(t.as_ref());
-        let mut failures = Vec::new();
-        loop {
-            let n = failures.len() as u64;
-            fault::fail_at(n);
-            let fired = fault::fired();
-            let r = t.update(&touched);
-            if fault::fired() == fired {
-                fault::disarm();
-                let root = r.expect("no fault left to hit: the batch applies");
-                assert_eq!(root, reference.update(&touched).expect("reference"));
-                break;
-            }
-            match r {
-                Err(Error::Unavailable(m)) => failures.push(m),
-                other => panic!("k = {k}, point {n}: expected the injected fault, got {other:?}"),
-            }
+        let (failures, root) = fail_at_every_point(t.as_mut(), &touched, |t, why| {
             assert!(
-                snapshot(t.as_ref()) == before,
-                "k = {k}: the failure at {:?} changed the tree",
-                failures.last()
+                snapshot(t) == before,
+                "k = {k}: the failure at {why:?} changed the tree"
             );
-        }
+        });
+        assert_eq!(root, reference.update(&touched).expect("reference"));
         // Slots 0, 1 and 3 have heights 6, 3 and 7; a slot stores levels min(k, h)..=h
         // (0..=h when h <= k).
         let mut expected = vec!["injected fault at the raw image write".to_string()];
@@ -256,19 +272,7 @@ fn cpu_rollback_removes_the_pages_a_failed_batch_created() {
             t.openings(&positions).expect("openings"),
         );
         let usage = t.memory_usage();
-        let mut failures = 0u64;
-        loop {
-            fault::fail_at(failures);
-            let fired = fault::fired();
-            let r = t.update(&touched);
-            if fault::fired() == fired {
-                fault::disarm();
-                let root = r.expect("no fault left to hit: the batch applies");
-                assert_eq!(root, reference.update(&touched).expect("reference"));
-                break;
-            }
-            assert!(matches!(r, Err(Error::Unavailable(_))), "k = {k}: {r:?}");
-            failures += 1;
+        let (failures, root) = fail_at_every_point(t.as_mut(), &touched, |t, why| {
             let now = (
                 t.root(),
                 (**t.image()).clone(),
@@ -276,7 +280,7 @@ fn cpu_rollback_removes_the_pages_a_failed_batch_created() {
             );
             assert!(
                 now == before,
-                "k = {k}: failure {failures} changed the tree"
+                "k = {k}: the failure at {why:?} changed the tree"
             );
             assert_eq!(t.image().total_pages(), 1, "k = {k}: created pages removed");
             assert_eq!(
@@ -284,14 +288,15 @@ fn cpu_rollback_removes_the_pages_a_failed_batch_created() {
                 usage,
                 "k = {k}: nodes of created pages freed"
             );
-        }
+        });
+        assert_eq!(root, reference.update(&touched).expect("reference"));
         // The raw write; each stored level k..=h of both slots (h = 12 and 13), each then
         // followed by its vertical path (slot 0 has one node, slot 1 none, but the point is
         // there); the top tree's levels 0 and 1.
         assert_eq!(
-            failures,
-            u64::from(1 + (13 - k) + 1 + (14 - k) + 1 + 2),
-            "k = {k}"
+            failures.len() as u32,
+            1 + (13 - k) + 1 + (14 - k) + 1 + 2,
+            "k = {k}: {failures:?}"
         );
         assert_eq!(t.image().total_pages(), 5, "k = {k}: 4 pages created");
         assert_eq!(

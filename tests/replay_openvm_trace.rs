@@ -6,29 +6,15 @@
 use std::path::{Path, PathBuf};
 
 use memcommit::replay::{replay, Progress, ReplayOptions};
-use memcommit::service::{self, client::Client, ServiceConfig};
+mod common;
+
+use memcommit::service::{client::Client, ServiceConfig};
 use memcommit::trace::lackey::{openvm_layout, OPENVM_MEMORY_BYTES, OPENVM_MEMORY_SLOT};
 use memcommit::trace::{TraceEvent, TraceReader};
 use memcommit::tree::{Backend, OmittedLevels};
 
 fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sqlite3-openvm.trace.zst")
-}
-
-async fn serve_on_loopback() -> (Client, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(service::serve(
-        ServiceConfig::default(),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    (Client::connect(&url).await.expect("connect"), stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +44,8 @@ async fn openvm_trace_matches_every_root_over_grpc_at_k3() {
     assert!((100..=2000).contains(&pages), "{pages} pages");
     assert!(steps >= 50, "{steps} steps");
 
-    let (mut client, stop) = serve_on_loopback().await;
+    let server = common::server::spawn(ServiceConfig::default()).await;
+    let mut client = Client::connect(&server.url()).await.expect("connect");
     let mut seen = 0u64;
     let summary = replay(
         &mut client,
@@ -87,6 +74,9 @@ async fn openvm_trace_matches_every_root_over_grpc_at_k3() {
         "{} touched blocks",
         summary.blocks
     );
+    // Only the trace's pages were ever present.
+    assert_eq!(summary.present_pages, pages);
     assert!(client.list_trees().await.expect("list").is_empty());
-    let _ = stop.send(());
+    drop(client);
+    server.stop().await;
 }

@@ -21,27 +21,29 @@ pub fn layout() -> impl Strategy<Value = MemoryLayout> {
         0u32..=2,
         0u32..=1,
     )
-        .prop_map(|(spaces, extra_h, extra_top)| {
-            let address_spaces: Vec<AddressSpace> = spaces
-                .into_iter()
-                .map(|(cell, log)| AddressSpace {
-                    cell,
-                    num_cells: if log == 0 { 0 } else { 1 << log },
-                })
-                .collect();
-            let base = MemoryLayout::new(LayoutSpec {
-                address_spaces: address_spaces.clone(),
-                address_space_height: None,
-                address_height: None,
+        .prop_map(|(spaces, extra_h, extra_top)| layout_of(&spaces, extra_h, extra_top))
+}
+
+/// The layout of `(cell, log2 num_cells)` spaces (0: an empty slot) with both heights
+/// `extra_h` and `extra_top` above their minimum.
+fn layout_of(spaces: &[(CellType, u32)], extra_h: u32, extra_top: u32) -> MemoryLayout {
+    let spec = |heights: Option<(u32, u32)>| LayoutSpec {
+        address_spaces: spaces
+            .iter()
+            .map(|&(cell, log)| AddressSpace {
+                cell,
+                num_cells: if log == 0 { 0 } else { 1 << log },
             })
-            .expect("valid by construction");
-            MemoryLayout::new(LayoutSpec {
-                address_spaces,
-                address_space_height: Some(base.address_space_height() + extra_top),
-                address_height: Some(base.address_height() + extra_h),
-            })
-            .expect("valid by construction")
-        })
+            .collect(),
+        address_space_height: heights.map(|h| h.0),
+        address_height: heights.map(|h| h.1),
+    };
+    let base = MemoryLayout::new(spec(None)).expect("valid by construction");
+    MemoryLayout::new(spec(Some((
+        base.address_space_height() + extra_top,
+        base.address_height() + extra_h,
+    ))))
+    .expect("valid by construction")
 }
 
 /// 1–3 address spaces for the paged trees: 0 cells, 2^3..2^15 cells (slots from one block
@@ -50,29 +52,8 @@ pub fn layout() -> impl Strategy<Value = MemoryLayout> {
 /// or one above.
 pub fn paged_layout() -> impl Strategy<Value = MemoryLayout> {
     let log = prop_oneof![Just(0u32), 3u32..=15, 3u32..=15, 24u32..=26];
-    (prop::collection::vec((cell_type(), log), 1..=3), 0u32..=1).prop_map(|(spaces, extra_h)| {
-        let address_spaces: Vec<AddressSpace> = spaces
-            .into_iter()
-            .map(|(cell, log)| AddressSpace {
-                cell,
-                // A field cell is 4 bytes: keep the big slots at 2^24 cells whatever the
-                // type, so every case stays cheap to upload.
-                num_cells: if log == 0 { 0 } else { 1 << log },
-            })
-            .collect();
-        let base = MemoryLayout::new(LayoutSpec {
-            address_spaces: address_spaces.clone(),
-            address_space_height: None,
-            address_height: None,
-        })
-        .expect("valid by construction");
-        MemoryLayout::new(LayoutSpec {
-            address_spaces,
-            address_space_height: None,
-            address_height: Some(base.address_height() + extra_h),
-        })
-        .expect("valid by construction")
-    })
+    (prop::collection::vec((cell_type(), log), 1..=3), 0u32..=1)
+        .prop_map(|(spaces, extra_h)| layout_of(&spaces, extra_h, 0))
 }
 
 /// Like [`batch_from`], but three of four blocks fall in clusters (the first 2048 blocks, the
