@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::hash::{
     compress, compress_pairs, leaf_hash_many_canonical, permute_many, zero_hashes, Digest,
-    DIGEST_BYTES,
+    DIGEST_BYTES, LANES,
 };
 use crate::image::{ImageUndo, MemoryImage, PageId};
 use crate::layout::{CellType, MemoryLayout, BLOCK_CELLS};
@@ -375,12 +375,13 @@ impl SlotNodes {
             let cell = image.cell_types()[slot as usize];
             nodes
                 .pages
-                .par_chunks_mut(stride)
+                .par_chunks_mut(stride * LANES)
                 .enumerate()
                 .for_each_init(
                     || (Vec::new(), Vec::new()),
-                    |scratch, (id, out)| {
-                        build_page(cell, &shape, image.page(slot, id as PageId), out, scratch)
+                    |scratch, (g, out)| {
+                        let raw = |p: usize| image.page(slot, (g * LANES + p) as PageId);
+                        build_pages(cell, &shape, &raw, out, scratch)
                     },
                 );
             pages
@@ -570,24 +571,56 @@ impl SlotNodes {
     }
 }
 
-/// Builds one present page's levels `b..=q` into `out` from its raw bytes.
-fn build_page(
+/// Builds the levels `b..=q` of up to [`LANES`] present pages, `out` holding their node
+/// arrays back to back and `raw(p)` the bytes of the `p`-th. A level with at least
+/// [`LANES`] nodes per page is computed inside each page; a narrower one (a page's top three
+/// levels) across the pages together, so every packed permutation has its lanes full.
+fn build_pages<'a>(
     cell: CellType,
     s: &SlotShape,
-    raw: &[u8],
+    raw: &(impl Fn(usize) -> &'a [u8] + Sync),
     out: &mut [Digest],
     scratch: &mut (Vec<Digest>, Vec<Digest>),
 ) {
     let (b, q) = (s.base, s.page_levels);
+    let stride = s.page_digests() as usize;
+    let pages = out.len() / stride;
     let bb = BLOCK_CELLS * cell.bytes();
-    let (first, rest) = out.split_at_mut(1 << (q - b));
-    hash_subtrees_seq(cell, b, &|i| &raw[(i << b) * bb..], 0, first, scratch);
-    let mut children: &mut [Digest] = first;
-    let mut rest = rest;
-    for l in b + 1..=q {
-        let (level, tail) = rest.split_at_mut(1 << (q - l));
-        compress_pairs(children, level);
-        (children, rest) = (level, tail);
+    let at = |l: u32| s.page_level_offset(l) as usize;
+    let mut across = Vec::new();
+    for l in b..=q {
+        let per = 1usize << (q - l);
+        if per >= LANES {
+            for (p, page) in out.chunks_mut(stride).enumerate() {
+                let (below, level) = page.split_at_mut(at(l));
+                let level = &mut level[..per];
+                if l == b {
+                    let src = raw(p);
+                    hash_subtrees_seq(cell, b, &|i| &src[(i << b) * bb..], 0, level, scratch);
+                } else {
+                    compress_pairs(&below[at(l - 1)..at(l - 1) + 2 * per], level);
+                }
+            }
+            continue;
+        }
+        // Narrow: the level of every page at once, then back into each page.
+        across.clear();
+        across.resize(pages * per, Digest::ZERO);
+        if l == b {
+            let src = |i: usize| &raw(i / per)[((i % per) << b) * bb..];
+            hash_subtrees_seq(cell, b, &src, 0, &mut across, scratch);
+        } else {
+            let c = at(l - 1);
+            let out = &*out;
+            permute_many(&mut across, |i, st| {
+                let child = (i / per) * stride + c + 2 * (i % per);
+                st[..8].copy_from_slice(&out[child].0);
+                st[8..].copy_from_slice(&out[child + 1].0);
+            });
+        }
+        for (page, level) in out.chunks_mut(stride).zip(across.chunks(per)) {
+            page[at(l)..at(l) + per].copy_from_slice(level);
+        }
     }
 }
 
