@@ -420,6 +420,7 @@ proptest! {
                     tree_id: ids[1].clone(),
                     blocks: Some(blocks.clone()),
                     return_openings: openings,
+                    expected_old_root: None,
                 })
                 .await;
             (old, r, root(&h, &ids[1]).await)

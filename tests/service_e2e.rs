@@ -265,7 +265,11 @@ async fn lifecycle_matches_vector_and_reference() {
     assert_eq!(si.total_device_bytes, 0);
     assert_eq!(si.max_trees, 64);
     assert_eq!(si.max_message_bytes, 256 << 20);
-    assert_eq!(si.max_total_bytes, 16 << 30);
+    assert_eq!(si.max_host_bytes, 16 << 30);
+    assert_eq!(si.max_tree_bytes, 16 << 30);
+    assert_eq!(si.max_device_bytes, 16 << 30);
+    assert_eq!(si.max_blocks_per_batch, 1 << 22);
+    assert_eq!(si.request_timeout_ms, 60_000);
 
     c.drop_tree(&t.tree_id).await.expect("drop");
     err(c.get_root(&t.tree_id).await, Code::NotFound, &[&t.tree_id]);
@@ -478,6 +482,7 @@ async fn bad_batches_are_invalid_and_leave_the_tree_unchanged() {
                 tree_id: id.clone(),
                 blocks: Some(m),
                 return_openings: false,
+                expected_old_root: None,
             })
             .await;
         err(r, Code::InvalidArgument, &[needle]);

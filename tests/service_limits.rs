@@ -189,7 +189,13 @@ async fn max_host_bytes() {
     );
     let info = c.server_info().await.expect("info");
     assert_eq!(info.total_reserved_bytes, limit);
-    assert_eq!(info.max_total_bytes, limit);
+    assert_eq!(info.max_host_bytes, limit);
+    #[allow(deprecated)]
+    let old_name = info.max_total_bytes;
+    assert_eq!(
+        old_name, limit,
+        "the deprecated name still carries the value"
+    );
     assert_eq!(info.total_present_pages, 32);
     c.drop_tree(&a.tree_id).await.expect("drop");
     c.write_memory(&t.tree_id, 0, 0, &[1, 0])

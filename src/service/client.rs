@@ -314,6 +314,7 @@ impl Client {
                 tree_id: tree_id.into(),
                 blocks: Some(packed),
                 return_openings,
+                expected_old_root: None,
             })
             .await?
             .into_inner();

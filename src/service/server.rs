@@ -689,6 +689,7 @@ impl MemCommit for MemCommitService {
                 old_root: Some(codec::digest_to_proto(&old_root)),
                 new_root: Some(codec::digest_to_proto(&new_root)),
                 openings,
+                already_applied: false,
             })
         })
         .await?;
@@ -795,7 +796,16 @@ impl MemCommit for MemCommitService {
             trees,
             max_message_bytes: self.limits.max_message_bytes as u64,
             max_trees: self.limits.max_trees as u64,
+            #[allow(deprecated)]
             max_total_bytes: self.limits.max_host_bytes,
+            max_host_bytes: self.limits.max_host_bytes,
+            max_tree_bytes: self.limits.max_tree_bytes,
+            max_device_bytes: self.limits.max_device_bytes,
+            max_blocks_per_batch: self.limits.max_blocks_per_batch as u64,
+            request_timeout_ms: self
+                .limits
+                .request_timeout
+                .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             version: env!("CARGO_PKG_VERSION").into(),
             memory_budget_bytes,
             memory_budget_configured: self.memory_budget.is_some(),
