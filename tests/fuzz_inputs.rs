@@ -75,8 +75,8 @@ impl Spec {
         s + "}"
     }
 
-    /// The field the first rule this spec breaks names (docs/design.md "Layout JSON"), or `None`
-    /// for a valid spec. Computed here from the rules, not from the parser.
+    /// The field the first rule this spec breaks names (docs/design.md "Formats", Layout JSON),
+    /// or `None` for a valid spec. Computed here from the rules, not from the parser.
     fn first_error(&self) -> Option<String> {
         if self
             .spaces
