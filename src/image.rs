@@ -201,13 +201,13 @@ impl MemoryImage {
         let s = self.slot_pages(slot)?;
         let w = s.cell.bytes() as u64;
         let size = s.num_blocks * s.block_bytes() as u64;
-        if byte_offset % w != 0 {
+        if !byte_offset.is_multiple_of(w) {
             return Err(Error::invalid(
                 "byte_offset",
                 format!("{byte_offset} is not a multiple of the {w}-byte cell"),
             ));
         }
-        if len as u64 % w != 0 {
+        if !(len as u64).is_multiple_of(w) {
             return Err(Error::invalid(
                 "data",
                 format!("length {len} is not a multiple of the {w}-byte cell"),
