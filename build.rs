@@ -3,7 +3,7 @@
 //!   descriptor set for gRPC reflection;
 //! - always compiles the CUDA headers and kernel bodies for the host (`cuda/src/host_emulator.cpp`,
 //!   the kernel emulator the tests drive), with the system C++ compiler;
-//! - with feature `cuda`, compiles `cuda/src/*.cu` with nvcc (DESIGN.md "CUDA").
+//! - with feature `cuda`, compiles `cuda/src/*.cu` with nvcc (docs/design.md "CUDA").
 
 use std::path::{Path, PathBuf};
 

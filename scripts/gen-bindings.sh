@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the committed bindgen bindings of cuda/include/memcommit/launchers.h:
 #   src/tree/cuda/launchers_bindings.rs
-# so that a default build needs no libclang (DESIGN.md "CUDA").
+# so that a default build needs no libclang (docs/design.md "CUDA").
 #
 #   scripts/gen-bindings.sh          rewrite the committed file
 #   scripts/gen-bindings.sh --check  fail (exit 1, with a diff) if it differs from a fresh run

@@ -201,13 +201,13 @@ impl MemoryImage {
         let s = self.slot_pages(slot)?;
         let w = s.cell.bytes() as u64;
         let size = s.num_blocks * s.block_bytes() as u64;
-        if byte_offset % w != 0 {
+        if !byte_offset.is_multiple_of(w) {
             return Err(Error::invalid(
                 "byte_offset",
                 format!("{byte_offset} is not a multiple of the {w}-byte cell"),
             ));
         }
-        if len as u64 % w != 0 {
+        if !(len as u64).is_multiple_of(w) {
             return Err(Error::invalid(
                 "data",
                 format!("length {len} is not a multiple of the {w}-byte cell"),
@@ -243,15 +243,12 @@ impl MemoryImage {
         Ok(range.end - range.start - present)
     }
 
-    /// Writes raw little-endian cell bytes at `byte_offset` of `slot`, creating the pages it
-    /// covers. Checked whole before anything is written.
+    /// Checks a [`MemoryImage::write`] of `data` at `byte_offset` of `slot` whole, cell
+    /// values included, without changing anything; returns the page numbers it covers.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if the slot does not exist, the offset or length is not a
-    /// multiple of the cell size, the write runs past the end of the slot, or (for `field`
-    /// cells) a value is `>= p`; [`Error::ResourceExhausted`] if a page cannot be
-    /// allocated (the image is then as before).
-    pub fn write(&mut self, slot: u32, byte_offset: u64, data: &[u8]) -> Result<()> {
+    /// As [`MemoryImage::write`], but never [`Error::ResourceExhausted`].
+    pub fn check_write_data(&self, slot: u32, byte_offset: u64, data: &[u8]) -> Result<Range<u64>> {
         let pages = self.check_write(slot, byte_offset, data.len())?;
         let cell = self.cells[slot as usize];
         if cell == CellType::Field {
@@ -261,23 +258,57 @@ impl MemoryImage {
                 })?;
             }
         }
-        let s = &mut self.slots[slot as usize];
-        let before = s.numbers.len();
-        for page in pages.clone() {
-            if let Err(e) = s.ensure(page) {
-                s.truncate(before);
-                return Err(e);
+        Ok(pages)
+    }
+
+    /// Writes raw little-endian cell bytes at `byte_offset` of `slot`, creating the pages it
+    /// covers. Checked whole before anything is written.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the slot does not exist, the offset or length is not a
+    /// multiple of the cell size, the write runs past the end of the slot, or (for `field`
+    /// cells) a value is `>= p`; [`Error::ResourceExhausted`] if a page cannot be
+    /// allocated (the image is then as before).
+    pub fn write(&mut self, slot: u32, byte_offset: u64, data: &[u8]) -> Result<()> {
+        self.write_all(&[(slot, byte_offset, data)])
+    }
+
+    /// Applies `writes` (`(slot, byte_offset, data)`, as [`MemoryImage::write`]) in order,
+    /// all or none: every write is checked, then every page they cover is created, then the
+    /// bytes are copied. A later write to the same bytes wins. This is how a `WriteMemory`
+    /// stream's staged chunks reach the image at once.
+    ///
+    /// # Errors
+    /// As [`MemoryImage::write`], for the first write that fails its check; the image is
+    /// unchanged on any error.
+    pub fn write_all(&mut self, writes: &[(u32, u64, &[u8])]) -> Result<()> {
+        let ranges = writes
+            .iter()
+            .map(|&(slot, off, data)| self.check_write_data(slot, off, data))
+            .collect::<Result<Vec<_>>>()?;
+        let before: Vec<usize> = self.slots.iter().map(|s| s.numbers.len()).collect();
+        for (&(slot, ..), pages) in writes.iter().zip(&ranges) {
+            for page in pages.clone() {
+                if let Err(e) = self.slots[slot as usize].ensure(page) {
+                    for (s, &n) in self.slots.iter_mut().zip(&before) {
+                        s.truncate(n);
+                    }
+                    return Err(e);
+                }
             }
         }
-        let pb = s.page_bytes() as u64;
-        let mut at = byte_offset;
-        let mut rest = data;
-        for page in pages {
-            let id = s.table[&page];
-            let start = (at - page * pb) as usize;
-            let n = rest.len().min(pb as usize - start);
-            s.page_mut(id)[start..start + n].copy_from_slice(&rest[..n]);
-            (at, rest) = (at + n as u64, &rest[n..]);
+        for (&(slot, byte_offset, data), pages) in writes.iter().zip(ranges) {
+            let s = &mut self.slots[slot as usize];
+            let pb = s.page_bytes() as u64;
+            let mut at = byte_offset;
+            let mut rest = data;
+            for page in pages {
+                let id = s.table[&page];
+                let start = (at - page * pb) as usize;
+                let n = rest.len().min(pb as usize - start);
+                s.page_mut(id)[start..start + n].copy_from_slice(&rest[..n]);
+                (at, rest) = (at + n as u64, &rest[n..]);
+            }
         }
         Ok(())
     }
@@ -522,6 +553,33 @@ impl MemoryImage {
 mod tests {
     use super::*;
     use crate::layout::{AddressSpace, LayoutSpec};
+
+    #[test]
+    fn write_all_applies_every_write_in_order_or_none() {
+        let l = layout(&[(CellType::U8, 1 << 16), (CellType::Field, 1 << 12)]);
+        let mut image = MemoryImage::zeroed(&l).expect("image");
+        image.write(0, 0, &[5; 8]).expect("write");
+        let before = image.clone();
+        // The third write's field cell is p: nothing of the first two is written.
+        let p = crate::hash::P.to_le_bytes();
+        let bad: [(u32, u64, &[u8]); 3] = [(0, 4096, &[1; 8]), (1, 0, &[2, 0, 0, 0]), (1, 8, &p)];
+        let e = image.write_all(&bad).expect_err("a field cell >= p");
+        assert!(e.to_string().contains("data (cell at byte 8)"), "{e}");
+        assert_eq!(image, before);
+        assert_eq!(image.total_pages(), 1);
+        // Valid: later writes to the same bytes win, pages of both slots appear.
+        let good: [(u32, u64, &[u8]); 3] = [
+            (0, 4096, &[1; 8]),
+            (0, 4100, &[9; 2]),
+            (1, 0, &[2, 0, 0, 0]),
+        ];
+        image.write_all(&good).expect("write_all");
+        let mut out = [0u8; 8];
+        image.read(0, 4096, &mut out).expect("read");
+        assert_eq!(out, [1, 1, 1, 1, 9, 9, 1, 1]);
+        assert_eq!(image.block_cells(1, 0), [2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(image.total_pages(), 3);
+    }
 
     fn layout(spaces: &[(CellType, u64)]) -> MemoryLayout {
         MemoryLayout::new(LayoutSpec {

@@ -1,5 +1,5 @@
 //! `MemoryLayout` and `CellType`: the shape of a zkVM's memory (docs/design.md Part 1, "Memory
-//! layout" and "Layout JSON"), its validation, and the cell ↔ field encoding.
+//! layout and tree shape" and "Formats"), its validation, and the cell ↔ field encoding.
 
 use serde::{Deserialize, Serialize};
 

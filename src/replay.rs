@@ -74,6 +74,8 @@ pub struct ReplaySummary {
     pub blocks: u64,
     /// Per-step RPC times, milliseconds, in step order.
     pub step_ms: Vec<f64>,
+    /// Batches whose reply was lost and whose resend the server answered `already_applied`.
+    pub retried: u64,
 }
 
 /// Replays `trace` through `client`, calling `on_progress` after every upload and root step. Stops at the
@@ -129,6 +131,9 @@ async fn drive(
     on_progress: &mut impl FnMut(Progress<'_>),
 ) -> Result<()> {
     let tree_id = summary.tree_id.clone();
+    // Each batch names the root it applies to, so a batch whose reply was lost is resent
+    // without being applied twice (`Client::update_blocks_safely`).
+    let mut current = None;
     for event in trace {
         let started = Instant::now();
         let (root, expect_root, blocks) = match event? {
@@ -143,6 +148,7 @@ async fn drive(
             }
             TraceEvent::Build { expect_root } => {
                 let built = client.build(&tree_id).await.map_err(Error::from)?;
+                current = Some(built.root);
                 summary.omitted_levels = built.omitted_levels;
                 summary.present_pages = built.present_pages;
                 (built.root, expect_root, 0)
@@ -151,10 +157,18 @@ async fn drive(
                 blocks,
                 expect_root,
             } => {
+                let Some(old) = current else {
+                    return Err(Error::FailedPrecondition(format!(
+                        "step {}: an update before the trace's build event",
+                        summary.steps
+                    )));
+                };
                 let r = client
-                    .update_blocks(&tree_id, &blocks, false)
+                    .update_blocks_safely(&tree_id, &blocks, false, old)
                     .await
                     .map_err(Error::from)?;
+                summary.retried += u64::from(r.already_applied);
+                current = Some(r.new_root);
                 (r.new_root, expect_root, blocks.len())
             }
         };

@@ -207,7 +207,8 @@ async fn lifecycle_matches_vector_and_reference() {
     assert_eq!(info.state, proto::TreeState::Built as i32);
     assert_eq!(info.backend, "cpu");
     assert_eq!(info.omitted_levels, 3);
-    assert_eq!(info.updates, 4);
+    // Four batches, one of them empty: an empty batch is not an update.
+    assert_eq!(info.updates, 3);
     assert_eq!(
         codec::digest_from_proto(info.root.as_ref(), "root").expect("root"),
         root
@@ -335,7 +336,8 @@ async fn write_memory_stream_errors_name_the_chunk() {
         byte_offset,
         data: Bytes::from_static(data),
     };
-    // Chunk 0 and 1 apply; chunk 2 has an odd offset for u16 cells.
+    // Chunk 2 has an odd offset for u16 cells: the stream writes nothing, not even chunks
+    // 0 and 1.
     let stream = vec![
         chunk(&a.tree_id, 0, &[1, 0, 2, 0]),
         chunk("", 16, &[3, 0, 4, 0]),
@@ -387,24 +389,9 @@ async fn write_memory_stream_errors_name_the_chunk() {
         &["tree_id"],
     );
 
-    // What stuck: chunks 0 and 1 of the first stream (chunk 0 again by the last stream).
+    // Every stream above was refused, so nothing stuck.
     let root = c.build_tree(&a.tree_id).await.expect("build");
-    let expected = reference(
-        &layout,
-        &[
-            TouchedBlock {
-                slot: 0,
-                block: 0,
-                cells: [1, 2, 0, 0, 0, 0, 0, 0],
-            },
-            TouchedBlock {
-                slot: 0,
-                block: 1,
-                cells: [3, 4, 0, 0, 0, 0, 0, 0],
-            },
-        ],
-    );
-    assert_eq!(root, expected.root());
+    assert_eq!(root, reference(&layout, &[]).root());
     // Tree b saw nothing.
     let root_b = c.build_tree(&b.tree_id).await.expect("build b");
     assert_eq!(root_b, reference(&layout, &[]).root());
@@ -770,7 +757,14 @@ async fn tree_count_and_memory_limits_are_resource_exhausted() {
     }
     let empty = node_bytes(&layout, &MemoryImage::zeroed(&layout).expect("image"), 3);
     let each = node_bytes(&layout, &full, 3) + layout.raw_bytes();
-    let limit = 2 * each + empty;
+    // While a stream is open its staged bytes count too: at most the largest slot's.
+    let staging = layout
+        .address_spaces()
+        .iter()
+        .map(|s| s.raw_bytes())
+        .max()
+        .expect("spaces");
+    let limit = 2 * each + empty + staging;
     let mut srv = start(Limits {
         max_trees: 3,
         max_host_bytes: limit,
@@ -797,20 +791,26 @@ async fn tree_count_and_memory_limits_are_resource_exhausted() {
         .create_tree(&layout, None, Backend::Cpu)
         .await
         .expect("third, empty");
-    // Its first page passes the limit: refused whole, naming it.
-    let page = layout.address_spaces()[0].raw_bytes();
+    // Its largest slot's staged bytes and pages pass the limit: refused whole, naming it.
+    let slot1 = layout.address_spaces()[1];
+    assert_eq!(slot1.raw_bytes(), staging);
+    let pages = staging.div_ceil(8192);
     err(
-        c.write_memory(&third.tree_id, 0, 0, &vec![0; page as usize])
+        c.write_memory(&third.tree_id, 1, 0, &vec![0; staging as usize])
             .await,
         Code::ResourceExhausted,
         &[
             &format!("max_host_bytes = {limit}"),
-            &format!("tree {} (1 new pages of slot 0) needs", third.tree_id),
-            &format!("and {limit} are already reserved"),
+            &format!(
+                "tree {} ({staging} staged WriteMemory bytes and {pages} new pages of slot 1) \
+                 needs",
+                third.tree_id
+            ),
+            &format!("and {} are already reserved", limit - staging),
         ],
     );
     let info = c.server_info().await.expect("info");
-    assert_eq!(info.total_reserved_bytes, limit);
+    assert_eq!(info.total_reserved_bytes, limit - staging);
     assert_eq!(info.total_present_pages, 10);
     c.drop_tree(&a.tree_id).await.expect("drop a");
     write_all(c, &layout, &third.tree_id)
@@ -1285,5 +1285,100 @@ async fn server_memory_budget_drives_auto_omitted_levels_and_is_reported() {
         si.memory_budget_bytes > 0,
         "MemAvailable is readable on Linux"
     );
+    srv.stop().await;
+}
+
+/// Safe retries (`expected_old_root`): a batch whose reply is lost on the client (a receive
+/// limit too small for its openings, as grpcio's 4 MiB default is for large batches) has
+/// been applied; resending the identical request returns the same roots with
+/// `already_applied`, the openings from the current state, and applies nothing twice. A
+/// stale `expected_old_root` is refused naming both roots, with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_is_retried_without_applying_the_batch_twice() {
+    let mut srv = start(Limits::default()).await;
+    let c = &mut srv.client;
+    let (id, layout, leaves, r0) = built_four_spaces(c).await;
+    let mut reference = reference(&layout, &leaves);
+    let mut rng = StdRng::seed_from_u64(12);
+    let b1 = random_batch(&mut rng, &layout, 40);
+    let r1 = reference.update(&b1).expect("reference b1");
+    let request = proto::UpdateBlocksRequest {
+        tree_id: id.clone(),
+        blocks: Some(codec::encode_blocks(&b1).expect("pack")),
+        return_openings: true,
+        expected_old_root: Some(codec::digest_to_proto(&r0)),
+    };
+
+    // The reply (40 openings, ~18 KB) is lost: this client accepts 1 KiB.
+    let mut small = c.raw().clone().max_decoding_message_size(1024);
+    let lost = small
+        .update_blocks(request.clone())
+        .await
+        .expect_err("the reply is over the client's limit");
+    assert!(
+        memcommit::service::client::reply_may_be_lost(&lost),
+        "{lost:?}"
+    );
+    assert_eq!(
+        c.get_root(&id).await.expect("root"),
+        r1,
+        "the server applied it"
+    );
+
+    // The identical request again: already applied, same roots, openings of the new root.
+    let again = c
+        .update_blocks_safely(&id, &b1, true, r0)
+        .await
+        .expect("retry");
+    assert!(again.already_applied);
+    assert_eq!((again.old_root, again.new_root), (r0, r1));
+    assert_eq!(again.openings.len(), b1.len());
+    for (o, b) in again.openings.iter().zip(&b1) {
+        assert_eq!((o.slot, o.block, o.cells), (b.slot, b.block, b.cells));
+        verify_opening(&r1, &layout, o).expect("the opening verifies against new_root");
+    }
+    let info = &c.list_trees().await.expect("list")[0];
+    assert_eq!(info.updates, 1, "the retry is not a second update");
+
+    // A second client's batch meant for r0 finds r1: refused, naming both roots.
+    let b2 = random_batch(&mut rng, &layout, 5);
+    err(
+        c.update_blocks_safely(&id, &b2, false, r0).await,
+        Code::FailedPrecondition,
+        &[
+            &format!("expected_old_root {r0:?} differs from the tree's root {r1:?}"),
+            "nothing was applied",
+        ],
+    );
+    assert_eq!(c.get_root(&id).await.expect("root"), r1);
+    // The same batch with the right root applies; from then on b1's retry is stale.
+    let r2 = reference.update(&b2).expect("reference b2");
+    let applied = c
+        .update_blocks_safely(&id, &b2, false, r1)
+        .await
+        .expect("b2");
+    assert!(!applied.already_applied);
+    assert_eq!((applied.old_root, applied.new_root), (r1, r2));
+    err(
+        c.update_blocks_safely(&id, &b1, false, r0).await,
+        Code::FailedPrecondition,
+        &[&format!("differs from the tree's root {r2:?}")],
+    );
+    // A different batch under the last batch's old root is not mistaken for its retry.
+    let mut b2_changed = b2.clone();
+    b2_changed[0].cells[0] ^= 1;
+    err(
+        c.update_blocks_safely(&id, &b2_changed, false, r1).await,
+        Code::FailedPrecondition,
+        &["expected_old_root"],
+    );
+    // An empty batch under the right root changes nothing and counts no update.
+    let empty = c
+        .update_blocks_safely(&id, &[], false, r2)
+        .await
+        .expect("empty");
+    assert_eq!((empty.new_root, empty.already_applied), (r2, false));
+    let info = &c.list_trees().await.expect("list")[0];
+    assert_eq!(info.updates, 2);
     srv.stop().await;
 }

@@ -100,7 +100,9 @@ fn small_costs() -> (u64, u64) {
 async fn max_tree_bytes() {
     let l = small();
     let (empty, page) = small_costs();
-    let limit = empty + 2 * page;
+    // Two pages, and room for one page's bytes staged by an open WriteMemory stream.
+    let fitted = empty + 2 * page;
+    let limit = fitted + 8192;
     let mut srv = start(Limits {
         max_tree_bytes: limit,
         ..Limits::default()
@@ -109,24 +111,27 @@ async fn max_tree_bytes() {
     let c = &mut srv.client;
     let t = c.create_tree(&l, None, Backend::Cpu).await.expect("empty");
     let id = &t.tree_id;
-    // Two pages fit; a chunk that would add a third is refused whole.
-    c.write_memory(id, 0, 0, &vec![1; 2 * 8192])
-        .await
-        .expect("two pages");
+    // Two pages fit, one stream each (a stream of both would stage 16 KiB); a chunk that
+    // would add a third is refused whole.
+    for p in 0..2 {
+        c.write_memory(id, 0, p * 8192, &vec![1; 8192])
+            .await
+            .expect("one page");
+    }
     err(
         c.write_memory(id, 0, 2 * 8192 - 2, &[2, 0, 3, 0]).await,
         Code::ResourceExhausted,
         &[&format!(
-            "max_tree_bytes = {limit}: tree {id} (1 new pages of slot 0) would need {} bytes \
-             ({} host, 0 device)",
-            limit + page,
-            limit + page
+            "max_tree_bytes = {limit}: tree {id} (4 staged WriteMemory bytes and 1 new pages of \
+             slot 0) would need {} bytes ({} host, 0 device)",
+            fitted + page + 4,
+            fitted + page + 4
         )],
     );
-    // Rewriting present pages needs nothing more.
+    // Rewriting present pages needs nothing more once the stream has ended.
     c.write_memory(id, 0, 100, &[7, 0]).await.expect("in place");
     let info = &c.list_trees().await.expect("list")[0];
-    assert_eq!((info.reserved_bytes, info.present_pages), (limit, 2));
+    assert_eq!((info.reserved_bytes, info.present_pages), (fitted, 2));
     let mut image = MemoryImage::zeroed(&l).expect("image");
     image.write(0, 0, &vec![1; 2 * 8192]).expect("write");
     image.write(0, 100, &[7, 0]).expect("write");
@@ -151,7 +156,7 @@ async fn max_tree_bytes() {
     let r = c.update_blocks(id, &inside, false).await.expect("inside");
     assert_eq!(r.new_root, reference.update(&inside).expect("reference"));
     let info = &c.list_trees().await.expect("list")[0];
-    assert_eq!((info.reserved_bytes, info.present_pages), (limit, 2));
+    assert_eq!((info.reserved_bytes, info.present_pages), (fitted, 2));
     healthy_then_stop(srv).await;
 }
 
@@ -160,7 +165,9 @@ async fn max_host_bytes() {
     let l = small();
     let (empty, page) = small_costs();
     let full = empty + 16 * page;
-    let limit = 2 * full + empty;
+    // Two full trees and an empty one, plus one open stream's staged 16 pages.
+    let staged = 131072;
+    let limit = 2 * full + empty + staged;
     let mut srv = start(Limits {
         max_host_bytes: limit,
         ..Limits::default()
@@ -179,16 +186,19 @@ async fn max_host_bytes() {
         .await
         .expect("c, empty");
     err(
-        c.write_memory(&t.tree_id, 0, 0, &[1, 0]).await,
+        c.write_memory(&t.tree_id, 0, 0, &vec![1; staged as usize])
+            .await,
         Code::ResourceExhausted,
         &[&format!(
-            "max_host_bytes = {limit}: tree {} (1 new pages of slot 0) needs {page} host bytes \
-             and {limit} are already reserved",
-            t.tree_id
+            "max_host_bytes = {limit}: tree {} ({staged} staged WriteMemory bytes and 16 new \
+             pages of slot 0) needs {} host bytes and {} are already reserved",
+            t.tree_id,
+            staged + 16 * page,
+            limit - staged
         )],
     );
     let info = c.server_info().await.expect("info");
-    assert_eq!(info.total_reserved_bytes, limit);
+    assert_eq!(info.total_reserved_bytes, limit - staged);
     assert_eq!(info.max_host_bytes, limit);
     #[allow(deprecated)]
     let old_name = info.max_total_bytes;

@@ -1,8 +1,8 @@
-// Kernel body for openings (DESIGN.md Part 1 "Openings"): one thread writes one opening's
-// siblings, address_height digests in the slot (leaf level first) then address_space_height
-// in the top tree. The host resolves every stored sibling to a node index (the page table
-// and the sparse levels' maps live on the host); the device recomputes only what lies below
-// the stored base level inside the block's own page.
+// Kernel body for openings (docs/design.md Part 1 "Formats", Openings): one thread writes one
+// opening's siblings, address_height digests in the slot (leaf level first) then
+// address_space_height in the top tree. The host resolves every stored sibling to a node index
+// (the page table and the sparse levels' maps live on the host); the device recomputes only
+// what lies below the stored base level inside the block's own page.
 #pragma once
 
 #include "memcommit/leaf.h"

@@ -1,8 +1,8 @@
-// Kernel bodies for an update batch (DESIGN.md "Update"): scatter the new cells into raw
-// memory, give pages the batch created their zero-hash nodes, recompute the distinct stored
-// base-level nodes from raw memory, then the distinct parents one level per launch. The host
-// computes every node list; all launches go on one stream, so each launch sees the previous
-// one's writes.
+// Kernel bodies for an update batch (docs/design.md "The stored tree", Update): scatter the new
+// cells into raw memory, give pages the batch created their zero-hash nodes, recompute the
+// distinct stored base-level nodes from raw memory, then the distinct parents one level per
+// launch. The host computes every node list; all launches go on one stream, so each launch sees
+// the previous one's writes.
 #pragma once
 
 #include "memcommit/leaf.h"

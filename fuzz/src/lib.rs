@@ -278,59 +278,66 @@ impl Cut {
 }
 
 /// Runs `w` as one `WriteMemory` stream (its first chunk's tree id as given) and checks the
-/// outcome: a clean stream's response counts every chunk; a stream cut off after all its
-/// chunks were applied returns the cut's status (message-too-large: `RESOURCE_EXHAUSTED`
-/// naming `max_message_bytes`); anything else passes [`check_status`].
-///
-/// Returns the id of the tree the stream aborted: the first chunk's, when a transport
-/// error (not message-too-large) came after at least one applied chunk.
-pub async fn write_checked(h: &Handler, w: Chunks) -> Option<String> {
+/// outcome: a clean stream's response counts every chunk; a stream cut off after its
+/// chunks returns the cut's status (message-too-large: `RESOURCE_EXHAUSTED` naming
+/// `max_message_bytes`); anything else passes [`check_status`]. A stream that does not
+/// succeed writes nothing: every tree's reservation and present pages are as before.
+pub async fn write_checked(h: &Handler, w: Chunks) {
     let Chunks { mut chunks, cut } = w;
-    let tree = chunks.first().map(|c| c.tree_id.clone());
     let n = chunks.len() as u64;
     let bytes: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
-    let Some(cut) = cut else {
-        check(h.write_memory(chunks).await, |resp| {
-            assert_eq!((resp.chunks, resp.bytes_written), (n, bytes));
-        });
-        return None;
+    let before = footprint(h).await;
+    let result = match cut {
+        None => {
+            let r = h.write_memory(chunks).await;
+            match &r {
+                Ok(resp) => assert_eq!((resp.chunks, resp.bytes_written), (n, bytes)),
+                Err(s) => check_status(s),
+            }
+            r
+        }
+        Some(cut) => {
+            chunks.truncate(cut.after as usize);
+            let mut items: Vec<_> = chunks.into_iter().map(Ok).collect();
+            items.push(Err(cut.status()));
+            let r = h.write_memory_stream(items).await;
+            match &r {
+                Ok(resp) => panic!("a cut stream succeeded: {resp:?}"),
+                Err(s) if cut.too_large && s.message().ends_with(TOO_LARGE_MESSAGE) => {
+                    let limit = limits().max_message_bytes;
+                    let want = format!("max_message_bytes = {limit}: {TOO_LARGE_MESSAGE}");
+                    assert_eq!(
+                        (s.code(), s.message()),
+                        (Code::ResourceExhausted, want.as_str())
+                    );
+                }
+                Err(s) if !cut.too_large && s.message() == CUT_MESSAGE => {
+                    assert_eq!(s.code(), cut.status().code());
+                }
+                // A chunk failed before the cut was reached.
+                Err(s) => check_status(s),
+            }
+            r
+        }
     };
-    chunks.truncate(cut.after as usize);
-    let applied = chunks.len();
-    let mut items: Vec<_> = chunks.into_iter().map(Ok).collect();
-    items.push(Err(cut.status()));
-    match h.write_memory_stream(items).await {
-        Ok(resp) => panic!("a cut stream succeeded: {resp:?}"),
-        Err(s) if cut.too_large && s.message().ends_with(TOO_LARGE_MESSAGE) => {
-            let limit = limits().max_message_bytes;
-            let want = format!("max_message_bytes = {limit}: {TOO_LARGE_MESSAGE}");
-            assert_eq!(
-                (s.code(), s.message()),
-                (Code::ResourceExhausted, want.as_str())
-            );
-            None
-        }
-        Err(s) if !cut.too_large && s.message() == CUT_MESSAGE => {
-            assert_eq!(s.code(), cut.status().code());
-            tree.filter(|_| applied > 0)
-        }
-        // A chunk failed before the cut was reached.
-        Err(s) => {
-            check_status(&s);
-            None
-        }
+    if result.is_err() {
+        assert_eq!(
+            footprint(h).await,
+            before,
+            "a failed stream wrote something"
+        );
     }
 }
 
-/// Checks that `id`, aborted by a cut stream, refuses `BuildTree` with
-/// `FAILED_PRECONDITION` saying to drop it.
-pub async fn check_aborted(h: &Handler, id: &str) {
-    let s = h
-        .build_tree(proto::BuildTreeRequest { tree_id: id.into() })
+/// `(tree id, reserved bytes, present pages)` of every tree.
+async fn footprint(h: &Handler) -> Vec<(String, u64, u64)> {
+    h.list_trees(proto::ListTreesRequest {})
         .await
-        .expect_err("an aborted tree built");
-    assert_eq!(s.code(), Code::FailedPrecondition, "{}", s.message());
-    assert!(s.message().contains("drop"), "{}", s.message());
+        .expect("list")
+        .trees
+        .into_iter()
+        .map(|t| (t.tree_id, t.reserved_bytes, t.present_pages))
+        .collect()
 }
 
 /// One call of an [`RpcSequence`]. `tree` picks the tree id: 0 keeps the decoded one,

@@ -1,6 +1,6 @@
-//! Exact permutation counts of a build and of an update batch, computed from the layout and
-//! the batch the way the CPU and CUDA trees do the work (docs/design.md "Update"), so
-//! permutations per second need no instrumentation of the hot loops.
+//! Exact permutation counts of a build and of an update batch, computed from the layout and the
+//! batch the way the CPU and CUDA trees do the work (docs/design.md "The stored tree", Update),
+//! so permutations per second need no instrumentation of the hot loops.
 //!
 //! One Poseidon2-16 permutation is one leaf hash (8 cells absorbed at rate 8) or one
 //! 2-to-1 compression. Zero hashes of empty subtrees are precomputed once per process and

@@ -1,6 +1,6 @@
 //! `memcommit bench`: a sweep of memory size, cell type, `omitted_levels`, touched blocks per
 //! batch and backend, timing builds and updates next to p3-merkle-tree's `MerkleTree::new`
-//! on the same leaves, with the bytes each `k` holds (docs/design.md "Benchmarks").
+//! on the same leaves, with the bytes each `k` holds (README "Benchmarks", docs/benchmarks.md).
 //!
 //! Each configuration is one address space of `bytes / cell bytes` cells, filled with
 //! deterministic pseudo-random valid cells. Updates write random distinct blocks, so builds

@@ -78,6 +78,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         memcommit::bench::percentile(&ms, 0.50),
         memcommit::bench::percentile(&ms, 0.99),
     );
+    let line = match summary.retried {
+        0 => line,
+        n => format!("{line}; {n} batches resent after a lost reply (already applied)"),
+    };
     // With --json, stdout carries only the per-step lines.
     if args.json {
         tracing::info!("{line}");

@@ -19,7 +19,7 @@ use memcommit::tree::{self, Backend, OmittedLevels, DEFAULT_BUDGET_PERCENT};
 Example:\n  memcommit root --layout layout.json --image 0=regs.bin --image 1=ram.bin"
 )]
 pub struct Args {
-    /// Layout JSON file (docs/design.md "Layout JSON"); both heights optional.
+    /// Layout JSON file (README "Command line", docs/design.md "Formats"); both heights optional.
     #[arg(long, value_name = "L.json")]
     layout: PathBuf,
     /// Raw little-endian cells for one slot, as SLOT=FILE. A short file is zero-padded; a

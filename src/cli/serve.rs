@@ -25,6 +25,24 @@ pub enum LogFormat {
 
 /// Arguments of `memcommit serve`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  # Loopback only (the default 127.0.0.1:50051), plaintext, no token:
+  memcommit serve
+
+  # Every interface, TLS and a bearer token (the token file chmod 600):
+  memcommit serve --listen 0.0.0.0:50051 --tls-cert server.pem --tls-key server.key \\
+    --auth-token-file /etc/memcommit/token
+
+  # Prometheus metrics on loopback, JSON logs:
+  memcommit serve --metrics-listen 127.0.0.1:9090 --log-format json
+
+  # Tighter limits: 16 trees, 24 GiB host, 8 GiB per tree, 1 Mi blocks a batch, 64 MiB
+  # messages, 10 s wait for a busy tree:
+  memcommit serve --max-trees 16 --max-host-bytes 25769803776 --max-tree-bytes 8589934592 \\
+    --max-blocks-per-batch 1048576 --max-message-bytes 67108864 --request-timeout-ms 10000
+
+GetServerInfo reports every limit in force under the flag's name (max_host_bytes, ...).")]
 pub struct Args {
     /// Address to listen on (IP:PORT; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -50,7 +68,8 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     max_tree_bytes: u64,
     /// Most host bytes reserved over all trees, in bytes (16 GiB). A CPU tree reserves its
-    /// node bytes plus its raw memory bytes when created. Alias: --max-total-bytes.
+    /// empty shape when created, then each page's raw bytes and nodes as writes and updates
+    /// create it. Alias: --max-total-bytes.
     #[arg(long, value_name = "BYTES", alias = "max-total-bytes",
           default_value_t = DEFAULT_MAX_HOST_BYTES,
           value_parser = clap::value_parser!(u64).range(1..))]

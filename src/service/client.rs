@@ -81,6 +81,22 @@ pub struct UpdateResult {
     /// Openings of the batch's blocks against `new_root`, in batch order (empty unless
     /// asked for).
     pub openings: Vec<Opening>,
+    /// The call was a retry of a batch the server had already applied (its reply was
+    /// lost); the roots are that batch's and nothing was applied again.
+    pub already_applied: bool,
+}
+
+/// Attempts of [`Client::update_blocks_safely`]: the first send and two retries.
+pub const UPDATE_ATTEMPTS: usize = 3;
+
+/// Whether a failed call may have been applied with its reply lost in transport, so that
+/// resending it with the same `expected_old_root` is the way to find out.
+pub fn reply_may_be_lost(s: &Status) -> bool {
+    use tonic::Code;
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    ) || (s.code() == Code::OutOfRange && s.message().contains("message length too large"))
 }
 
 /// A malformed response from the server.
@@ -226,9 +242,9 @@ impl Client {
     ///
     /// # Errors
     /// `INVALID_ARGUMENT` (slot, offset, length, field cell ≥ p), `NOT_FOUND`,
-    /// `FAILED_PRECONDITION` (already built, or aborted). Chunks before a refused one stay
-    /// written; a stream cut off (dropped connection) aborts the tree, which must then be
-    /// dropped and created again.
+    /// `FAILED_PRECONDITION` (already built), `RESOURCE_EXHAUSTED` (limits). The stream is
+    /// atomic: on any error, or if this future is dropped before the reply, nothing of it
+    /// was written, and sending it again is safe either way (writes are absolute bytes).
     pub async fn write_memory(
         &mut self,
         tree_id: &str,
@@ -308,13 +324,56 @@ impl Client {
         return_openings: bool,
     ) -> Result<UpdateResult, Status> {
         let packed = codec::encode_blocks(blocks).map_err(bad_request)?;
+        self.send_update(tree_id, packed, return_openings, None)
+            .await
+    }
+
+    /// Applies one batch exactly once although replies may be lost: it is sent with
+    /// `expected_old_root = old_root`, and when a call fails in a way that may have lost an
+    /// applied batch's reply ([`reply_may_be_lost`]), the identical request is sent again,
+    /// up to [`UPDATE_ATTEMPTS`] in all. The server answers a retry of its last batch with
+    /// that batch's roots and `already_applied`, without applying it twice.
+    ///
+    /// # Errors
+    /// As [`Client::update_blocks`], plus `FAILED_PRECONDITION` when the tree's root is not
+    /// `old_root` (another client changed it); the last error once attempts run out.
+    pub async fn update_blocks_safely(
+        &mut self,
+        tree_id: &str,
+        blocks: &[TouchedBlock],
+        return_openings: bool,
+        old_root: Digest,
+    ) -> Result<UpdateResult, Status> {
+        let packed = codec::encode_blocks(blocks).map_err(bad_request)?;
+        let mut attempt = 1;
+        loop {
+            match self
+                .send_update(tree_id, packed.clone(), return_openings, Some(old_root))
+                .await
+            {
+                Err(s) if attempt < UPDATE_ATTEMPTS && reply_may_be_lost(&s) => {
+                    tracing::warn!(tree_id, attempt, code = ?s.code(), "UpdateBlocks reply lost ({}); sending the batch again", s.message());
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn send_update(
+        &mut self,
+        tree_id: &str,
+        packed: proto::TouchedBlocks,
+        return_openings: bool,
+        expected_old_root: Option<Digest>,
+    ) -> Result<UpdateResult, Status> {
         let r = self
             .inner
             .update_blocks(proto::UpdateBlocksRequest {
                 tree_id: tree_id.into(),
                 blocks: Some(packed),
                 return_openings,
-                expected_old_root: None,
+                expected_old_root: expected_old_root.as_ref().map(codec::digest_to_proto),
             })
             .await?
             .into_inner();
@@ -324,6 +383,7 @@ impl Client {
             new_root: codec::digest_from_proto(r.new_root.as_ref(), "new_root")
                 .map_err(bad_response)?,
             openings: openings_from(&r.openings)?,
+            already_applied: r.already_applied,
         })
     }
 

@@ -37,7 +37,7 @@ fn check_column(field: &str, len: usize, per_entry: usize, n: usize, what: &str)
 
 /// The entry count of a leading `slots` column (4 bytes per entry).
 fn count_entries(field: &str, len: usize, what: &str) -> Result<usize> {
-    if len % U32_BYTES != 0 {
+    if !len.is_multiple_of(U32_BYTES) {
         return Err(Error::invalid(
             field,
             format!("{len} bytes is not a multiple of {U32_BYTES} (one u32 LE per {what})"),
@@ -210,7 +210,7 @@ pub fn opening_from_proto(o: &proto::Opening, field: &str) -> Result<Opening> {
             format!("{} cells, a block has {BLOCK_CELLS}", o.cells.len()),
         )
     })?;
-    if o.siblings.len() % DIGEST_ELEMS != 0 {
+    if !o.siblings.len().is_multiple_of(DIGEST_ELEMS) {
         return Err(Error::invalid(
             format!("{field}.siblings"),
             format!(

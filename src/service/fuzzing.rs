@@ -55,7 +55,7 @@ impl Handler {
 
     /// `WriteMemory` over a client stream that yields `items` in order. An `Err` item is
     /// what tonic's `Streaming` yields when the transport fails, so chunks followed by an
-    /// `Err` are a stream cut off part-way (which aborts the tree once a chunk named it).
+    /// `Err` are a stream cut off part-way (which writes nothing).
     ///
     /// # Errors
     /// The status the server would return; for a cut stream, that is the cut's own status

@@ -83,6 +83,14 @@ impl MemoryEstimate {
         self.host_bytes.saturating_add(self.device_bytes)
     }
 
+    /// `self` less `other`, part by part, never below zero.
+    pub fn minus(self, other: MemoryEstimate) -> MemoryEstimate {
+        MemoryEstimate {
+            host_bytes: self.host_bytes.saturating_sub(other.host_bytes),
+            device_bytes: self.device_bytes.saturating_sub(other.device_bytes),
+        }
+    }
+
     /// `self` and `other` added up, part by part.
     pub fn plus(self, other: MemoryEstimate) -> MemoryEstimate {
         MemoryEstimate {

@@ -65,9 +65,20 @@ pub(crate) struct TreeHandle {
     reserved: Mutex<MemoryEstimate>,
     pub state: Arc<tokio::sync::Mutex<State>>,
     summary: Mutex<Summary>,
-    /// Why the initial image can no longer be trusted (a `WriteMemory` stream that ended
-    /// abnormally); set outside the state's mutex, by a drop guard that cannot wait for it.
-    aborted: Mutex<Option<String>>,
+    /// The last batch `UpdateBlocks` applied, for recognising its retry; written under the
+    /// state's mutex.
+    last_batch: Mutex<Option<LastBatch>>,
+}
+
+/// What the server remembers of a tree's last applied batch: enough to recognise a retry
+/// of it (`UpdateBlocks.expected_old_root`) and answer it without applying it twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LastBatch {
+    /// A hash of the batch's packed columns as they came on the wire.
+    pub contents: [u8; 32],
+    /// The root before and after it.
+    pub old_root: Digest,
+    pub new_root: Digest,
 }
 
 /// Locks a std mutex, recovering from poison: every value guarded here is updated by a
@@ -90,15 +101,13 @@ impl TreeHandle {
         *lock(&self.reserved)
     }
 
-    /// Marks the unbuilt tree unusable: BuildTree and WriteMemory refuse it from now on.
-    /// The first reason is kept.
-    pub fn abort(&self, why: String) {
-        lock(&self.aborted).get_or_insert(why);
+    /// The last batch applied, if any since the build.
+    pub fn last_batch(&self) -> Option<LastBatch> {
+        *lock(&self.last_batch)
     }
 
-    /// Why the tree was aborted, if it was.
-    pub fn aborted(&self) -> Option<String> {
-        lock(&self.aborted).clone()
+    pub fn set_last_batch(&self, b: Option<LastBatch>) {
+        *lock(&self.last_batch) = b;
     }
 }
 
@@ -209,12 +218,35 @@ impl Registry {
     /// # Errors
     /// [`Error::ResourceExhausted`] naming the limit and its value; nothing changes then.
     pub fn resize(&self, t: &TreeHandle, bytes: MemoryEstimate, what: &str) -> Result<()> {
+        self.adjust(t, |_| bytes, what)
+    }
+
+    /// Grows tree `t`'s reservation by `extra`, checked as [`Registry::resize`].
+    ///
+    /// # Errors
+    /// As [`Registry::resize`].
+    pub fn grow(&self, t: &TreeHandle, extra: MemoryEstimate, what: &str) -> Result<()> {
+        self.adjust(t, |r| r.plus(extra), what)
+    }
+
+    /// Shrinks tree `t`'s reservation by `less` (never below zero).
+    pub fn shrink(&self, t: &TreeHandle, less: MemoryEstimate) {
+        // A decrease always succeeds.
+        let _ = self.adjust(t, |r| r.minus(less), "a release");
+    }
+
+    /// Sets tree `t`'s reservation to `to(its reservation now)`, both read and written
+    /// under the registry's lock, so concurrent changes to one tree compose.
+    fn adjust(
+        &self,
+        t: &TreeHandle,
+        to: impl FnOnce(MemoryEstimate) -> MemoryEstimate,
+        what: &str,
+    ) -> Result<()> {
         let mut inner = lock(&self.inner);
         let mut reserved = lock(&t.reserved);
-        let extra = MemoryEstimate {
-            host_bytes: bytes.host_bytes.saturating_sub(reserved.host_bytes),
-            device_bytes: bytes.device_bytes.saturating_sub(reserved.device_bytes),
-        };
+        let bytes = to(*reserved);
+        let extra = bytes.minus(*reserved);
         if extra.total() > 0 {
             if bytes.total() > self.limits.max_tree_bytes {
                 return Err(Error::ResourceExhausted(format!(
@@ -233,19 +265,7 @@ impl Registry {
                 &format!("tree {} ({what}) needs", t.id),
             )?;
         }
-        let less = |total: u64, old: u64, new: u64| total.saturating_sub(old).saturating_add(new);
-        inner.reserved = MemoryEstimate {
-            host_bytes: less(
-                inner.reserved.host_bytes,
-                reserved.host_bytes,
-                bytes.host_bytes,
-            ),
-            device_bytes: less(
-                inner.reserved.device_bytes,
-                reserved.device_bytes,
-                bytes.device_bytes,
-            ),
-        };
+        inner.reserved = inner.reserved.minus(*reserved).plus(bytes);
         *reserved = bytes;
         Ok(())
     }
@@ -297,7 +317,7 @@ impl Registry {
                 omitted_levels,
                 ..Summary::default()
             }),
-            aborted: Mutex::new(None),
+            last_batch: Mutex::new(None),
         })
     }
 

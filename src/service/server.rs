@@ -4,9 +4,11 @@
 //! `spawn_blocking` holding the tree's owned mutex guard, so the reactor stays free and
 //! calls on one tree stay serialised.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest as _, Sha256};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -19,7 +21,7 @@ use super::limits::{self, timeout_text, Limits, MemoryEstimate};
 use super::metrics::{self, Metrics};
 use super::proto;
 use super::proto::mem_commit_server::MemCommit;
-use super::registry::{not_found, Registry, State, TreeHandle};
+use super::registry::{not_found, LastBatch, Registry, State, TreeHandle};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -67,70 +69,210 @@ impl MemCommitService {
         self
     }
 
-    /// The body of `WriteMemory`: writes each chunk of `stream` into the image of its tree
-    /// (the first chunk names the tree), in order, until the stream ends or a chunk fails.
-    /// A stream that breaks (transport error, or this future dropped before the end) leaves
-    /// the tree aborted ([`StreamGuard`]). The tonic method passes its `Streaming`; the
-    /// fuzzers pass a plain stream.
+    /// The body of `WriteMemory`, atomic per stream: each chunk of `stream` is checked
+    /// against its tree (the first chunk names it) and staged with its memory reserved;
+    /// the staged chunks reach the image together only when the stream ends cleanly. An
+    /// error, a broken stream or this future being dropped (the client reset the stream or
+    /// went away) drops the [`Upload`], which releases its reservation: nothing changes.
+    /// The tonic method passes its `Streaming`; the fuzzers pass a plain stream.
     pub async fn write_chunks(
         &self,
         mut stream: impl Stream<Item = Result<proto::WriteMemoryChunk, Status>> + Unpin,
     ) -> Result<proto::WriteMemoryResponse, Status> {
         let limit = self.limits.max_message_bytes;
-        let mut guard = StreamGuard {
-            tree: None,
-            chunks: 0,
-            bytes: 0,
-        };
-        // Set when the stream itself fails; a chunk over the limit is refused in an error
-        // reply like an invalid one, and leaves the tree usable.
-        let mut broken = false;
-        let result = async {
-            while let Some(chunk) = stream.next().await.transpose().map_err(|s| {
-                broken = !is_message_too_large(&s);
-                message_limit_status(s, limit)
-            })? {
-                let i = guard.chunks;
-                let handle = match &guard.tree {
-                    None => {
-                        let t = self.registry.get(&chunk.tree_id)?;
-                        guard.tree = Some(Arc::clone(&t));
-                        t
-                    }
-                    Some(t) if chunk.tree_id.is_empty() || chunk.tree_id == t.id => Arc::clone(t),
-                    Some(t) => {
-                        return Err(Error::invalid(
-                            format!("chunks[{i}].tree_id"),
-                            format!(
-                                "{:?} differs from the stream's tree {:?}",
-                                chunk.tree_id, t.id
-                            ),
-                        )
-                        .into())
-                    }
-                };
-                let len = chunk.data.len() as u64;
-                // Per chunk, so a long upload is never cut off between chunks.
-                let deadline = Deadline::new(&self.limits);
-                let registry = Arc::clone(&self.registry);
-                with_tree(handle, deadline, move |t, state| {
-                    write_chunk(&registry, t, state, &chunk, i)
-                })
-                .await?;
-                guard.bytes += len;
-                guard.chunks += 1;
+        let mut upload: Option<Upload> = None;
+        while let Some(chunk) = stream
+            .next()
+            .await
+            .transpose()
+            .map_err(|s| message_limit_status(s, limit))?
+        {
+            let mut up = match upload.take() {
+                None => Upload::new(
+                    self.registry.get(&chunk.tree_id)?,
+                    Arc::clone(&self.registry),
+                ),
+                Some(up) => up,
+            };
+            let i = up.chunks.len() as u64;
+            if !chunk.tree_id.is_empty() && chunk.tree_id != up.tree.id {
+                return Err(Error::invalid(
+                    format!("chunks[{i}].tree_id"),
+                    format!(
+                        "{:?} differs from the stream's tree {:?}",
+                        chunk.tree_id, up.tree.id
+                    ),
+                )
+                .into());
             }
-            Ok(proto::WriteMemoryResponse {
-                bytes_written: guard.bytes,
-                chunks: guard.chunks,
-            })
+            // Per chunk, so a long upload is never cut off between chunks.
+            let deadline = Deadline::new(&self.limits);
+            upload = Some(
+                with_tree(Arc::clone(&up.tree), deadline, move |t, state| {
+                    up.stage(t, state, chunk, i)?;
+                    Ok(up)
+                })
+                .await?,
+            );
         }
-        .await;
-        // A clean end or an error reply of ours: the client knows which chunks were applied.
-        if !broken {
-            guard.disarm();
+        let Some(up) = upload else {
+            return Ok(proto::WriteMemoryResponse::default());
+        };
+        // hyper sees an RST_STREAM only while this handler is pending, and ends the request
+        // body on RST_STREAM(NO_ERROR) as on a clean end: yield once so that a reset stream
+        // drops this future (and the upload) before anything is written.
+        tokio::task::yield_now().await;
+        let deadline = Deadline::new(&self.limits);
+        with_tree(Arc::clone(&up.tree), deadline, move |t, state| {
+            up.commit(t, state)
+        })
+        .await
+    }
+}
+
+/// The chunks of one `WriteMemory` stream, checked and held until the stream ends, with
+/// what they added to their tree's reservation: their own bytes (staging memory, on the
+/// host) and the raw bytes and nodes of the pages they will create. Dropped before
+/// [`Upload::commit`], it releases that reservation and the image never sees the chunks.
+struct Upload {
+    tree: Arc<TreeHandle>,
+    registry: Arc<Registry>,
+    chunks: Vec<proto::WriteMemoryChunk>,
+    /// Staged data bytes.
+    bytes: u64,
+    /// `(slot, page)` of the pages absent from the image when staged, each counted once.
+    new_pages: HashSet<(u32, u64)>,
+    /// What this stream added to the tree's reservation so far.
+    reserved: MemoryEstimate,
+}
+
+impl Upload {
+    fn new(tree: Arc<TreeHandle>, registry: Arc<Registry>) -> Self {
+        Upload {
+            tree,
+            registry,
+            chunks: Vec::new(),
+            bytes: 0,
+            new_pages: HashSet::new(),
+            reserved: MemoryEstimate::default(),
         }
-        result
+    }
+
+    /// Checks chunk `i` whole against the unbuilt tree's image and reserves its bytes and
+    /// the pages it would create; on error nothing is reserved.
+    fn stage(
+        &mut self,
+        t: &TreeHandle,
+        state: &State,
+        chunk: proto::WriteMemoryChunk,
+        i: u64,
+    ) -> Result<(), Status> {
+        let field = || format!("chunks[{i}]");
+        let image = created_image(t, state)?;
+        let (slot, len) = (chunk.slot, chunk.data.len() as u64);
+        let pages = image
+            .check_write_data(slot, chunk.byte_offset, &chunk.data)
+            .map_err(|e| within(e, &field()))?;
+        let fresh: Vec<u64> = pages
+            .filter(|&p| image.page_id(slot, p).is_none() && !self.new_pages.contains(&(slot, p)))
+            .collect();
+        let k = t.summary().omitted_levels;
+        let staging = MemoryEstimate {
+            host_bytes: len,
+            device_bytes: 0,
+        };
+        let extra = pages_estimate(t, image, slot, fresh.len() as u64, k).plus(staging);
+        self.registry.grow(
+            t,
+            extra,
+            &format!(
+                "{} staged WriteMemory bytes and {} new pages of slot {slot}",
+                self.bytes + len,
+                self.new_pages.len() + fresh.len()
+            ),
+        )?;
+        self.reserved = self.reserved.plus(extra);
+        self.new_pages.extend(fresh.into_iter().map(|p| (slot, p)));
+        self.bytes += len;
+        self.chunks.push(chunk);
+        Ok(())
+    }
+
+    /// Writes every staged chunk into the image at once ([`MemoryImage::write_all`]) and
+    /// keeps, of the stream's reservation, only the pages it created.
+    fn commit(
+        mut self,
+        t: &TreeHandle,
+        state: &mut State,
+    ) -> Result<proto::WriteMemoryResponse, Status> {
+        let image = match state {
+            State::Created { image } => image,
+            State::Built(_) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "tree {} was built while this WriteMemory stream was open; nothing from \
+                     the stream was written",
+                    t.id
+                ))
+                .into())
+            }
+            other => return Err(not_built(t, other)),
+        };
+        // Pages counted as new that another stream created meanwhile are released too.
+        let k = t.summary().omitted_levels;
+        let mut release = MemoryEstimate {
+            host_bytes: self.bytes,
+            device_bytes: 0,
+        };
+        for &(slot, page) in &self.new_pages {
+            if image.page_id(slot, page).is_some() {
+                release = release.plus(pages_estimate(t, image, slot, 1, k));
+            }
+        }
+        let writes: Vec<(u32, u64, &[u8])> = self
+            .chunks
+            .iter()
+            .map(|c| (c.slot, c.byte_offset, &c.data[..]))
+            .collect();
+        Arc::make_mut(image).write_all(&writes)?;
+        self.registry.shrink(t, release);
+        self.reserved = MemoryEstimate::default();
+        let mut s = t.summary();
+        s.pages = image.total_pages();
+        s.usage.host_raw_bytes = image.total_bytes();
+        t.set_summary(s);
+        tracing::debug!(tree_id = %t.id, chunks = self.chunks.len(), bytes = self.bytes, "WriteMemory stream applied");
+        Ok(proto::WriteMemoryResponse {
+            bytes_written: self.bytes,
+            chunks: self.chunks.len() as u64,
+        })
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.reserved.total() > 0 {
+            tracing::info!(
+                tree_id = %self.tree.id,
+                chunks = self.chunks.len(),
+                bytes = self.bytes,
+                "a WriteMemory stream ended without a clean end (reset, cancelled, cut off or \
+                 refused); none of its chunks were written"
+            );
+            self.registry.shrink(&self.tree, self.reserved);
+        }
+    }
+}
+
+/// The image of an unbuilt tree, or the status saying why there is none.
+fn created_image<'a>(t: &TreeHandle, state: &'a State) -> Result<&'a MemoryImage, Status> {
+    match state {
+        State::Created { image } => Ok(image),
+        State::Built(_) => Err(Error::FailedPrecondition(format!(
+            "tree {} is already built: WriteMemory writes the initial image, before BuildTree",
+            t.id
+        ))
+        .into()),
+        other => Err(not_built(t, other)),
     }
 }
 
@@ -173,55 +315,13 @@ fn within(e: Error, prefix: &str) -> Error {
 /// The status for a call that needs a built tree but found `state`.
 fn not_built(t: &TreeHandle, state: &State) -> Status {
     match state {
-        State::Created { .. } => match t.aborted() {
-            Some(why) => aborted(t, &why),
-            None => Error::FailedPrecondition(format!(
-                "tree {} is not built yet: call BuildTree first",
-                t.id
-            ))
-            .into(),
-        },
+        State::Created { .. } => Error::FailedPrecondition(format!(
+            "tree {} is not built yet: call BuildTree first",
+            t.id
+        ))
+        .into(),
         State::Dropped => not_found(&t.id).into(),
         State::Poisoned | State::Built(_) => poisoned(t),
-    }
-}
-
-/// The status for any call but DropTree on a tree whose initial image was cut off.
-fn aborted(t: &TreeHandle, why: &str) -> Status {
-    Error::FailedPrecondition(format!(
-        "tree {} is aborted: {why}, so its image may be half-written; drop it (DropTree) \
-         and create it again",
-        t.id
-    ))
-    .into()
-}
-
-/// Marks the stream's tree aborted when dropped armed: the `WriteMemory` handler future was
-/// dropped (client cancel or disconnect) or the stream failed, so some chunks may be
-/// missing. Disarmed at the stream's clean end and on the handler's own error replies.
-struct StreamGuard {
-    tree: Option<Arc<TreeHandle>>,
-    chunks: u64,
-    bytes: u64,
-}
-
-impl StreamGuard {
-    fn disarm(&mut self) {
-        self.tree = None;
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if let Some(t) = self.tree.take() {
-            let why = format!(
-                "a WriteMemory stream ended abnormally (client cancelled or disconnected, or \
-                 the transport failed) after at least {} chunks ({} bytes) were applied",
-                self.chunks, self.bytes
-            );
-            tracing::warn!(tree_id = %t.id, "{why}; tree aborted");
-            t.abort(why);
-        }
     }
 }
 
@@ -258,7 +358,7 @@ fn pages_estimate(
 }
 
 /// Grows tree `t`'s reservation by `extra` (for `what`), runs `f`, and shrinks it back if
-/// `f` fails, so a refused write or batch leaves the reservation as it was.
+/// `f` fails, so a refused batch leaves the reservation as it was.
 fn with_growth<R>(
     registry: &Registry,
     t: &TreeHandle,
@@ -269,57 +369,12 @@ fn with_growth<R>(
     if extra.total() == 0 {
         return f();
     }
-    let before = t.reserved();
-    registry.resize(t, before.plus(extra), &what())?;
+    registry.grow(t, extra, &what())?;
     let r = f();
     if r.is_err() {
-        // A decrease always succeeds.
-        let _ = registry.resize(t, before, "an undone write");
+        registry.shrink(t, extra);
     }
     r
-}
-
-/// Applies chunk `i` of a `WriteMemory` stream to the tree's initial image, first growing
-/// the tree's reservation by the pages the chunk creates.
-fn write_chunk(
-    registry: &Registry,
-    t: &TreeHandle,
-    state: &mut State,
-    chunk: &proto::WriteMemoryChunk,
-    i: u64,
-) -> Result<(), Status> {
-    let field = || format!("chunks[{i}]");
-    match (state, t.aborted()) {
-        (State::Created { .. }, Some(why)) => Err(aborted(t, &why)),
-        (State::Created { image }, None) => {
-            let new = image
-                .pages_created_by_write(chunk.slot, chunk.byte_offset, chunk.data.len())
-                .map_err(|e| within(e, &field()))?;
-            let mut s = t.summary();
-            let extra = pages_estimate(t, image, chunk.slot, new, s.omitted_levels);
-            with_growth(
-                registry,
-                t,
-                extra,
-                || format!("{new} new pages of slot {}", chunk.slot),
-                || {
-                    Arc::make_mut(image)
-                        .write(chunk.slot, chunk.byte_offset, &chunk.data)
-                        .map_err(|e| within(e, &field()).into())
-                },
-            )?;
-            s.pages = image.total_pages();
-            s.usage.host_raw_bytes = image.total_bytes();
-            t.set_summary(s);
-            Ok(())
-        }
-        (State::Built(_), _) => Err(Error::FailedPrecondition(format!(
-            "tree {} is already built: WriteMemory writes the initial image, before BuildTree",
-            t.id
-        ))
-        .into()),
-        (other, _) => Err(not_built(t, other)),
-    }
 }
 
 /// The status of a batch the backend failed to apply after validation (a device error,
@@ -333,6 +388,45 @@ fn batch_failed(t: &TreeHandle, e: Error) -> Status {
         Error::ResourceExhausted(m) => Error::ResourceExhausted(not_applied(m)).into(),
         e => e.into(),
     }
+}
+
+/// A hash of a batch's packed columns, with their lengths, as they came on the wire: what
+/// identifies a retry of it.
+fn batch_hash(msg: &proto::TouchedBlocks) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for column in [&msg.slots, &msg.blocks, &msg.cells] {
+        h.update((column.len() as u64).to_le_bytes());
+        h.update(column);
+    }
+    h.finalize().into()
+}
+
+/// The reply to a retry of the tree's last batch `b`, whose reply was lost: that batch's
+/// roots, nothing applied again, and the openings from the current state (unchanged since,
+/// as the root is still `b.new_root`).
+fn retried(
+    t: &TreeHandle,
+    mt: &mut dyn MemoryTree,
+    b: LastBatch,
+    blocks: &[tree::TouchedBlock],
+    return_openings: bool,
+) -> Result<proto::UpdateBlocksResponse, Status> {
+    tracing::info!(tree_id = %t.id, blocks = blocks.len(), "retry of the last batch: already applied");
+    let openings = if return_openings {
+        let positions: Vec<_> = blocks.iter().map(|b| (b.slot, b.block)).collect();
+        mt.openings(&positions)?
+            .iter()
+            .map(codec::opening_to_proto)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(proto::UpdateBlocksResponse {
+        old_root: Some(codec::digest_to_proto(&b.old_root)),
+        new_root: Some(codec::digest_to_proto(&b.new_root)),
+        openings,
+        already_applied: true,
+    })
 }
 
 /// Refuses a response of `n` openings that could not be sent under the message limit,
@@ -543,10 +637,7 @@ impl MemCommit for MemCommitService {
         let server_budget = self.memory_budget;
         let resp = with_tree(tree, deadline, move |t, state| {
             let image = match state {
-                State::Created { image } => match t.aborted() {
-                    Some(why) => return Err(aborted(t, &why)),
-                    None => Arc::clone(image),
-                },
+                State::Created { image } => Arc::clone(image),
                 State::Built(_) => {
                     return Err(Error::FailedPrecondition(format!(
                         "tree {} is already built",
@@ -625,14 +716,38 @@ impl MemCommit for MemCommitService {
         limits.check_batch(codec::packed_entries(&msg.slots), "blocks")?;
         let tree = self.registry.get(&req.tree_id)?;
         let return_openings = req.return_openings;
+        let expected = req
+            .expected_old_root
+            .as_ref()
+            .map(|d| codec::digest_from_proto(Some(d), "expected_old_root"))
+            .transpose()?;
         let metrics = self.metrics.clone();
         let registry = Arc::clone(&self.registry);
         let resp = with_tree(tree, deadline, move |t, state| {
             let mt = built(t, state)?;
             let blocks = codec::decode_blocks(&msg, "blocks")?;
-            drop(msg);
             if return_openings {
                 check_openings_fit(blocks.len(), t, &limits)?;
+            }
+            // Only a batch that names its old root can be retried, so only it is hashed.
+            let contents = expected.map(|_| batch_hash(&msg));
+            drop(msg);
+            if let Some(want) = expected {
+                let root = mt.root();
+                if root != want {
+                    let last = t.last_batch().filter(|b| {
+                        Some(b.contents) == contents && b.old_root == want && b.new_root == root
+                    });
+                    return match last {
+                        Some(b) => retried(t, mt, b, &blocks, return_openings),
+                        None => Err(Error::FailedPrecondition(format!(
+                            "tree {}: expected_old_root {want:?} differs from the tree's root \
+                             {root:?}; nothing was applied (another batch changed the tree)",
+                            t.id
+                        ))
+                        .into()),
+                    };
+                }
             }
             // The last point where the call may give up: from here the batch is applied
             // whole, however long it takes.
@@ -673,7 +788,15 @@ impl MemCommit for MemCommitService {
             };
             let mut s = t.summary();
             s.root = Some(new_root);
-            s.updates += 1;
+            if !blocks.is_empty() {
+                // An empty batch changes nothing: no update, and the last batch stays.
+                s.updates += 1;
+                t.set_last_batch(contents.map(|contents| LastBatch {
+                    contents,
+                    old_root,
+                    new_root,
+                }));
+            }
             s.usage = mt.memory_usage();
             if new_pages {
                 s.pages = mt.image().total_pages();

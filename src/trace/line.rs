@@ -219,7 +219,7 @@ fn check_write(
         .space(slot, || at("slot"))
         .map_err(|e| prefixed(e, line, ""))?;
     let (cell, w, len) = (space.cell, space.cell.bytes() as u64, data.len() as u64);
-    if offset % w != 0 {
+    if !offset.is_multiple_of(w) {
         return Err(at_line(
             line,
             &at("offset"),

@@ -1,4 +1,4 @@
-//! Trace files (docs/design.md Part 1, "Trace files"): one tree's life as JSON Lines, zstd
+//! Trace files (docs/design.md Part 1 "Formats", Traces): one tree's life as JSON Lines, zstd
 //! compressed when the path ends in `.zst`.
 //!
 //! ```text

@@ -11,7 +11,7 @@
 //! An update validates the batch, writes raw memory (creating the pages it touches),
 //! recomputes every *distinct* level-`b` ancestor of the touched blocks once, then every
 //! distinct parent level by level, then the vertical paths and the top tree (docs/design.md
-//! "Update").
+//! "The stored tree", Update).
 //!
 //! Every overwritten image block, created page and node is logged as it is replaced (the
 //! swap that writes a fresh digest leaves the old one in the buffer it came from, so the log
@@ -347,7 +347,8 @@ impl SlotNodes {
         }
     }
 
-    /// `vertical[j] = compress(node below, zero[height + j])` (docs/design.md, "vertical path").
+    /// `vertical[j] = compress(node below, zero[height + j])` (docs/design.md Part 1, "Memory
+    /// layout and tree shape").
     fn recompute_vertical(&mut self, image: &MemoryImage, slot: u32) {
         let mut node = self.node(image, slot, self.shape.height, 0);
         for (j, v) in self.vertical.iter_mut().enumerate() {

@@ -43,10 +43,10 @@ pub struct TouchedBlock {
     pub cells: [u32; BLOCK_CELLS],
 }
 
-/// Checks a whole batch before anything changes (docs/design.md "Update semantics"): the slot
-/// exists, the block is in range, each cell fits its type, and no `(slot, block)` repeats.
-/// Duplicates are found by sorting packed keys rather than hashing: at 1 Mi blocks a hash
-/// set spends most of its time in cache misses, and sorting has no adversarial worst case.
+/// Checks a whole batch before anything changes (docs/design.md "Formats", batches are atomic):
+/// the slot exists, the block is in range, each cell fits its type, and no `(slot, block)`
+/// repeats. Duplicates are found by sorting packed keys rather than hashing: at 1 Mi blocks a
+/// hash set spends most of its time in cache misses, and sorting has no adversarial worst case.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] naming the first bad entry, e.g. `blocks[3].block`; for a

@@ -1,4 +1,4 @@
-//! Which digests a slot stores, over its present pages (docs/design.md "Sparse memory"): the
+//! Which digests a slot stores, over its present pages (docs/design.md "The stored tree"): the
 //! shape every tree backend with omitted levels shares, and the memory formulas built on it.
 //!
 //! For a slot of real height `h`, stored base level `b` ([`stored_base_level`]) and page

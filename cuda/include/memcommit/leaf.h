@@ -1,6 +1,7 @@
-// Leaf encoding from raw memory (DESIGN.md Part 1 "Memory layout"): a block is 8 cells,
-// little-endian in raw memory; a cell's integer value is the field element of the same value.
-// Field cells arrive canonical (checked on the host) and become Montgomery words here.
+// Leaf encoding from raw memory (docs/design.md Part 1 "Memory layout and tree shape"): a block
+// is 8 cells, little-endian in raw memory; a cell's integer value is the field element of the
+// same value. Field cells arrive canonical (checked on the host) and become Montgomery words
+// here.
 #pragma once
 
 #include "poseidon2.h"

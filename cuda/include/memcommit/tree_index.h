@@ -1,4 +1,4 @@
-// Tree index arithmetic (DESIGN.md "The tree and its memory", "Sparse memory"), all 64-bit.
+// Tree index arithmetic (docs/design.md "The stored tree", "CUDA"), all 64-bit.
 //
 // The device holds a tree's nodes in one array of digests (8 Montgomery words each). The
 // host works out every index (src/tree/cuda/index.rs) and passes it in task structs; the

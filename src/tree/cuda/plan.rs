@@ -1,8 +1,8 @@
-//! Host-side work lists for the device: the staging buffer that carries them in one upload,
-//! the node resolver over the page table and sparse maps, and the plans of a build, an update
-//! batch and a set of openings (docs/design.md "Update": the distinct base-level nodes, then the
-//! distinct parents level by level, then vertical paths and the top tree), worked out from
-//! the sorted touched set and the image's present pages.
+//! Host-side work lists for the device: the staging buffer that carries them in one upload, the
+//! node resolver over the page table and sparse maps, and the plans of a build, an update batch
+//! and a set of openings (docs/design.md "The stored tree", Update: the distinct base-level
+//! nodes, then the distinct parents level by level, then vertical paths and the top tree),
+//! worked out from the sorted touched set and the image's present pages.
 
 use std::collections::HashMap;
 
