@@ -503,25 +503,33 @@ def safe_retry(client, tree_id, layout, spaces, image, root, rng, summary):
     )
     for slot, block, cells in moved:
         image.set_block(slot, block, cells)
-    root = image.root(layout)
+    now = image.root(layout)
     check(
-        list(resp.new_root.elements) == root,
-        f"UpdateBlocks new_root {list(resp.new_root.elements)}, expected {root}",
+        list(resp.new_root.elements) == now,
+        f"UpdateBlocks new_root {list(resp.new_root.elements)}, expected {now}",
     )
     try:
         client.call("UpdateBlocks", request)
         raise CheckFailed("a batch with a stale expected_old_root was accepted")
     except grpc.RpcError as e:
+        details = e.details()
         check(
             e.code() == grpc.StatusCode.FAILED_PRECONDITION,
-            f"stale expected_old_root gave {e.code().name} ({e.details()}), "
+            f"stale expected_old_root gave {e.code().name} ({details}), "
             "expected FAILED_PRECONDITION",
         )
-        details = e.details()
+    # The message names both roots, as lists of canonical integers.
+    check(
+        str(root) in details and str(now) in details,
+        f"FAILED_PRECONDITION does not name the expected root {root} and the tree's root "
+        f"{now}: {details}",
+    )
     current = list(client.call("GetRoot", pb.GetRootRequest(tree_id=tree_id)).root.elements)
-    check(current == root, f"the root changed to {current} after a refused batch; expected {root}")
-    summary.append(f"stale expected_old_root: FAILED_PRECONDITION ({details}); root unchanged")
-    return root
+    check(current == now, f"the root changed to {current} after a refused batch; expected {now}")
+    summary.append(
+        "stale expected_old_root (the same request after another batch): FAILED_PRECONDITION "
+        "naming both roots; root unchanged"
+    )
 
 
 def tree_updates(client, tree_id):

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Pure-Python BabyBear Poseidon2 (width 16) and memcommit's Merkle conventions.
 
-Standard library only; plain integers mod p; written for clarity, not speed (one
-permutation takes about 0.1 ms).
+Standard library only; plain integers mod p; written for clarity, not speed (a
+permutation takes a fraction of a millisecond, fine for a few thousand hashes).
 
-What it implements (docs/design.md, "Conventions"):
+What it implements (docs/design.md, "Part 1: conventions"):
 
 - ``permute(state)``: Plonky3 0.8.0 ``default_babybear_poseidon2_16()``: width 16, S-box
   x^7, 4 + 4 full (external) rounds around 13 partial (internal) rounds, Horizen Labs
