@@ -12,6 +12,7 @@ pub mod cuda;
 pub mod fault;
 pub mod reference;
 pub mod shape;
+pub mod witness;
 
 use std::sync::Arc;
 

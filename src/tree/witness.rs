@@ -1,0 +1,109 @@
+//! The update witness: the Merkle-chip rows a prover needs to prove that a batch took the
+//! memory from its old root to its new one (OpenVM's `MemoryMerkleChip`, built by
+//! `MerkleTree::finalize` in openvm-circuit 2.0.2). Conventions: docs/design.md,
+//! "Update witness".
+//!
+//! The whole memory is one binary tree of height `H = address_space_height +
+//! address_height`. Heap indices: the root is 1, node `i` has children `2i` and `2i + 1`, and
+//! the leaf of `(slot, block)` is `2^H + (slot << address_height | block)`. A batch's witness
+//! has one row per parent of a touched node (heights 1..=H), ordered by height, then index.
+
+use crate::error::{Error, Result};
+use crate::hash::{compress, Digest};
+
+/// One row of a batch's witness: a node with a touched block below it, with its children
+/// before and after the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WitnessRow {
+    /// Height above the leaves, 1..=H (H = `address_space_height + address_height`).
+    pub height: u32,
+    /// Heap index: `2^(H - height) + position in its level` (the root is 1).
+    pub index: u64,
+    /// The children's digests before the batch, `[left, right]`.
+    pub old: [Digest; 2],
+    /// The children's digests after the batch, `[left, right]`.
+    pub new: [Digest; 2],
+    /// Whether each child is touched: a touched block (even one whose cells did not
+    /// change) or a node with one below it, `[left, right]`.
+    pub touched: [bool; 2],
+}
+
+/// Checks that `rows` is a consistent witness of a transition from `old_root` to
+/// `new_root` in a tree of height `height`: ordered by height then index, at most one row
+/// per node; each row's parent digests (`compress` of its children) appear as the
+/// matching child of the row above it, and the top row's are the roots; an untouched child
+/// is the same before and after; a touched child above height 1 has its own row. An empty
+/// witness needs `old_root == new_root`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the first row (`witness[i]`) that breaks a rule.
+pub fn check_witness(
+    rows: &[WitnessRow],
+    height: u32,
+    old_root: &Digest,
+    new_root: &Digest,
+) -> Result<()> {
+    let bad = |i: usize, m: String| Error::invalid(format!("witness[{i}]"), m);
+    if rows.is_empty() {
+        return match old_root == new_root {
+            true => Ok(()),
+            false => Err(Error::invalid("witness", "empty, but the roots differ")),
+        };
+    }
+    // (height, index) → (old parent, new parent), of the rows seen so far.
+    let mut parents = std::collections::HashMap::new();
+    let mut last = (0u32, 0u64);
+    for (i, r) in rows.iter().enumerate() {
+        if r.height == 0 || r.height > height {
+            return Err(bad(i, format!("height {} outside 1..={height}", r.height)));
+        }
+        let level = height - r.height;
+        if r.index >> level != 1 {
+            return Err(bad(
+                i,
+                format!("index {} is not a node at height {}", r.index, r.height),
+            ));
+        }
+        if (r.height, r.index) <= last {
+            return Err(bad(i, "not after the row before it (height, index)".into()));
+        }
+        last = (r.height, r.index);
+        for side in 0..2 {
+            let child = (r.height - 1, 2 * r.index + side as u64);
+            if !r.touched[side] && r.old[side] != r.new[side] {
+                return Err(bad(i, format!("untouched child {side} changed")));
+            }
+            match parents.remove(&child) {
+                Some((old, new)) => {
+                    if (old, new) != (r.old[side], r.new[side]) {
+                        return Err(bad(i, format!("child {side} is not its row's digest")));
+                    }
+                    if !r.touched[side] {
+                        return Err(bad(i, format!("child {side} has a row but is untouched")));
+                    }
+                }
+                None if r.touched[side] && r.height > 1 => {
+                    return Err(bad(i, format!("touched child {side} has no row")));
+                }
+                None => {}
+            }
+        }
+        let old = compress(&r.old[0], &r.old[1]);
+        let new = compress(&r.new[0], &r.new[1]);
+        parents.insert((r.height, r.index), (old, new));
+    }
+    if let Some(&(h, index)) = parents.keys().find(|&&(h, _)| h != height) {
+        return Err(Error::invalid(
+            "witness",
+            format!("the node at height {h}, index {index} has no parent row"),
+        ));
+    }
+    match parents.get(&(height, 1)) {
+        Some(&(old, new)) if (old, new) == (*old_root, *new_root) => Ok(()),
+        Some(_) => Err(Error::invalid(
+            "witness",
+            "its top row does not give the roots",
+        )),
+        None => Err(Error::invalid("witness", "no row for the root")),
+    }
+}
