@@ -8,8 +8,11 @@
 //! the leaf of `(slot, block)` is `2^H + (slot << address_height | block)`. A batch's witness
 //! has one row per parent of a touched node (heights 1..=H), ordered by height, then index.
 
+use std::collections::BTreeMap;
+
 use crate::error::{Error, Result};
-use crate::hash::{compress, Digest};
+use crate::hash::{compress, leaf_hash, Digest, F};
+use crate::tree::{validate_batch, MemoryTree, TouchedBlock};
 
 /// One row of a batch's witness: a node with a touched block below it, with its children
 /// before and after the batch.
@@ -106,4 +109,67 @@ pub fn check_witness(
         )),
         None => Err(Error::invalid("witness", "no row for the root")),
     }
+}
+
+/// Applies `blocks` to `tree` (any backend) and returns the new root with the batch's
+/// witness, built from openings of the touched blocks before and after the batch: along a
+/// touched block's path, the child on the path is the path's digest (folded up from the
+/// block's leaf hash) and the other child is the opening's sibling. Every backend thus gives
+/// the same rows as [`crate::tree::reference::ReferenceTree::update_with_witness`]. It costs
+/// two openings and two path folds per touched block on top of the update.
+///
+/// # Errors
+/// As [`MemoryTree::update`]; an invalid batch changes nothing.
+pub fn update_with_witness(
+    tree: &mut dyn MemoryTree,
+    blocks: &[TouchedBlock],
+) -> Result<(Digest, Vec<WitnessRow>)> {
+    validate_batch(tree.layout(), blocks)?;
+    let positions: Vec<(u32, u64)> = blocks.iter().map(|b| (b.slot, b.block)).collect();
+    let before = tree.openings(&positions)?;
+    let root = tree.update(blocks)?;
+    let after = tree.openings(&positions)?;
+    let layout = tree.layout();
+    let h = layout.address_space_height() + layout.address_height();
+    let mut rows: BTreeMap<(u32, u64), WitnessRow> = BTreeMap::new();
+    for (old, new) in before.iter().zip(&after) {
+        let leaf = ((old.slot as u64) << layout.address_height()) | old.block;
+        let mut path = [
+            leaf_hash(&old.cells.map(F::new)),
+            leaf_hash(&new.cells.map(F::new)),
+        ];
+        for l in 1..=h {
+            let child = leaf >> (l - 1);
+            let side = (child & 1) as usize;
+            let row = rows.entry((l, child >> 1)).or_insert(WitnessRow {
+                height: l,
+                index: (1u64 << (h - l)) + (child >> 1),
+                old: [Digest::ZERO; 2],
+                new: [Digest::ZERO; 2],
+                touched: [false; 2],
+            });
+            row.touched[side] = true;
+            for (when, (opening, node)) in [(old, path[0]), (new, path[1])].into_iter().enumerate()
+            {
+                let sibling = opening.siblings[l as usize - 1];
+                let children = if side == 0 {
+                    [node, sibling]
+                } else {
+                    [sibling, node]
+                };
+                // A sibling that is itself touched has its own path; both give its digest.
+                let row_children = if when == 0 {
+                    &mut row.old
+                } else {
+                    &mut row.new
+                };
+                row_children[side] = children[side];
+                if !row.touched[1 - side] {
+                    row_children[1 - side] = children[1 - side];
+                }
+                path[when] = compress(&children[0], &children[1]);
+            }
+        }
+    }
+    Ok((root, rows.into_values().collect()))
 }
