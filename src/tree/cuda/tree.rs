@@ -17,7 +17,7 @@ use super::device::{Device, DevicePtr};
 use super::ffi::as_bytes_mut;
 use super::index::{moves, Geometry, Placement};
 use super::plan::{
-    add_sparse_ancestors, Base, BuildPlan, Resolver, Round, Section, SparseLevel, SparseMaps,
+    add_sparse_ancestors, Base, BuildPlan, Fold, Resolver, Round, Section, SparseLevel, SparseMaps,
     Staging, UpdatePlan,
 };
 use super::words::digest_from_words;
@@ -65,6 +65,18 @@ impl<'d, D: Device> Allocation<'d, D> {
         self.armed = false;
         self.buffer
     }
+}
+
+/// The fold scratch `fold` asks for (`fold.digests` digests), when the plan uses one.
+fn fold_scratch<'d, D: Device>(device: &'d D, fold: &Fold) -> Result<Option<Allocation<'d, D>>> {
+    fold.used
+        .then(|| Allocation::new(device, fold.digests * DIGEST_BYTES))
+        .transpose()
+}
+
+/// The address of an optional allocation, `or` without one.
+fn ptr_or<D: Device>(a: &Option<Allocation<'_, D>>, or: DevicePtr) -> DevicePtr {
+    a.as_ref().map_or(or, |a| a.buffer.ptr)
 }
 
 impl<D: Device> Drop for Allocation<'_, D> {
@@ -276,14 +288,8 @@ impl<D: Device> CudaTree<D> {
         let vertical = staging.push(&plan.vertical);
         let rounds = push_rounds(&mut staging, &plan.rounds);
         let scratch = Allocation::new(&self.device, staging.bytes().len() as u64)?;
-        let fold = match plan.fold.used {
-            true => Some(Allocation::new(
-                &self.device,
-                plan.fold.digests * DIGEST_BYTES,
-            )?),
-            false => None,
-        };
-        let fold_ptr = fold.as_ref().map_or(DevicePtr(0), |f| f.buffer.ptr);
+        let fold = fold_scratch(&self.device, &plan.fold)?;
+        let fold_ptr = ptr_or(&fold, DevicePtr(0));
         let queued = self
             .settle(self.build_launches(&plan, &staging, &scratch, vertical, &rounds, fold_ptr));
         // Only now, after the sync, may the host copy of the lists go.
@@ -439,23 +445,17 @@ impl<D: Device> CudaTree<D> {
                 false => None,
             };
             let scratch = Allocation::new(device, staging.bytes().len() as u64)?;
-            let fold = match plan.fold.used {
-                true => Some(Allocation::new(device, plan.fold.digests * DIGEST_BYTES)?),
-                false => None,
-            };
+            let fold = fold_scratch(device, &plan.fold)?;
             Ok((nodes, raw, scratch, fold))
         };
         let (new_nodes, new_raw, scratch, fold) = allocate().map_err(Failure::Unchanged)?;
-        let ptr = |a: &Option<Allocation<'_, D>>, old: DevicePtr| {
-            a.as_ref().map_or(old, |a| a.buffer.ptr)
-        };
         let targets = Targets {
-            nodes: ptr(&new_nodes, self.nodes_ptr()),
-            raw: ptr(&new_raw, self.raw_ptr()),
+            nodes: ptr_or(&new_nodes, self.nodes_ptr()),
+            raw: ptr_or(&new_raw, self.raw_ptr()),
             old_nodes: self.nodes_ptr(),
             old_raw: self.raw_ptr(),
             staging: scratch.buffer.ptr,
-            fold: ptr(&fold, DevicePtr(0)),
+            fold: ptr_or(&fold, DevicePtr(0)),
         };
         let queued =
             self.settle(self.update_launches(&plan, &staging, &sections, &place, undo, targets));
@@ -706,14 +706,8 @@ impl<D: Device> MemoryTree for CudaTree<D> {
             let roots = staging.push(&plan.fold.roots);
             let rounds = push_rounds(&mut staging, &plan.rounds);
             let scratch = Allocation::new(&self.device, staging.bytes().len() as u64)?;
-            let fold = match plan.fold.used {
-                true => Some(Allocation::new(
-                    &self.device,
-                    plan.fold.digests * DIGEST_BYTES,
-                )?),
-                false => None,
-            };
-            let fold_ptr = fold.as_ref().map_or(DevicePtr(0), |f| f.buffer.ptr);
+            let fold = fold_scratch(&self.device, &plan.fold)?;
+            let fold_ptr = ptr_or(&fold, DevicePtr(0));
             let out = Allocation::new(&self.device, (words.len() * 4) as u64)?;
             let (nodes, raw) = (self.nodes_ptr(), self.raw_ptr());
             let g = &self.geometry;
