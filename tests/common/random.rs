@@ -60,34 +60,15 @@ pub fn paged_layout() -> impl Strategy<Value = MemoryLayout> {
 /// 2048 around the middle, the last 2048) so pages share their ancestors, and the rest
 /// anywhere in the slot (mostly absent pages of a big slot).
 pub fn paged_batch_from(layout: &MemoryLayout, seeds: &[u64]) -> Vec<TouchedBlock> {
-    let live: Vec<(u32, &AddressSpace)> = layout
-        .address_spaces()
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.num_cells > 0)
-        .map(|(i, s)| (i as u32, s))
-        .collect();
-    let mut out: Vec<TouchedBlock> = Vec::new();
-    if live.is_empty() {
-        return out;
-    }
-    for &seed in seeds {
-        let (slot, space) = live[(seed % live.len() as u64) as usize];
-        let n = space.num_blocks();
+    blocks_from(layout, seeds, |seed, n| {
         let span = n.min(2048);
-        let block = match (seed >> 4) % 4 {
+        match (seed >> 4) % 4 {
             0 => (seed >> 8) % n,
             1 => (seed >> 8) % span,
             2 => (n / 2).saturating_sub(span / 2) + (seed >> 8) % span,
             _ => n - span + (seed >> 8) % span,
-        };
-        if out.iter().any(|b| b.slot == slot && b.block == block) {
-            continue;
         }
-        let cells = core::array::from_fn(|j| fitting(space.cell, seed ^ (j as u64 * 0x1234_5678)));
-        out.push(TouchedBlock { slot, block, cells });
-    }
-    out
+    })
 }
 
 /// A cell value that fits `cell`, biased towards the edges.
@@ -102,6 +83,16 @@ pub fn fitting(cell: CellType, seed: u64) -> u32 {
 
 /// Up to `n` distinct valid touched blocks derived from `seeds`.
 pub fn batch_from(layout: &MemoryLayout, seeds: &[u64]) -> Vec<TouchedBlock> {
+    blocks_from(layout, seeds, |seed, n| (seed >> 8) % n)
+}
+
+/// One touched block per seed, repeats dropped: the slot from the seed (among non-empty
+/// ones), the block `pick(seed, the slot's blocks)`, and cells that fit the slot's type.
+fn blocks_from(
+    layout: &MemoryLayout,
+    seeds: &[u64],
+    pick: impl Fn(u64, u64) -> u64,
+) -> Vec<TouchedBlock> {
     let live: Vec<(u32, &AddressSpace)> = layout
         .address_spaces()
         .iter()
@@ -115,7 +106,7 @@ pub fn batch_from(layout: &MemoryLayout, seeds: &[u64]) -> Vec<TouchedBlock> {
     }
     for &seed in seeds {
         let (slot, space) = live[(seed % live.len() as u64) as usize];
-        let block = (seed >> 8) % space.num_blocks();
+        let block = pick(seed, space.num_blocks());
         if out.iter().any(|b| b.slot == slot && b.block == block) {
             continue;
         }
