@@ -401,25 +401,46 @@ fn batch_hash(msg: &proto::TouchedBlocks) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Openings of `positions` on the wire, counting their permutations when metrics are on.
+fn openings_reply(
+    t: &TreeHandle,
+    mt: &dyn MemoryTree,
+    metrics: Option<&Metrics>,
+    positions: &[(u32, u64)],
+) -> Result<Vec<proto::Opening>, Status> {
+    let openings = mt.openings(positions)?;
+    count_permutations(metrics, || {
+        metrics::opening_permutations(
+            t.backend,
+            &t.layout,
+            mt.image(),
+            mt.omitted_levels(),
+            positions,
+        )
+    });
+    Ok(openings.iter().map(codec::opening_to_proto).collect())
+}
+
+/// The positions of a batch's blocks, in batch order.
+fn positions_of(blocks: &[tree::TouchedBlock]) -> Vec<(u32, u64)> {
+    blocks.iter().map(|b| (b.slot, b.block)).collect()
+}
+
 /// The reply to a retry of the tree's last batch `b`, whose reply was lost: that batch's
 /// roots, nothing applied again, and the openings from the current state (unchanged since,
 /// as the root is still `b.new_root`).
 fn retried(
     t: &TreeHandle,
-    mt: &mut dyn MemoryTree,
+    mt: &dyn MemoryTree,
+    metrics: Option<&Metrics>,
     b: LastBatch,
     blocks: &[tree::TouchedBlock],
     return_openings: bool,
 ) -> Result<proto::UpdateBlocksResponse, Status> {
     tracing::info!(tree_id = %t.id, blocks = blocks.len(), "retry of the last batch: already applied");
-    let openings = if return_openings {
-        let positions: Vec<_> = blocks.iter().map(|b| (b.slot, b.block)).collect();
-        mt.openings(&positions)?
-            .iter()
-            .map(codec::opening_to_proto)
-            .collect()
-    } else {
-        Vec::new()
+    let openings = match return_openings {
+        true => openings_reply(t, mt, metrics, &positions_of(blocks))?,
+        false => Vec::new(),
     };
     Ok(proto::UpdateBlocksResponse {
         old_root: Some(codec::digest_to_proto(&b.old_root)),
@@ -739,7 +760,7 @@ impl MemCommit for MemCommitService {
                         Some(b.contents) == contents && b.old_root == want && b.new_root == root
                     });
                     return match last {
-                        Some(b) => retried(t, mt, b, &blocks, return_openings),
+                        Some(b) => retried(t, mt, metrics.as_deref(), b, &blocks, return_openings),
                         None => Err(Error::FailedPrecondition(format!(
                             "tree {}: expected_old_root {want:?} differs from the tree's root \
                              {root:?}; nothing was applied (another batch changed the tree)",
@@ -776,15 +797,9 @@ impl MemCommit for MemCommitService {
             count_permutations(metrics.as_deref(), || {
                 metrics::update_permutations(backend, layout, mt.image(), k, &blocks)
             });
-            let openings = if return_openings {
-                let positions: Vec<_> = blocks.iter().map(|b| (b.slot, b.block)).collect();
-                let openings = mt.openings(&positions)?;
-                count_permutations(metrics.as_deref(), || {
-                    metrics::opening_permutations(backend, layout, mt.image(), k, &positions)
-                });
-                openings.iter().map(codec::opening_to_proto).collect()
-            } else {
-                Vec::new()
+            let openings = match return_openings {
+                true => openings_reply(t, mt, metrics.as_deref(), &positions_of(&blocks))?,
+                false => Vec::new(),
             };
             let mut s = t.summary();
             s.root = Some(new_root);
@@ -847,19 +862,9 @@ impl MemCommit for MemCommitService {
             let mt = built(t, state)?;
             let positions = codec::decode_positions(&msg, "positions")?;
             check_openings_fit(positions.len(), t, &limits)?;
-            let openings = mt.openings(&positions)?;
-            count_permutations(metrics.as_deref(), || {
-                metrics::opening_permutations(
-                    t.backend,
-                    &t.layout,
-                    mt.image(),
-                    mt.omitted_levels(),
-                    &positions,
-                )
-            });
             Ok(proto::GetOpeningsResponse {
                 root: Some(codec::digest_to_proto(&mt.root())),
-                openings: openings.iter().map(codec::opening_to_proto).collect(),
+                openings: openings_reply(t, mt, metrics.as_deref(), &positions)?,
             })
         })
         .await?;
