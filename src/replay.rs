@@ -8,8 +8,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hash::Digest;
 use crate::service::client::Client;
+use crate::service::client::Returns;
 use crate::trace::{TraceEvent, TraceReader};
-use crate::tree::{Backend, OmittedLevels};
+use crate::tree::{Backend, OmittedLevels, WitnessRow};
 
 /// How to replay a trace.
 #[derive(Clone, Copy, Debug, Default)]
@@ -21,6 +22,9 @@ pub struct ReplayOptions {
     pub omitted_levels: Option<OmittedLevels>,
     /// The budget of `auto`, in bytes; `None`: the server's own.
     pub memory_budget: Option<u64>,
+    /// Ask the server for every update's witness (`UpdateBlocks.return_witness`), checked
+    /// against the step's roots and reported in [`StepReport::witness`].
+    pub witness: bool,
 }
 
 /// One root step: the build (step 0) or an update.
@@ -37,6 +41,10 @@ pub struct StepReport {
     pub blocks: usize,
     /// Wall time of the step's RPC, in milliseconds.
     pub ms: f64,
+    /// The update's witness rows (docs/design.md, "Update witness"), with
+    /// [`ReplayOptions::witness`]; absent for the build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub witness: Option<Vec<WitnessRow>>,
 }
 
 /// What [`replay`] reports as it goes.
@@ -115,7 +123,14 @@ pub async fn replay(
         omitted_levels: created.omitted_levels,
         ..ReplaySummary::default()
     };
-    let result = drive(client, &mut trace, &mut summary, &mut on_progress).await;
+    let result = drive(
+        client,
+        &mut trace,
+        &mut summary,
+        options.witness,
+        &mut on_progress,
+    )
+    .await;
     // Best effort: the tree is useless after a failed replay, and a lost drop only costs
     // server memory until the server stops.
     if let Err(e) = client.drop_tree(&created.tree_id).await {
@@ -128,15 +143,20 @@ async fn drive(
     client: &mut Client,
     trace: &mut TraceReader,
     summary: &mut ReplaySummary,
+    witness: bool,
     on_progress: &mut impl FnMut(Progress<'_>),
 ) -> Result<()> {
+    let returns = Returns {
+        openings: false,
+        witness,
+    };
     let tree_id = summary.tree_id.clone();
     // Each batch names the root it applies to, so a batch whose reply was lost is resent
     // without being applied twice (`Client::update_blocks_safely`).
     let mut current = None;
     for event in trace {
         let started = Instant::now();
-        let (root, expect_root, blocks) = match event? {
+        let (root, expect_root, blocks, rows) = match event? {
             TraceEvent::Write { slot, offset, data } => {
                 client
                     .write_memory(&tree_id, slot, offset, &data)
@@ -151,7 +171,7 @@ async fn drive(
                 current = Some(built.root);
                 summary.omitted_levels = built.omitted_levels;
                 summary.present_pages = built.present_pages;
-                (built.root, expect_root, 0)
+                (built.root, expect_root, 0, None)
             }
             TraceEvent::Update {
                 blocks,
@@ -164,12 +184,17 @@ async fn drive(
                     )));
                 };
                 let r = client
-                    .update_blocks_safely(&tree_id, &blocks, false, old)
+                    .update_safely(&tree_id, &blocks, returns, old)
                     .await
                     .map_err(Error::from)?;
                 summary.retried += u64::from(r.already_applied);
                 current = Some(r.new_root);
-                (r.new_root, expect_root, blocks.len())
+                (
+                    r.new_root,
+                    expect_root,
+                    blocks.len(),
+                    witness.then_some(r.witness),
+                )
             }
         };
         let report = StepReport {
@@ -178,6 +203,7 @@ async fn drive(
             expect_root,
             blocks,
             ms: started.elapsed().as_secs_f64() * 1e3,
+            witness: rows,
         };
         on_progress(Progress::Step(&report));
         summary.steps += 1;

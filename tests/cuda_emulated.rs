@@ -322,3 +322,24 @@ proptest! {
         device_cases::check_against_reference(emulated, &EMULATED, &layout, k, &paged_batch_from(&layout, &image_seeds), batches)?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The CUDA tree's witness (through the emulator) equals the reference's row for row on
+    /// random paged layouts, at k from 0 to 12.
+    #[test]
+    fn emulated_cuda_witness_equals_reference(
+        layout in paged_layout(),
+        k in prop_oneof![0u32..=4, 5u32..=12],
+        image_seeds in prop::collection::vec(any::<u64>(), 0..16),
+        batches in prop::collection::vec(prop::collection::vec(any::<u64>(), 0..24), 1..4),
+    ) {
+        let batches: Vec<_> = batches.iter().map(|s| paged_batch_from(&layout, s)).collect();
+        common::check_witness_against_reference(
+            |l, image, k| Box::new(emulated(l, image, k)),
+            |t, b| t.update_with_witness(b),
+            &layout, k, &paged_batch_from(&layout, &image_seeds), &batches,
+        )?;
+    }
+}

@@ -410,7 +410,7 @@ proptest! {
 
     #[test]
     fn mutated_updates_apply_whole_or_name_the_field(
-        (blocks, cut) in packed(), openings in any::<bool>(),
+        (blocks, cut) in packed(), openings in any::<bool>(), witness in any::<bool>(),
     ) {
         let (old, r, new) = run(async {
             let (h, ids) = fixture().await;
@@ -421,6 +421,7 @@ proptest! {
                     blocks: Some(blocks.clone()),
                     return_openings: openings,
                     expected_old_root: None,
+                    return_witness: witness,
                 })
                 .await;
             (old, r, root(&h, &ids[1]).await)
@@ -433,10 +434,21 @@ proptest! {
         match r {
             Ok(resp) => {
                 prop_assert!(valid, "accepted an invalid batch");
-                prop_assert_eq!(resp.old_root, old);
+                prop_assert_eq!(&resp.old_root, &old);
                 prop_assert_eq!(&resp.new_root, &new);
-                let n = if openings { decoded.expect("decoded").len() } else { 0 };
+                let blocks = decoded.expect("decoded");
+                let n = if openings { blocks.len() } else { 0 };
                 prop_assert_eq!(resp.openings.len(), n);
+                prop_assert_eq!(resp.witness.is_some(), witness);
+                if let Some(w) = &resp.witness {
+                    let rows = codec::witness_from_proto(w, "witness").expect("decodes");
+                    let layout = codec::layout_from_proto(Some(&fixture_layout()), "layout").expect("layout");
+                    let h = layout.address_space_height() + layout.address_height();
+                    prop_assert_eq!(rows.len() as u64, memcommit::tree::witness::witness_rows(&layout, &blocks));
+                    let digest = |d: &Option<proto::Digest>| codec::digest_from_proto(d.as_ref(), "root").expect("root");
+                    let consistent = memcommit::tree::witness::check_witness(&rows, h, &digest(&resp.old_root), &digest(&resp.new_root));
+                    prop_assert!(consistent.is_ok(), "{:?}", consistent);
+                }
             }
             Err(s) => {
                 check_status(&s);

@@ -54,6 +54,7 @@ async fn openvm_trace_matches_every_root_over_grpc_at_k3() {
             backend: Backend::Cpu,
             omitted_levels: Some(OmittedLevels::Fixed(3)),
             memory_budget: None,
+            ..ReplayOptions::default()
         },
         |p| {
             let Progress::Step(step) = p else { return };

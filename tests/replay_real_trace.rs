@@ -54,6 +54,7 @@ async fn bundled_trace_matches_every_root_over_grpc_at_k0_and_k3() {
                 backend: Backend::Cpu,
                 omitted_levels: Some(OmittedLevels::Fixed(k)),
                 memory_budget: None,
+                ..ReplayOptions::default()
             },
             |p| {
                 let Progress::Step(step) = p else { return };

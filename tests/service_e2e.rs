@@ -470,6 +470,7 @@ async fn bad_batches_are_invalid_and_leave_the_tree_unchanged() {
                 blocks: Some(m),
                 return_openings: false,
                 expected_old_root: None,
+                return_witness: false,
             })
             .await;
         err(r, Code::InvalidArgument, &[needle]);
@@ -1307,6 +1308,7 @@ async fn a_lost_reply_is_retried_without_applying_the_batch_twice() {
         blocks: Some(codec::encode_blocks(&b1).expect("pack")),
         return_openings: true,
         expected_old_root: Some(codec::digest_to_proto(&r0)),
+        return_witness: false,
     };
 
     // The reply (40 openings, ~18 KB) is lost: this client accepts 1 KiB.

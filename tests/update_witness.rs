@@ -6,10 +6,12 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{four_spaces, image_with};
+use common::random::{batch_from, layout, paged_batch_from, paged_layout};
+use common::{check_witness_against_reference, four_spaces, image_with};
 use memcommit::tree::reference::ReferenceTree;
-use memcommit::tree::witness::{check_witness, WitnessRow};
-use memcommit::tree::{MemoryTree, TouchedBlock};
+use memcommit::tree::witness::{check_witness, from_openings, WitnessRow};
+use memcommit::tree::{Backend, MemoryTree, TouchedBlock};
+use proptest::prelude::*;
 
 fn block(slot: u32, block: u64, first: u32) -> TouchedBlock {
     TouchedBlock {
@@ -124,44 +126,41 @@ fn check_witness_refuses_any_changed_row() {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
-    /// The CPU tree's witness (built from openings before and after the batch) equals the
-    /// reference's row for row, at every k, over batches that touch absent and present
-    /// pages, siblings and the same block twice in a row.
+    /// The CPU tree's own witness equals the reference's row for row, on random paged
+    /// layouts (tall sparse slots included), at k from 0 to 12 (above 9 a slot's base
+    /// level lies above its pages and the CPU tree takes its openings-based path), over
+    /// batches clustered in pages and scattered over absent ones.
     #[test]
     fn cpu_witness_equals_the_reference(
-        k in 0u32..5,
-        batches in proptest::collection::vec(
-            proptest::collection::btree_map((0u32..4, 0u64..1024), 0u32..256, 0..24),
-            1..4,
-        ),
+        layout in paged_layout(),
+        k in prop_oneof![0u32..=4, 5u32..=12],
+        image_seeds in prop::collection::vec(any::<u64>(), 0..16),
+        batches in prop::collection::vec(prop::collection::vec(any::<u64>(), 0..24), 1..4),
     ) {
-        let (layout, leaves, _) = four_spaces();
-        let image = image_with(&layout, &leaves);
-        let mut reference = ReferenceTree::build(layout.clone(), image.clone(), k);
-        let mut cpu = memcommit::tree::build(memcommit::tree::Backend::Cpu, layout.clone(), image, k)
-            .expect("cpu build");
-        let h = layout.address_space_height() + layout.address_height();
-        for batch in batches {
-            let blocks: Vec<TouchedBlock> = batch
-                .into_iter()
-                .map(|((slot, b), v)| {
-                    let n = layout.address_spaces()[slot as usize].num_blocks();
-                    block(slot, b % n.max(1), v)
-                })
-                .filter(|b| layout.address_spaces()[b.slot as usize].num_blocks() > 0)
-                .map(|b| ((b.slot, b.block), b))
-                .collect::<std::collections::BTreeMap<_, _>>()
-                .into_values()
-                .collect();
-            let old = reference.root();
-            let (want_root, want) = reference.update_with_witness(&blocks).expect("reference");
-            let (root, rows) =
-                memcommit::tree::witness::update_with_witness(cpu.as_mut(), &blocks).expect("cpu");
-            proptest::prop_assert_eq!(root, want_root);
-            proptest::prop_assert_eq!(&rows, &want);
-            proptest::prop_assert!(check_witness(&rows, h, &old, &root).is_ok());
-        }
+        let batches: Vec<_> = batches.iter().map(|s| paged_batch_from(&layout, s)).collect();
+        check_witness_against_reference(
+            |l, image, k| memcommit::tree::build(Backend::Cpu, l.clone(), image, k).expect("cpu build"),
+            |t, b| t.update_with_witness(b),
+            &layout, k, &paged_batch_from(&layout, &image_seeds), &batches,
+        )?;
+    }
+
+    /// The generic witness (openings before and after the batch, what the CUDA backend
+    /// uses) equals the reference's on the CPU tree, on random small layouts.
+    #[test]
+    fn openings_witness_equals_the_reference(
+        layout in layout(),
+        k in 0u32..=4,
+        image_seeds in prop::collection::vec(any::<u64>(), 0..16),
+        batches in prop::collection::vec(prop::collection::vec(any::<u64>(), 0..24), 1..4),
+    ) {
+        let batches: Vec<_> = batches.iter().map(|s| batch_from(&layout, s)).collect();
+        check_witness_against_reference(
+            |l, image, k| memcommit::tree::build(Backend::Cpu, l.clone(), image, k).expect("cpu build"),
+            from_openings,
+            &layout, k, &batch_from(&layout, &image_seeds), &batches,
+        )?;
     }
 }

@@ -193,6 +193,7 @@ async fn through_grpc(
                 backend,
                 omitted_levels: Some(OmittedLevels::Fixed(k)),
                 memory_budget: None,
+                witness: false,
             };
             let summary = replay(&mut client, TraceReader::open(path)?, options, |_| {}).await?;
             runs.push(summary.step_ms);

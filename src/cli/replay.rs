@@ -20,6 +20,7 @@ use super::connect::ConnectArgs;
     after_help = "Exits non-zero at the first step whose root differs from its \
 expect_root.\n\nExamples:\n  memcommit replay tests/data/sqlite3.trace.zst\n  \
 memcommit replay trace.jsonl --json --server http://10.0.0.5:50051 --backend cpu\n  \
+memcommit replay trace.jsonl --json --witness > steps-with-witness.jsonl\n  \
 memcommit replay trace.jsonl --server https://prover-7:50051 --tls-ca ca.pem \
 --auth-token-file token"
 )]
@@ -30,6 +31,13 @@ pub struct Args {
     /// Print one JSON line per root step: {"step", "root", "expect_root", "blocks", "ms"}.
     #[arg(long)]
     json: bool,
+    /// With --json, add each update's witness to its line: "witness": [{"height", "index",
+    /// "old": [[8], [8]], "new": [[8], [8]], "touched": [0|1, 0|1]}, ...], one object per
+    /// node with a touched block below it, by height then heap index (the rows a prover's
+    /// Merkle chip needs; see the README, "Proving memory transitions"). Each witness is
+    /// checked against its step's roots before it is printed.
+    #[arg(long, requires = "json")]
+    witness: bool,
     /// Backend the server builds the tree on: auto uses CUDA if a device is usable, else
     /// CPU.
     #[arg(long, value_enum, default_value = "auto")]
@@ -104,6 +112,7 @@ async fn drive(
         backend: args.backend,
         omitted_levels,
         memory_budget: args.memory_budget,
+        witness: args.witness,
     };
     let result = replay(&mut client, trace, replay_options, |p| match p {
         Progress::Uploaded(bytes) => progress.set_message(format!("uploaded {bytes} bytes")),

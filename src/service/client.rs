@@ -9,7 +9,8 @@ use tonic::Status;
 use crate::error::Error;
 use crate::hash::Digest;
 use crate::layout::MemoryLayout;
-use crate::tree::{Backend, Opening, TouchedBlock};
+use crate::tree::witness::check_witness;
+use crate::tree::{Backend, Opening, TouchedBlock, WitnessRow};
 
 use super::auth::{AuthToken, SendBearer};
 use super::codec;
@@ -84,6 +85,17 @@ pub struct UpdateResult {
     /// The call was a retry of a batch the server had already applied (its reply was
     /// lost); the roots are that batch's and nothing was applied again.
     pub already_applied: bool,
+    /// The batch's witness (docs/design.md, "Update witness"), empty unless asked for.
+    pub witness: Vec<WitnessRow>,
+}
+
+/// What an update asks back besides the roots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Returns {
+    /// An opening of every touched block against the new root, in batch order.
+    pub openings: bool,
+    /// The batch's witness.
+    pub witness: bool,
 }
 
 /// Attempts of [`Client::update_blocks_safely`]: the first send and two retries.
@@ -324,8 +336,11 @@ impl Client {
         return_openings: bool,
     ) -> Result<UpdateResult, Status> {
         let packed = codec::encode_blocks(blocks).map_err(bad_request)?;
-        self.send_update(tree_id, packed, return_openings, None)
-            .await
+        let returns = Returns {
+            openings: return_openings,
+            witness: false,
+        };
+        self.send_update(tree_id, packed, returns, None).await
     }
 
     /// Applies one batch exactly once although replies may be lost: it is sent with
@@ -344,11 +359,33 @@ impl Client {
         return_openings: bool,
         old_root: Digest,
     ) -> Result<UpdateResult, Status> {
+        let returns = Returns {
+            openings: return_openings,
+            witness: false,
+        };
+        self.update_safely(tree_id, blocks, returns, old_root).await
+    }
+
+    /// As [`Client::update_blocks_safely`], asking back what `returns` says: with
+    /// `returns.witness`, the result's `witness` holds the batch's rows, checked against its
+    /// roots ([`crate::tree::witness::check_witness`]) before they are returned.
+    ///
+    /// # Errors
+    /// As [`Client::update_blocks_safely`]; `RESOURCE_EXHAUSTED` when the witness would
+    /// not fit the server's message limit (nothing is applied); `INTERNAL` for a reply
+    /// whose witness does not decode or does not hold together.
+    pub async fn update_safely(
+        &mut self,
+        tree_id: &str,
+        blocks: &[TouchedBlock],
+        returns: Returns,
+        old_root: Digest,
+    ) -> Result<UpdateResult, Status> {
         let packed = codec::encode_blocks(blocks).map_err(bad_request)?;
         let mut attempt = 1;
         loop {
             match self
-                .send_update(tree_id, packed.clone(), return_openings, Some(old_root))
+                .send_update(tree_id, packed.clone(), returns, Some(old_root))
                 .await
             {
                 Err(s) if attempt < UPDATE_ATTEMPTS && reply_may_be_lost(&s) => {
@@ -364,7 +401,7 @@ impl Client {
         &mut self,
         tree_id: &str,
         packed: proto::TouchedBlocks,
-        return_openings: bool,
+        returns: Returns,
         expected_old_root: Option<Digest>,
     ) -> Result<UpdateResult, Status> {
         let r = self
@@ -372,18 +409,33 @@ impl Client {
             .update_blocks(proto::UpdateBlocksRequest {
                 tree_id: tree_id.into(),
                 blocks: Some(packed),
-                return_openings,
+                return_openings: returns.openings,
                 expected_old_root: expected_old_root.as_ref().map(codec::digest_to_proto),
+                return_witness: returns.witness,
             })
             .await?
             .into_inner();
+        let old_root =
+            codec::digest_from_proto(r.old_root.as_ref(), "old_root").map_err(bad_response)?;
+        let new_root =
+            codec::digest_from_proto(r.new_root.as_ref(), "new_root").map_err(bad_response)?;
+        let witness = match (returns.witness, &r.witness) {
+            (false, _) => Vec::new(),
+            (true, None) => return Err(bad_response(Error::invalid("witness", "missing"))),
+            (true, Some(w)) => {
+                let rows = codec::witness_from_proto(w, "witness").map_err(bad_response)?;
+                // The root's row comes last, at the tree's height H.
+                let height = rows.last().map_or(0, |r| r.height);
+                check_witness(&rows, height, &old_root, &new_root).map_err(bad_response)?;
+                rows
+            }
+        };
         Ok(UpdateResult {
-            old_root: codec::digest_from_proto(r.old_root.as_ref(), "old_root")
-                .map_err(bad_response)?,
-            new_root: codec::digest_from_proto(r.new_root.as_ref(), "new_root")
-                .map_err(bad_response)?,
+            old_root,
+            new_root,
             openings: openings_from(&r.openings)?,
             already_applied: r.already_applied,
+            witness,
         })
     }
 

@@ -9,8 +9,11 @@ use prost::bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::hash::{Digest, DIGEST_ELEMS};
+
+/// Bytes of one digest on the wire: 8 u32 LE.
+const DIGEST_BYTES: usize = DIGEST_ELEMS * 4;
 use crate::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout, BLOCK_CELLS};
-use crate::tree::{Opening, TouchedBlock};
+use crate::tree::{Opening, TouchedBlock, WitnessRow};
 
 use super::proto;
 
@@ -238,6 +241,109 @@ pub fn opening_from_proto(o: &proto::Opening, field: &str) -> Result<Opening> {
 pub fn openings_encoded_bound(n: usize, siblings: usize) -> u64 {
     // slot ≤ 6, block ≤ 11, cells 2 + 32, siblings ≤ 4 + 32·s, entry tag + length ≤ 6.
     (n as u64).saturating_mul(61 + 32 * siblings as u64)
+}
+
+/// Bytes of one witness row on the wire: height u32, index u64, four digests, one flag
+/// byte.
+pub const WITNESS_ROW_BYTES: u64 = 4 + 8 + 4 * DIGEST_BYTES as u64 + 1;
+
+/// An upper bound on the encoded bytes of a witness of `rows` rows inside its response:
+/// the columns, plus a tag and a length of at most 10 varint bytes for each of the 7
+/// columns and for the message itself.
+pub fn witness_encoded_bound(rows: u64) -> u64 {
+    rows.saturating_mul(WITNESS_ROW_BYTES) + 8 * 11
+}
+
+/// A witness on the wire, in packed columns (`proto::Witness`).
+pub fn witness_to_proto(rows: &[WitnessRow]) -> proto::Witness {
+    let n = rows.len();
+    let mut heights = Vec::with_capacity(n * U32_BYTES);
+    let mut indices = Vec::with_capacity(n * 8);
+    let mut digests: [Vec<u8>; 4] = core::array::from_fn(|_| Vec::with_capacity(n * DIGEST_BYTES));
+    let mut touched = Vec::with_capacity(n);
+    for r in rows {
+        heights.extend_from_slice(&r.height.to_le_bytes());
+        indices.extend_from_slice(&r.index.to_le_bytes());
+        for (column, d) in digests
+            .iter_mut()
+            .zip([r.old[0], r.old[1], r.new[0], r.new[1]])
+        {
+            for v in d.to_canonical() {
+                column.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        touched.push(u8::from(r.touched[0]) | (u8::from(r.touched[1]) << 1));
+    }
+    let [old_left, old_right, new_left, new_right] = digests.map(Bytes::from);
+    proto::Witness {
+        heights: heights.into(),
+        indices: indices.into(),
+        old_left,
+        old_right,
+        new_left,
+        new_right,
+        touched: touched.into(),
+    }
+}
+
+/// Reads a packed witness. `field` names it in errors (`witness`). Only the packing and
+/// the values' ranges are checked; [`crate::tree::witness::check_witness`] checks that the
+/// rows hold together.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `<field>.heights` (length not a multiple of 4), the
+/// column whose length does not match the row count, a digest column's row with an element
+/// that is not canonical (`<field>.old_left[i]`), or `<field>.touched[i]` with a bit other
+/// than 0 and 1 set.
+pub fn witness_from_proto(w: &proto::Witness, field: &str) -> Result<Vec<WitnessRow>> {
+    let n = count_entries(&format!("{field}.heights"), w.heights.len(), "row")?;
+    check_column(&format!("{field}.indices"), w.indices.len(), 8, n, "row")?;
+    let digest_columns = [
+        ("old_left", &w.old_left),
+        ("old_right", &w.old_right),
+        ("new_left", &w.new_left),
+        ("new_right", &w.new_right),
+    ];
+    for (name, column) in digest_columns {
+        check_column(
+            &format!("{field}.{name}"),
+            column.len(),
+            DIGEST_BYTES,
+            n,
+            "row",
+        )?;
+    }
+    check_column(&format!("{field}.touched"), w.touched.len(), 1, n, "row")?;
+    let digest = |c: usize, i: usize| -> Result<Digest> {
+        let (name, column) = digest_columns[c];
+        let at = &column[i * DIGEST_BYTES..(i + 1) * DIGEST_BYTES];
+        let values = core::array::from_fn(|j| le_u32(&at[j * U32_BYTES..]));
+        Digest::from_canonical(values).ok_or_else(|| {
+            Error::invalid(
+                format!("{field}.{name}[{i}]"),
+                format!("{values:?} holds an element that is not canonical (>= p)"),
+            )
+        })
+    };
+    (0..n)
+        .map(|i| {
+            let flags = w.touched[i];
+            if flags > 3 {
+                return Err(Error::invalid(
+                    format!("{field}.touched[{i}]"),
+                    format!("{flags:#04x} sets a bit other than 0 (left) and 1 (right)"),
+                ));
+            }
+            let index = &w.indices[i * 8..(i + 1) * 8];
+            Ok(WitnessRow {
+                height: le_u32(&w.heights[i * U32_BYTES..]),
+                index: u64::from_le_bytes(index.try_into().unwrap_or_default()),
+                old: [digest(0, i)?, digest(1, i)?],
+                new: [digest(2, i)?, digest(3, i)?],
+                touched: [flags & 1 == 1, flags & 2 == 2],
+            })
+        })
+        .collect()
 }
 
 fn cell_to_proto(c: CellType) -> proto::CellType {

@@ -18,6 +18,7 @@ use crate::layout::MemoryLayout;
 use crate::tree::{Backend, MemoryTree, MemoryUsage};
 
 use super::limits::{Limits, MemoryEstimate};
+use super::proto;
 
 /// Where a tree is in its life, behind the tree's mutex.
 pub(crate) enum State {
@@ -72,13 +73,16 @@ pub(crate) struct TreeHandle {
 
 /// What the server remembers of a tree's last applied batch: enough to recognise a retry
 /// of it (`UpdateBlocks.expected_old_root`) and answer it without applying it twice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct LastBatch {
     /// A hash of the batch's packed columns as they came on the wire.
     pub contents: [u8; 32],
     /// The root before and after it.
     pub old_root: Digest,
     pub new_root: Digest,
+    /// Its witness on the wire, when the call asked for one: a retry's reply carries it
+    /// again (the columns are shared, not copied). At most one reply's worth of bytes.
+    pub witness: Option<proto::Witness>,
 }
 
 /// Locks a std mutex, recovering from poison: every value guarded here is updated by a
@@ -103,7 +107,7 @@ impl TreeHandle {
 
     /// The last batch applied, if any since the build.
     pub fn last_batch(&self) -> Option<LastBatch> {
-        *lock(&self.last_batch)
+        lock(&self.last_batch).clone()
     }
 
     pub fn set_last_batch(&self, b: Option<LastBatch>) {

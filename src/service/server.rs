@@ -427,18 +427,30 @@ fn positions_of(blocks: &[tree::TouchedBlock]) -> Vec<(u32, u64)> {
 }
 
 /// The reply to a retry of the tree's last batch `b`, whose reply was lost: that batch's
-/// roots, nothing applied again, and the openings from the current state (unchanged since,
-/// as the root is still `b.new_root`).
+/// roots, nothing applied again, the openings from the current state (unchanged since, as
+/// the root is still `b.new_root`) and the witness kept from the first call.
 fn retried(
     t: &TreeHandle,
     mt: &dyn MemoryTree,
     metrics: Option<&Metrics>,
     b: LastBatch,
     blocks: &[tree::TouchedBlock],
-    return_openings: bool,
+    wants: Wants,
 ) -> Result<proto::UpdateBlocksResponse, Status> {
     tracing::info!(tree_id = %t.id, blocks = blocks.len(), "retry of the last batch: already applied");
-    let openings = match return_openings {
+    let witness = match (wants.witness, b.witness) {
+        (false, _) => None,
+        (true, Some(w)) => Some(w),
+        (true, None) => {
+            return Err(Error::FailedPrecondition(format!(
+                "tree {}: this batch was already applied without return_witness, so its \
+                 witness was not kept; nothing was applied again",
+                t.id
+            ))
+            .into())
+        }
+    };
+    let openings = match wants.openings {
         true => openings_reply(t, mt, metrics, &positions_of(blocks))?,
         false => Vec::new(),
     };
@@ -447,17 +459,41 @@ fn retried(
         new_root: Some(codec::digest_to_proto(&b.new_root)),
         openings,
         already_applied: true,
+        witness,
     })
 }
 
-/// Refuses a response of `n` openings that could not be sent under the message limit,
-/// before anything changes.
-fn check_openings_fit(n: usize, t: &TreeHandle, limits: &Limits) -> Result<(), Status> {
-    let bound = codec::openings_encoded_bound(n, t.layout.opening_len()) + RESPONSE_OVERHEAD;
+/// What an `UpdateBlocks` call asks to get back besides the roots.
+#[derive(Clone, Copy, Debug)]
+struct Wants {
+    openings: bool,
+    witness: bool,
+}
+
+/// Refuses a reply of `openings` openings and, when given, a witness of `witness_rows`
+/// rows that could not be sent under the message limit, before anything changes.
+fn check_reply_fits(
+    openings: usize,
+    witness_rows: Option<u64>,
+    t: &TreeHandle,
+    limits: &Limits,
+) -> Result<(), Status> {
+    let mut bound = RESPONSE_OVERHEAD;
+    let mut parts = Vec::new();
+    if openings > 0 {
+        bound += codec::openings_encoded_bound(openings, t.layout.opening_len());
+        parts.push(format!("{openings} openings"));
+    }
+    if let Some(rows) = witness_rows {
+        bound = bound.saturating_add(codec::witness_encoded_bound(rows));
+        parts.push(format!("a witness of {rows} rows"));
+    }
     if bound > limits.max_message_bytes as u64 {
         return Err(Error::ResourceExhausted(format!(
-            "max_message_bytes = {}: {n} openings need up to {bound} bytes; ask for fewer",
-            limits.max_message_bytes
+            "max_message_bytes = {}: {} need up to {bound} bytes; nothing was changed: ask \
+             for fewer (split the batch)",
+            limits.max_message_bytes,
+            parts.join(" and ")
         ))
         .into());
     }
@@ -736,7 +772,10 @@ impl MemCommit for MemCommitService {
         // From the column length, before any decoding or waiting.
         limits.check_batch(codec::packed_entries(&msg.slots), "blocks")?;
         let tree = self.registry.get(&req.tree_id)?;
-        let return_openings = req.return_openings;
+        let wants = Wants {
+            openings: req.return_openings,
+            witness: req.return_witness,
+        };
         let expected = req
             .expected_old_root
             .as_ref()
@@ -747,9 +786,14 @@ impl MemCommit for MemCommitService {
         let resp = with_tree(tree, deadline, move |t, state| {
             let mt = built(t, state)?;
             let blocks = codec::decode_blocks(&msg, "blocks")?;
-            if return_openings {
-                check_openings_fit(blocks.len(), t, &limits)?;
-            }
+            check_reply_fits(
+                if wants.openings { blocks.len() } else { 0 },
+                wants
+                    .witness
+                    .then(|| tree::witness::witness_rows(&t.layout, &blocks)),
+                t,
+                &limits,
+            )?;
             // Only a batch that names its old root can be retried, so only it is hashed.
             let contents = expected.map(|_| batch_hash(&msg));
             drop(msg);
@@ -760,7 +804,7 @@ impl MemCommit for MemCommitService {
                         Some(b.contents) == contents && b.old_root == want && b.new_root == root
                     });
                     return match last {
-                        Some(b) => retried(t, mt, metrics.as_deref(), b, &blocks, return_openings),
+                        Some(b) => retried(t, mt, metrics.as_deref(), b, &blocks, wants),
                         None => Err(Error::FailedPrecondition(format!(
                             "tree {}: expected_old_root {want:?} differs from the tree's root \
                              {root:?}; nothing was applied (another batch changed the tree)",
@@ -786,18 +830,26 @@ impl MemCommit for MemCommitService {
                     e.plus(pages_estimate(t, image, slot as u32, n, k))
                 });
             let new_pages = extra.total() > 0;
-            let new_root = with_growth(
+            let (new_root, witness) = with_growth(
                 &registry,
                 t,
                 extra,
                 || "the batch's new pages".into(),
-                || mt.update(&blocks).map_err(|e| batch_failed(t, e)),
+                || {
+                    let applied = match wants.witness {
+                        true => mt
+                            .update_with_witness(&blocks)
+                            .map(|(root, rows)| (root, Some(codec::witness_to_proto(&rows)))),
+                        false => mt.update(&blocks).map(|root| (root, None)),
+                    };
+                    applied.map_err(|e| batch_failed(t, e))
+                },
             )?;
             let (backend, layout) = (t.backend, &t.layout);
             count_permutations(metrics.as_deref(), || {
                 metrics::update_permutations(backend, layout, mt.image(), k, &blocks)
             });
-            let openings = match return_openings {
+            let openings = match wants.openings {
                 true => openings_reply(t, mt, metrics.as_deref(), &positions_of(&blocks))?,
                 false => Vec::new(),
             };
@@ -810,6 +862,7 @@ impl MemCommit for MemCommitService {
                     contents,
                     old_root,
                     new_root,
+                    witness: witness.clone(),
                 }));
             }
             s.usage = mt.memory_usage();
@@ -828,6 +881,7 @@ impl MemCommit for MemCommitService {
                 new_root: Some(codec::digest_to_proto(&new_root)),
                 openings,
                 already_applied: false,
+                witness,
             })
         })
         .await?;
@@ -861,7 +915,7 @@ impl MemCommit for MemCommitService {
         let resp = with_tree(tree, deadline, move |t, state| {
             let mt = built(t, state)?;
             let positions = codec::decode_positions(&msg, "positions")?;
-            check_openings_fit(positions.len(), t, &limits)?;
+            check_reply_fits(positions.len(), None, t, &limits)?;
             Ok(proto::GetOpeningsResponse {
                 root: Some(codec::digest_to_proto(&mt.root())),
                 openings: openings_reply(t, mt, metrics.as_deref(), &positions)?,

@@ -24,6 +24,8 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+mod witness;
+
 use crate::error::{Error, Result};
 use crate::hash::{
     compress, compress_pairs, leaf_hash_many_canonical, permute_many, zero_hashes, Digest,
@@ -160,6 +162,9 @@ struct SlotUndo {
     upper: Vec<(usize, u64, Option<Digest>)>,
     /// The vertical path before the update.
     vertical: Vec<Digest>,
+    /// For the witness only: `below[t]` (`t < b`) holds level `t` of every recomputed
+    /// level-`b` subtree after the batch, side by side in key order.
+    below: Vec<Vec<Digest>>,
 }
 
 /// One level's overwritten nodes: their indices (sorted, distinct) and old digests.
@@ -177,7 +182,9 @@ struct Undo {
 /// `out[i]` = the root of the height-`levels` subtree over the `2^levels` blocks of `cell`
 /// cells whose raw bytes start at `src(i)`, for one task's nodes: leaf hashes, then `levels`
 /// rounds of pair compression with the nodes side by side, so each round is one
-/// `compress_pairs`. `scratch` is reused between calls.
+/// `compress_pairs`. `scratch` is reused between calls. When `keep` is not empty, `keep[t]`
+/// (`t < levels`, `out.len() << (levels − t)` digests) receives the subtrees' level `t`,
+/// side by side (the witness's nodes below the stored base level).
 fn hash_subtrees_seq<'a>(
     cell: CellType,
     levels: u32,
@@ -185,6 +192,7 @@ fn hash_subtrees_seq<'a>(
     first: usize,
     out: &mut [Digest],
     (cur, next): &mut (Vec<Digest>, Vec<Digest>),
+    keep: &mut [&mut [Digest]],
 ) {
     let bb = BLOCK_CELLS * cell.bytes();
     let mask = (1usize << levels) - 1;
@@ -198,31 +206,56 @@ fn hash_subtrees_seq<'a>(
     }
     cur.resize(out.len() << levels, Digest::ZERO);
     leaf_hash_many_canonical(cur, fill);
-    for _ in 1..levels {
+    if let Some(k) = keep.first_mut() {
+        k.copy_from_slice(cur);
+    }
+    for t in 1..levels as usize {
         next.resize(cur.len() / 2, Digest::ZERO);
         compress_pairs(cur, next);
         std::mem::swap(cur, next);
+        if let Some(k) = keep.get_mut(t) {
+            k.copy_from_slice(cur);
+        }
     }
     compress_pairs(cur, out);
 }
 
 /// [`hash_subtrees_seq`] over all of `out`, split into rayon tasks of about
-/// [`LEAVES_PER_TASK`] leaves.
+/// [`LEAVES_PER_TASK`] leaves; `keep` as there (empty: nothing kept).
 fn hash_subtrees<'a>(
     cell: CellType,
     levels: u32,
     src: &(impl Fn(usize) -> &'a [u8] + Sync),
     out: &mut [Digest],
+    keep: &mut [Vec<Digest>],
 ) {
     let per_task = (LEAVES_PER_TASK >> levels).max(1);
+    let mut keep: Vec<&mut [Digest]> = keep.iter_mut().map(|k| k.as_mut_slice()).collect();
     if out.len() <= per_task {
-        hash_subtrees_seq(cell, levels, src, 0, out, &mut (Vec::new(), Vec::new()));
+        let scratch = &mut (Vec::new(), Vec::new());
+        hash_subtrees_seq(cell, levels, src, 0, out, scratch, &mut keep);
         return;
     }
-    out.par_chunks_mut(per_task).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |scratch, (t, out)| hash_subtrees_seq(cell, levels, src, t * per_task, out, scratch),
-    );
+    // Each task's window of every kept level, next to its window of `out`.
+    let mut windows: Vec<Vec<&mut [Digest]>> = Vec::new();
+    for (t, k) in keep.into_iter().enumerate() {
+        for (task, w) in k.chunks_mut(per_task << (levels as usize - t)).enumerate() {
+            match windows.get_mut(task) {
+                Some(ws) => ws.push(w),
+                None => windows.push(vec![w]),
+            }
+        }
+    }
+    windows.resize_with(out.len().div_ceil(per_task), Vec::new);
+    out.par_chunks_mut(per_task)
+        .zip(windows)
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |scratch, (t, (out, mut keep))| {
+                hash_subtrees_seq(cell, levels, src, t * per_task, out, scratch, &mut keep)
+            },
+        );
 }
 
 /// Sets `out` to `n` compressions, `out[j] = compress(children(j))`, in parallel tasks of
@@ -291,7 +324,13 @@ fn page_roots_from_raw(
 ) -> Vec<(u64, Digest)> {
     let cell = image.cell_types()[slot as usize];
     let mut roots = vec![Digest::ZERO; pages.len()];
-    hash_subtrees(cell, q, &|i| image.page(slot, pages[i].1), &mut roots);
+    hash_subtrees(
+        cell,
+        q,
+        &|i| image.page(slot, pages[i].1),
+        &mut roots,
+        &mut [],
+    );
     pages.iter().map(|p| p.0).zip(roots).collect()
 }
 
@@ -437,13 +476,15 @@ impl SlotNodes {
 
     /// Updates the slot for its sorted, distinct touched block keys `group` (the image
     /// already holds the new cells), logging in `log` every node it overwrites before the
-    /// next fault point.
+    /// next fault point. With `witness`, `log.below` also keeps the new nodes below the
+    /// base level of every recomputed subtree (pages must store nodes).
     fn update(
         &mut self,
         image: &MemoryImage,
         slot: u32,
         group: &[u64],
         log: &mut SlotUndo,
+        witness: bool,
     ) -> Result<()> {
         let s = self.shape;
         let (b, q) = (s.base, s.page_levels);
@@ -469,11 +510,17 @@ impl SlotNodes {
             let bb = BLOCK_CELLS * cell.bytes();
             let local = |i: u64| (i & ((1u64 << (q - b)) - 1)) as usize;
             fresh.resize(dirty.len(), Digest::ZERO);
+            if witness {
+                log.below = (0..b)
+                    .map(|t| vec![Digest::ZERO; dirty.len() << (b - t)])
+                    .collect();
+            }
             hash_subtrees(
                 cell,
                 b,
                 &|j| &image.page(slot, ids[j])[(local(dirty[j]) << b) * bb..],
                 &mut fresh,
+                &mut log.below,
             );
             self.swap_page_nodes(&ids, b, &dirty, &mut fresh, log);
             fault::point(|| format!("slot {slot} level {b}"))?;
@@ -597,7 +644,15 @@ fn build_pages<'a>(
                 let level = &mut level[..per];
                 if l == b {
                     let src = raw(p);
-                    hash_subtrees_seq(cell, b, &|i| &src[(i << b) * bb..], 0, level, scratch);
+                    hash_subtrees_seq(
+                        cell,
+                        b,
+                        &|i| &src[(i << b) * bb..],
+                        0,
+                        level,
+                        scratch,
+                        &mut [],
+                    );
                 } else {
                     compress_pairs(&below[at(l - 1)..at(l - 1) + 2 * per], level);
                 }
@@ -609,7 +664,7 @@ fn build_pages<'a>(
         across.resize(pages * per, Digest::ZERO);
         if l == b {
             let src = |i: usize| &raw(i / per)[((i % per) << b) * bb..];
-            hash_subtrees_seq(cell, b, &src, 0, &mut across, scratch);
+            hash_subtrees_seq(cell, b, &src, 0, &mut across, scratch, &mut []);
         } else {
             let c = at(l - 1);
             let out = &*out;
@@ -748,7 +803,13 @@ impl CpuTree {
     /// block, page and node it overwrites before the next fault point. Only page allocation
     /// and an injected fault ([`fault::point`]) fail here; the caller then rolls back from
     /// `undo`.
-    fn apply(&mut self, blocks: &[TouchedBlock], keys: &[u64], undo: &mut Undo) -> Result<()> {
+    fn apply(
+        &mut self,
+        blocks: &[TouchedBlock],
+        keys: &[u64],
+        undo: &mut Undo,
+        witness: bool,
+    ) -> Result<()> {
         let image = Arc::make_mut(&mut self.image);
         undo.image = Some(image.write_blocks(blocks.iter().map(|b| (b.slot, b.block, &b.cells)))?);
         fault::point(|| "the raw image write".into())?;
@@ -763,7 +824,7 @@ impl CpuTree {
                 slot: slot as usize,
                 ..SlotUndo::default()
             };
-            let r = nodes.update(&self.image, slot, group, &mut log);
+            let r = nodes.update(&self.image, slot, group, &mut log, witness);
             undo.slots.push(log);
             r?;
         }
@@ -848,6 +909,7 @@ impl CpuTree {
             0,
             &mut out,
             &mut (Vec::new(), Vec::new()),
+            &mut [],
         );
         out[0]
     }
@@ -934,13 +996,20 @@ impl MemoryTree for CpuTree {
             return Ok(self.root());
         }
         let mut undo = Undo::default();
-        match self.apply(blocks, &keys, &mut undo) {
+        match self.apply(blocks, &keys, &mut undo, false) {
             Ok(()) => Ok(self.root()),
             Err(e) => {
                 self.roll_back(undo);
                 Err(e)
             }
         }
+    }
+
+    fn update_with_witness(
+        &mut self,
+        blocks: &[TouchedBlock],
+    ) -> Result<(Digest, Vec<crate::tree::WitnessRow>)> {
+        self.update_witnessed(blocks)
     }
 
     fn openings(&self, positions: &[(u32, u64)]) -> Result<Vec<Opening>> {

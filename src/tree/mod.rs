@@ -26,6 +26,7 @@ use crate::layout::{check_cell, MemoryLayout, BLOCK_CELLS};
 
 pub use crate::hash::Digest;
 pub use shape::{node_bytes, node_bytes_per_page, stored_base_level, SlotShape};
+pub use witness::WitnessRow;
 
 /// The largest `omitted_levels` accepted: recomputing one level-k node costs 2^k leaf
 /// hashes, so larger values only waste time.
@@ -457,6 +458,20 @@ pub trait MemoryTree: Send + Sync {
     /// # Errors
     /// [`Error::InvalidArgument`] from [`validate_batch`]; the tree is then unchanged.
     fn update(&mut self, blocks: &[TouchedBlock]) -> Result<Digest>;
+    /// Applies one batch as [`MemoryTree::update`] does and also returns its witness: one
+    /// [`WitnessRow`] per parent of a touched node, heights 1..=H, ordered by height then
+    /// index (docs/design.md, "Update witness"; OpenVM's `MemoryMerkleChip` rows). Every
+    /// backend gives the rows of [`reference::ReferenceTree::update_with_witness`]. The
+    /// default takes openings before and after the batch ([`witness::from_openings`]).
+    ///
+    /// # Errors
+    /// As [`MemoryTree::update`]; the tree is then unchanged.
+    fn update_with_witness(
+        &mut self,
+        blocks: &[TouchedBlock],
+    ) -> Result<(Digest, Vec<WitnessRow>)> {
+        witness::from_openings(self, blocks)
+    }
     /// Openings of `(slot, block)` positions against the current root, in request order.
     ///
     /// # Errors

@@ -74,56 +74,6 @@ impl ReferenceTree {
         ((slot as u64) << self.layout.address_height()) | block
     }
 
-    /// Applies `blocks` as [`MemoryTree::update`] does and returns the new root with the
-    /// batch's witness (docs/design.md, "Update witness"): the oracle the other backends'
-    /// witnesses are tested against. Built directly: the touched nodes of every height,
-    /// their children read before the batch and again after it.
-    ///
-    /// # Errors
-    /// As [`MemoryTree::update`]; nothing changes then.
-    pub fn update_with_witness(
-        &mut self,
-        blocks: &[TouchedBlock],
-    ) -> Result<(Digest, Vec<WitnessRow>)> {
-        validate_batch(&self.layout, blocks)?;
-        let h = self.height();
-        // touched[l]: the level-l positions with a touched block below, ascending.
-        let mut touched: Vec<Vec<u64>> = Vec::with_capacity(h as usize + 1);
-        let mut level: Vec<u64> = blocks
-            .iter()
-            .map(|b| self.leaf_index(b.slot, b.block))
-            .collect();
-        level.sort_unstable();
-        for _ in 0..=h {
-            let up: Vec<u64> = level.iter().map(|i| i >> 1).collect();
-            touched.push(level);
-            level = up;
-            level.dedup();
-        }
-        let children = |t: &Self, l: u32, p: u64| [t.node(l - 1, 2 * p), t.node(l - 1, 2 * p + 1)];
-        let mut rows: Vec<WitnessRow> = Vec::new();
-        for l in 1..=h {
-            let below = &touched[l as usize - 1];
-            for &p in &touched[l as usize] {
-                rows.push(WitnessRow {
-                    height: l,
-                    index: (1u64 << (h - l)) + p,
-                    old: children(self, l, p),
-                    new: [Digest::ZERO; 2],
-                    touched: [
-                        below.binary_search(&(2 * p)).is_ok(),
-                        below.binary_search(&(2 * p + 1)).is_ok(),
-                    ],
-                });
-            }
-        }
-        let root = self.update(blocks)?;
-        for r in &mut rows {
-            r.new = children(self, r.height, r.index - (1u64 << (h - r.height)));
-        }
-        Ok((root, rows))
-    }
-
     fn node(&self, level: u32, index: u64) -> Digest {
         self.nodes
             .get(&(level, index))
@@ -169,6 +119,52 @@ impl MemoryTree for ReferenceTree {
             }
         }
         Ok(self.root())
+    }
+
+    /// The oracle the other backends' witnesses are tested against, built directly: the
+    /// touched nodes of every height, their children read before the batch and again after
+    /// it.
+    fn update_with_witness(
+        &mut self,
+        blocks: &[TouchedBlock],
+    ) -> Result<(Digest, Vec<WitnessRow>)> {
+        validate_batch(&self.layout, blocks)?;
+        let h = self.height();
+        // touched[l]: the level-l positions with a touched block below, ascending.
+        let mut touched: Vec<Vec<u64>> = Vec::with_capacity(h as usize + 1);
+        let mut level: Vec<u64> = blocks
+            .iter()
+            .map(|b| self.leaf_index(b.slot, b.block))
+            .collect();
+        level.sort_unstable();
+        for _ in 0..=h {
+            let up: Vec<u64> = level.iter().map(|i| i >> 1).collect();
+            touched.push(level);
+            level = up;
+            level.dedup();
+        }
+        let children = |t: &Self, l: u32, p: u64| [t.node(l - 1, 2 * p), t.node(l - 1, 2 * p + 1)];
+        let mut rows: Vec<WitnessRow> = Vec::new();
+        for l in 1..=h {
+            let below = &touched[l as usize - 1];
+            for &p in &touched[l as usize] {
+                rows.push(WitnessRow {
+                    height: l,
+                    index: (1u64 << (h - l)) + p,
+                    old: children(self, l, p),
+                    new: [Digest::ZERO; 2],
+                    touched: [
+                        below.binary_search(&(2 * p)).is_ok(),
+                        below.binary_search(&(2 * p + 1)).is_ok(),
+                    ],
+                });
+            }
+        }
+        let root = self.update(blocks)?;
+        for r in &mut rows {
+            r.new = children(self, r.height, r.index - (1u64 << (h - r.height)));
+        }
+        Ok((root, rows))
     }
 
     fn openings(&self, positions: &[(u32, u64)]) -> Result<Vec<Opening>> {

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::hash::{compress, leaf_hash, Digest, F};
+use crate::layout::MemoryLayout;
 use crate::tree::{validate_batch, MemoryTree, TouchedBlock};
 
 /// One row of a batch's witness: a node with a touched block below it, with its children
@@ -31,12 +32,55 @@ pub struct WitnessRow {
     pub touched: [bool; 2],
 }
 
+/// Rows in the witness of `blocks` on `layout`: the nodes with a touched block below them,
+/// heights 1..=H. Counted from the blocks' positions alone (a sort, then one pass), so a
+/// caller can bound the witness's size before applying the batch. Repeated positions count
+/// once.
+///
+/// Over the sorted distinct leaves, height `l` has one node more than the last for each
+/// adjacent pair `a < b` that differs above bit `l`, so the total is `H` plus, per pair,
+/// the bit length of `a ^ b` minus one.
+pub fn witness_rows(layout: &MemoryLayout, blocks: &[TouchedBlock]) -> u64 {
+    let ah = layout.address_height();
+    let h = layout.address_space_height() + ah;
+    let mut leaves: Vec<u64> = blocks
+        .iter()
+        .map(|b| (u64::from(b.slot) << ah) | b.block)
+        .collect();
+    leaves.sort_unstable();
+    leaves.dedup();
+    if leaves.is_empty() {
+        return 0;
+    }
+    let pairs: u64 = leaves
+        .windows(2)
+        .map(|w| u64::from(64 - (w[0] ^ w[1]).leading_zeros() - 1))
+        .sum();
+    u64::from(h) + pairs
+}
+
+/// The JSON form of docs/design.md's `replay --json --witness`: `{"height": h, "index": i,
+/// "old": [[8], [8]], "new": [[8], [8]], "touched": [0|1, 0|1]}`, digests as canonical
+/// integers, `[left, right]`.
+impl serde::Serialize for WitnessRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut row = s.serialize_struct("WitnessRow", 5)?;
+        row.serialize_field("height", &self.height)?;
+        row.serialize_field("index", &self.index)?;
+        row.serialize_field("old", &self.old)?;
+        row.serialize_field("new", &self.new)?;
+        row.serialize_field("touched", &self.touched.map(u8::from))?;
+        row.end()
+    }
+}
+
 /// Checks that `rows` is a consistent witness of a transition from `old_root` to
 /// `new_root` in a tree of height `height`: ordered by height then index, at most one row
 /// per node; each row's parent digests (`compress` of its children) appear as the
 /// matching child of the row above it, and the top row's are the roots; an untouched child
 /// is the same before and after; a touched child above height 1 has its own row. An empty
-/// witness needs `old_root == new_root`.
+/// witness needs `old_root == new_root`, unless `height` is 0 (the root is the one leaf).
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] naming the first row (`witness[i]`) that breaks a rule.
@@ -48,7 +92,8 @@ pub fn check_witness(
 ) -> Result<()> {
     let bad = |i: usize, m: String| Error::invalid(format!("witness[{i}]"), m);
     if rows.is_empty() {
-        return match old_root == new_root {
+        // A tree of height 0 is one leaf, its root: no node has children to show.
+        return match height == 0 || old_root == new_root {
             true => Ok(()),
             false => Err(Error::invalid("witness", "empty, but the roots differ")),
         };
@@ -120,8 +165,8 @@ pub fn check_witness(
 ///
 /// # Errors
 /// As [`MemoryTree::update`]; an invalid batch changes nothing.
-pub fn update_with_witness(
-    tree: &mut dyn MemoryTree,
+pub fn from_openings<T: MemoryTree + ?Sized>(
+    tree: &mut T,
     blocks: &[TouchedBlock],
 ) -> Result<(Digest, Vec<WitnessRow>)> {
     validate_batch(tree.layout(), blocks)?;

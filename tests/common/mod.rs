@@ -81,3 +81,45 @@ pub fn check_openings(
         memcommit::tree::verify_opening(&tree.root(), layout, o).expect("opening verifies");
     }
 }
+
+/// Builds a tree with `build` and the reference over the image of `image_blocks`, then
+/// applies each batch to both with its witness: the roots and the rows must be equal, and
+/// the rows must pass `check_witness` from the old root to the new.
+pub fn check_witness_against_reference<T: memcommit::tree::MemoryTree + ?Sized>(
+    build: impl Fn(&MemoryLayout, Arc<MemoryImage>, u32) -> Box<T>,
+    witness: impl Fn(
+        &mut T,
+        &[TouchedBlock],
+    ) -> memcommit::Result<(Digest, Vec<memcommit::tree::WitnessRow>)>,
+    layout: &MemoryLayout,
+    k: u32,
+    image_blocks: &[TouchedBlock],
+    batches: &[Vec<TouchedBlock>],
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use memcommit::tree::MemoryTree;
+    let image = image_with(layout, image_blocks);
+    let mut reference =
+        memcommit::tree::reference::ReferenceTree::build(layout.clone(), image.clone(), k);
+    let mut tree = build(layout, image, k);
+    let h = layout.address_space_height() + layout.address_height();
+    for batch in batches {
+        let old = reference.root();
+        proptest::prop_assert_eq!(tree.root(), old);
+        let (want_root, want) = reference.update_with_witness(batch).expect("reference");
+        let (root, rows) = witness(&mut tree, batch).expect("valid batch");
+        proptest::prop_assert_eq!(root, want_root);
+        proptest::prop_assert_eq!(rows.len(), want.len());
+        proptest::prop_assert_eq!(
+            memcommit::tree::witness::witness_rows(layout, batch),
+            rows.len() as u64,
+            "witness_rows"
+        );
+        if let Some(i) = (0..rows.len()).find(|&i| rows[i] != want[i]) {
+            proptest::prop_assert_eq!(rows[i], want[i], "row {}", i);
+        }
+        if let Err(e) = memcommit::tree::witness::check_witness(&rows, h, &old, &root) {
+            proptest::prop_assert!(false, "inconsistent witness: {}", e);
+        }
+    }
+    Ok(())
+}
