@@ -5,7 +5,12 @@
 //!   = one width-8 matrix, so both compute the same root);
 //! - `update/*`: batches of 1 to 64Ki random distinct touched blocks on a 2^20-leaf tree (a
 //!   single block shares no node with another, the worst case per block), per block,
-//!   against `perm/*`, the measured cost of one permutation (scalar and packed per lane).
+//!   against `perm/*`, the measured cost of one permutation (scalar and packed per lane);
+//! - `update_witness/*`: batches of 1, 1Ki and 64Ki blocks on the same tree applied with
+//!   their witness (`update_with_witness`), against `update/*` with the same sizes and k.
+//!
+//! Like the `memcommit` binary, the benches keep freed memory mapped
+//! (`memcommit::malloc::keep_freed_memory`).
 //!
 //! `scripts/bench-summary.py` turns criterion's estimates into those ratios.
 
@@ -112,6 +117,7 @@ fn random_batch(log_leaves: u32, n: usize, seed: u64) -> Vec<TouchedBlock> {
 }
 
 fn bench_update(c: &mut Criterion) {
+    memcommit::malloc::keep_freed_memory();
     let mut group = c.benchmark_group("update");
     group.sample_size(10);
     let log_leaves = 20;
@@ -144,5 +150,31 @@ fn bench_perm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_perm, bench_build, bench_update);
+fn bench_update_witness(c: &mut Criterion) {
+    memcommit::malloc::keep_freed_memory();
+    let mut group = c.benchmark_group("update_witness");
+    group.sample_size(10);
+    let log_leaves = 20;
+    let (layout, cells) = field_space(log_leaves);
+    let image = image_of(&layout, &cells);
+    for k in [0u32, 3] {
+        let mut tree = tree::build(Backend::Cpu, layout.clone(), image.clone(), k).expect("build");
+        for n in [1usize, 1024, 65536] {
+            let batch = random_batch(log_leaves, n, n as u64);
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_function(BenchmarkId::new(format!("k{k}_2pow{log_leaves}"), n), |b| {
+                b.iter(|| tree.update_with_witness(black_box(&batch)).expect("update"))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_perm,
+    bench_build,
+    bench_update,
+    bench_update_witness
+);
 criterion_main!(benches);

@@ -5,7 +5,8 @@ Run after `cargo bench --bench cpu_tree`. Reads target/criterion/*/*/new/estimat
 (medians, nanoseconds) and prints:
   - build throughput of memcommit (k=0, k=3) over p3-merkle-tree on the same leaves;
   - update cost per touched block against (tree height + 2*2^k) permutations, using the
-    measured cost of one permutation (packed per lane, and scalar).
+    measured cost of one permutation (packed per lane, and scalar);
+  - the update with its witness over the plain update, per batch size and k (issue 13).
 """
 import json
 import pathlib
@@ -57,3 +58,14 @@ for k in (0, 3):
         r_scalar = per_block / (1.5 * budget_perms * perm_scalar)
         print(f"  k={k} {n:>6} blocks: {per_block:8.0f} ns/block = {per_block / perm_packed:5.1f} packed perms;"
               f" ratio {r_packed:.2f} (packed perm), {r_scalar:.2f} (scalar perm)")
+
+print()
+print("update with its witness on 2^20 leaves: update_witness / update, same batch sizes"
+      " (targets at 64Ki blocks: <= 1.1 at k=0, <= 1.9 at k=3)")
+for k in (0, 3):
+    for n in (1, 1024, 65536):
+        plain = median_ns("update", f"k{k}_2pow{h}", n)
+        witnessed = median_ns("update_witness", f"k{k}_2pow{h}", n)
+        if plain and witnessed:
+            print(f"  k={k} {n:>6} blocks: {witnessed / 1e6:8.3f} ms vs {plain / 1e6:8.3f} ms"
+                  f" = {witnessed / plain:.2f}x")

@@ -8,6 +8,7 @@ pub mod hash;
 pub mod image;
 pub mod layout;
 pub mod load;
+pub mod malloc;
 pub mod replay;
 pub mod tree;
 

@@ -6,5 +6,6 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    memcommit::malloc::keep_freed_memory();
     cli::main(cli::Cli::parse())
 }

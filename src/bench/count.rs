@@ -94,6 +94,55 @@ pub fn update_permutations(
     total + distinct_ancestors(&mut slots, layout.address_space_height())
 }
 
+/// Permutations the CPU tree's witness adds to an update batch
+/// ([`crate::tree::MemoryTree::update_with_witness`]): in each touched slot stored from
+/// level `b > 0` (with `b` at most the page levels), a leaf hash of every touched block's
+/// old cells and one compression per distinct ancestor at levels `1..b` (the old nodes
+/// below the stored base level, folded up from the old leaves). Nothing at `k = 0`, where
+/// every old node is stored. A slot with `b` above its page levels takes the generic
+/// witness, two openings per block, which this does not count.
+pub fn witness_permutations(layout: &MemoryLayout, k: u32, blocks: &[TouchedBlock]) -> u64 {
+    let mut keys: Vec<u64> = blocks.iter().map(block_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut total = 0;
+    for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
+        let slot = (group[0] >> 32) as usize;
+        let Some(s) =
+            SlotShape::of(layout, slot, k).filter(|s| s.base > 0 && s.pages_store_nodes())
+        else {
+            continue;
+        };
+        let mut nodes: Vec<u64> = group.iter().map(|key| key & 0xffff_ffff).collect();
+        total += nodes.len() as u64 + distinct_ancestors(&mut nodes, s.base - 1);
+    }
+    total
+}
+
+/// The update's own permutations below the stored base level: `2^(b+1) − 1` per distinct
+/// level-`b` ancestor of the touched blocks, in slots whose pages store nodes. The witness
+/// recomputes the old side of these at most once, so [`witness_permutations`] stays under
+/// this (docs/design.md, "Update witness").
+pub fn below_base_permutations(layout: &MemoryLayout, k: u32, blocks: &[TouchedBlock]) -> u64 {
+    let mut keys: Vec<u64> = blocks.iter().map(block_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut total = 0;
+    for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
+        let slot = (group[0] >> 32) as usize;
+        let Some(s) = SlotShape::of(layout, slot, k).filter(|s| s.pages_store_nodes()) else {
+            continue;
+        };
+        let mut roots: Vec<u64> = group
+            .iter()
+            .map(|key| (key & 0xffff_ffff) >> s.base)
+            .collect();
+        roots.dedup();
+        total += roots.len() as u64 * ((2u64 << s.base) - 1);
+    }
+    total
+}
+
 /// Permutations of openings at (valid) `positions` at `omitted_levels = k` on `backend`:
 /// only the siblings below a slot's stored base level `b` are hashed, from raw memory, and
 /// nothing in an absent page. Below the page level, with `m = min(b, q)`: the CPU tree
@@ -219,6 +268,22 @@ mod tests {
         image.write(0, 0, &[1]).unwrap();
         image.write(0, 127 * 4096, &[1]).unwrap();
         assert_eq!(build_permutations(&l, &image), 2 * 1023 + 7 + 6);
+    }
+
+    #[test]
+    fn witness_counts_old_leaves_and_their_ancestors_below_k() {
+        let l = layout(&[8 << 10], None, None); // h = 10, q = 9
+        let blocks = [touched(0, 0), touched(0, 1), touched(0, 9)];
+        // k = 0: every old node is logged.
+        assert_eq!(witness_permutations(&l, 0, &blocks), 0);
+        // k = 3: 3 old leaves, level 1 {0, 4}, level 2 {0, 2}.
+        assert_eq!(witness_permutations(&l, 3, &blocks), 3 + 2 + 2);
+        // The update's own count below k = 3: level-3 nodes {0, 1}, 15 each.
+        assert_eq!(below_base_permutations(&l, 3, &blocks), 30);
+        // k = 10 > q: the generic witness, not counted.
+        let l11 = layout(&[8 << 11], None, None);
+        assert_eq!(witness_permutations(&l11, 10, &blocks), 0);
+        assert_eq!(below_base_permutations(&l11, 10, &blocks), 0);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod count;
 pub mod replay;
 pub mod sparse;
 pub mod system;
+pub mod witness;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +62,16 @@ pub struct BenchConfig {
     /// `omitted_levels` of the sparse case.
     #[serde(default)]
     pub sparse_omitted_levels: Vec<u32>,
+    /// Batch sizes of the witness case ([`witness::run_case`]), in blocks; empty: no
+    /// witness case.
+    #[serde(default)]
+    pub witness: Vec<u64>,
+    /// `omitted_levels` of the witness case.
+    #[serde(default)]
+    pub witness_omitted_levels: Vec<u32>,
+    /// Blocks of the witness case's slot, as a power of two.
+    #[serde(default)]
+    pub witness_log_leaves: u32,
 }
 
 impl BenchConfig {
@@ -80,6 +91,10 @@ impl BenchConfig {
         n + (self.traces.len() * self.trace_backends().len() * self.omitted_levels.len()) as u64
             + (self.sparse.len() * self.sparse_omitted_levels.len() * self.trace_backends().len())
                 as u64
+            + ((self.witness.len() + 1)
+                * self.witness_omitted_levels.len()
+                * self.trace_backends().len()) as u64
+                * u64::from(!self.witness.is_empty())
     }
 
     /// Backends the traces are replayed on: the reference tree is left out, being scalar and
@@ -209,6 +224,12 @@ pub struct BenchReport {
     /// The sparse case, one row per (fraction, k, backend).
     #[serde(default)]
     pub sparse: Vec<sparse::SparseRow>,
+    /// The witness case, one row per (backend, k, batch size).
+    #[serde(default)]
+    pub witness: Vec<witness::WitnessCase>,
+    /// The witness's wire form, one row per (backend, k).
+    #[serde(default)]
+    pub witness_codec: Vec<witness::WitnessCodec>,
     /// Wall time of the whole sweep, seconds.
     pub wall_s: f64,
 }
@@ -424,6 +445,8 @@ pub fn run(config: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Bench
         rows: Vec::new(),
         traces: Vec::new(),
         sparse: Vec::new(),
+        witness: Vec::new(),
+        witness_codec: Vec::new(),
         wall_s: 0.0,
     };
     let mut seed = 1u64;
@@ -475,6 +498,28 @@ pub fn run(config: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Bench
                     .sparse
                     .push(sparse::run_case(fraction, k, backend, repeats, seed)?);
             }
+        }
+    }
+    let witness_ks = match config.witness.is_empty() {
+        true => &[][..],
+        false => &config.witness_omitted_levels[..],
+    };
+    for &k in witness_ks {
+        tree::check_omitted_levels(k)?;
+        for backend in config.trace_backends() {
+            seed += 1;
+            let (rows, codec) = witness::run_case(
+                config.witness_log_leaves,
+                k,
+                backend,
+                &config.witness,
+                repeats,
+                seed,
+                true,
+                &mut progress,
+            )?;
+            report.witness.extend(rows);
+            report.witness_codec.extend(codec);
         }
     }
     report.wall_s = started.elapsed().as_secs_f64();

@@ -27,7 +27,8 @@ the same pages packed into one slot.\n\n\
 Examples:\n  memcommit bench --quick --out /tmp/bench\n  memcommit bench --out bench \
 --min-bytes 1048576 --max-bytes 268435456 --cells u8 --omitted-levels 0,3\n  memcommit bench --out bench \
 --no-sweep --trace tests/data/sqlite3.trace.zst --omitted-levels 0,3 --repeats 5\n  \
-memcommit bench --out bench --no-sweep --sparse 0.001,0.01,1 --sparse-omitted-levels 3"
+memcommit bench --out bench --no-sweep --sparse 0.001,0.01,1 --sparse-omitted-levels 3\n  \
+memcommit bench --out bench --no-sweep --witness 1,1024,65536 --witness-omitted-levels 0,3"
 )]
 pub struct Args {
     /// Directory for bench.json and bench.svg (created if missing).
@@ -83,6 +84,19 @@ pub struct Args {
     /// omitted_levels of the sparse case, comma-separated. Default 3.
     #[arg(long, value_delimiter = ',', value_name = "K,...")]
     sparse_omitted_levels: Option<Vec<u32>>,
+    /// The witness case: batches of these many random blocks on one field slot of
+    /// 2^--witness-log-leaves blocks, each applied with and without its witness (the
+    /// Merkle-chip rows, UpdateBlocks.return_witness) in the same run; plus the encode and
+    /// decode time of the witness of a batch of every block. Default 1,1024,65536 (--quick
+    /// and --no-sweep: none); 0 skips it.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    witness: Option<Vec<u64>>,
+    /// omitted_levels of the witness case, comma-separated. Default 0,3.
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    witness_omitted_levels: Option<Vec<u32>>,
+    /// Blocks of the witness case's slot, as a power of two (1..=24).
+    #[arg(long, value_name = "LOG2", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=24))]
+    witness_log_leaves: u32,
 }
 
 fn parse_cell(s: &str) -> Result<CellType, String> {
@@ -197,7 +211,25 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
     {
         bail!("--sparse-omitted-levels {k} exceeds the maximum {MAX_OMITTED_LEVELS}");
     }
+    let mut witness = args.witness.clone().unwrap_or_else(|| {
+        if args.no_sweep || q {
+            vec![]
+        } else {
+            vec![1, 1024, 65536]
+        }
+    });
+    witness.retain(|&n| n != 0);
+    let witness_omitted_levels = args.witness_omitted_levels.clone().unwrap_or(vec![0, 3]);
+    if let Some(k) = witness_omitted_levels
+        .iter()
+        .find(|&&k| k > MAX_OMITTED_LEVELS)
+    {
+        bail!("--witness-omitted-levels {k} exceeds the maximum {MAX_OMITTED_LEVELS}");
+    }
     Ok(BenchConfig {
+        witness,
+        witness_omitted_levels,
+        witness_log_leaves: args.witness_log_leaves,
         sizes,
         cells,
         omitted_levels,
@@ -278,6 +310,64 @@ fn print_table(r: &BenchReport) {
     }
     if !r.sparse.is_empty() {
         print_sparse(r);
+    }
+    if !r.witness.is_empty() {
+        print_witness(r);
+    }
+}
+
+/// The witness case: each batch with its witness against the same batch without, and the
+/// wire form's cost against the update it describes.
+fn print_witness(r: &BenchReport) {
+    println!(
+        "\nwitness: random batches on one field slot, each applied with and without its \
+         witness, alternating, {} repeats; (x) = with / without; perms per touched block: \
+         update, with witness, bound (update + its count below level k)",
+        r.config.repeats
+    );
+    println!(
+        "{:<7} {:>2} {:>9} {:>7} {:>10} {:>17} {:>9} {:>27} {:>9}",
+        "backend",
+        "k",
+        "leaves",
+        "batch",
+        "update ms",
+        "+witness ms (x)",
+        "rows",
+        "perms/block",
+        "B/row"
+    );
+    for w in &r.witness {
+        println!(
+            "{:<7} {:>2} {:>9} {:>7} {:>10.3} {:>17} {:>9} {:>27} {:>9.1}",
+            w.backend.name(),
+            w.k,
+            w.leaves,
+            w.batch,
+            w.update.median_ms,
+            format!("{:.3} ({:.2}x)", w.with_witness.median_ms, w.ratio),
+            w.rows,
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                w.update_perms_per_block, w.with_witness_perms_per_block, w.bound_perms_per_block
+            ),
+            w.wire_bytes_per_row
+        );
+    }
+    for c in &r.witness_codec {
+        println!(
+            "wire form, {} k={}: {} rows, {} MiB; encode {:.1} ms ({:.3}x the update's {:.1} \
+             ms), decode {:.1} ms ({:.3}x)",
+            c.backend.name(),
+            c.k,
+            c.rows,
+            mib(c.wire_bytes),
+            c.encode.median_ms,
+            c.encode_vs_update,
+            c.update.median_ms,
+            c.decode.median_ms,
+            c.decode_vs_update
+        );
     }
 }
 

@@ -165,6 +165,9 @@ struct SlotUndo {
     /// For the witness only: `below[t]` (`t < b`) holds level `t` of every recomputed
     /// level-`b` subtree after the batch, side by side in key order.
     below: Vec<Vec<Digest>>,
+    /// For the witness only: `pairs[j]` holds the new children of every recomputed node of
+    /// level `b + 1 + j`, in index order, as the update read them to compress them.
+    pairs: Vec<Vec<(Digest, Digest)>>,
 }
 
 /// One level's overwritten nodes: their indices (sorted, distinct) and old digests.
@@ -281,6 +284,31 @@ fn compress_into(
             .enumerate()
             .for_each(|(t, out)| task(t, out));
     }
+}
+
+/// [`compress_into`]; with `keep`, the children are first gathered into a new entry of
+/// `keep` (the witness's new children, read once as the update reads them anyway) and
+/// compressed from there.
+fn compress_level(
+    out: &mut Vec<Digest>,
+    n: usize,
+    keep: Option<&mut Vec<Vec<(Digest, Digest)>>>,
+    children: impl Fn(usize) -> (Digest, Digest) + Sync,
+) {
+    let Some(keep) = keep else {
+        return compress_into(out, n, children);
+    };
+    let mut pairs = vec![(Digest::ZERO, Digest::ZERO); n];
+    pairs
+        .par_chunks_mut(PARENTS_PER_TASK)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            for (i, p) in chunk.iter_mut().enumerate() {
+                *p = children(t * PARENTS_PER_TASK + i);
+            }
+        });
+    compress_into(out, n, |j| pairs[j]);
+    keep.push(pairs);
 }
 
 /// Compresses `pairs` of `(left, right)` digests.
@@ -528,7 +556,8 @@ impl SlotNodes {
                 parents_in_pages(&mut dirty, &mut ids);
                 let pages = &self.pages;
                 let at = |j: usize| self.page_pos(ids[j], l - 1, 2 * dirty[j]);
-                compress_into(&mut fresh, dirty.len(), |j| {
+                let keep = witness.then_some(&mut log.pairs);
+                compress_level(&mut fresh, dirty.len(), keep, |j| {
                     (pages[at(j)], pages[at(j) + 1])
                 });
                 self.swap_page_nodes(&ids, l, &dirty, &mut fresh, log);
@@ -549,7 +578,8 @@ impl SlotNodes {
         for l in level + 1..=s.height {
             halve_dedup(&mut dirty);
             let this = &*self;
-            compress_into(&mut fresh, dirty.len(), |j| {
+            let keep = witness.then_some(&mut log.pairs);
+            compress_level(&mut fresh, dirty.len(), keep, |j| {
                 (
                     this.node(image, slot, l - 1, 2 * dirty[j]),
                     this.node(image, slot, l - 1, 2 * dirty[j] + 1),

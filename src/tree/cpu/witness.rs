@@ -11,6 +11,8 @@
 //! A slot whose base level lies above its page subtrees (`k` > [`crate::image::PAGE_LEVELS`])
 //! takes the generic path, [`crate::tree::witness::from_openings`].
 
+use rayon::prelude::*;
+
 use super::{compress_all, zero, CpuTree, SlotNodes, SlotUndo, Undo};
 use crate::error::Result;
 use crate::hash::{leaf_hash_many_canonical, Digest};
@@ -18,47 +20,54 @@ use crate::layout::BLOCK_CELLS;
 use crate::tree::witness::{from_openings, WitnessRow};
 use crate::tree::{validated_keys, MemoryTree, TouchedBlock};
 
-/// A touched node of one level: a touched block or a node with one below it.
-#[derive(Clone, Copy)]
-struct Touched {
-    index: u64,
-    old: Digest,
-    new: Digest,
-}
+/// A row to be overwritten: the output is allocated whole, then filled in place.
+const BLANK: WitnessRow = WitnessRow {
+    height: 0,
+    index: 0,
+    old: [Digest::ZERO; 2],
+    new: [Digest::ZERO; 2],
+    touched: [false; 2],
+};
 
-/// Appends to `out` one row per distinct parent of `children` (one level's touched nodes,
-/// sorted by index): the parents' height is `height`, and the heap index of the level's
-/// node 0 is `heap_base`. `sibling(j, c)` gives the untouched child `c`, whose touched
-/// sibling is `children[j]`; the batch did not change it.
+/// Fills `out` (one row per distinct parent of `children`) from `children` (one level's
+/// touched nodes, sorted by index, with their digests before the batch) and `pairs[j]`, the
+/// new children of the `j`-th parent. The parents' height is `height`, and the heap index
+/// of their level's node 0 is `heap_base`. An untouched child did not change, so its new
+/// digest is also its old one.
 fn emit_rows(
-    children: &[Touched],
+    children: &[(u64, Digest)],
+    pairs: &[(Digest, Digest)],
     height: u32,
     heap_base: u64,
-    sibling: impl Fn(usize, u64) -> Digest,
-    out: &mut Vec<WitnessRow>,
+    out: &mut [WitnessRow],
 ) {
-    let mut j = 0;
-    while j < children.len() {
-        let c = children[j];
-        let row = |old: [Digest; 2], new: [Digest; 2], touched: [bool; 2]| WitnessRow {
+    debug_assert_eq!(out.len(), pairs.len());
+    let mut i = 0;
+    for (row, &(left, right)) in out.iter_mut().zip(pairs) {
+        let parent = children.get(i).map_or(0, |c| c.0 >> 1);
+        *row = WitnessRow {
             height,
-            index: heap_base + (c.index >> 1),
-            old,
-            new,
-            touched,
+            index: heap_base + parent,
+            old: [left, right],
+            new: [left, right],
+            touched: [false; 2],
         };
-        out.push(if c.index & 1 == 1 {
-            let s = sibling(j, c.index ^ 1);
-            row([s, c.old], [s, c.new], [false, true])
-        } else if let Some(r) = children.get(j + 1).filter(|r| r.index == c.index + 1) {
-            j += 1;
-            row([c.old, r.old], [c.new, r.new], [true, true])
-        } else {
-            let s = sibling(j, c.index ^ 1);
-            row([c.old, s], [c.new, s], [true, false])
-        });
-        j += 1;
+        while let Some(&(c, old)) = children.get(i).filter(|c| c.0 >> 1 == parent) {
+            let side = (c & 1) as usize;
+            row.old[side] = old;
+            row.touched[side] = true;
+            i += 1;
+        }
     }
+    debug_assert_eq!(i, children.len(), "a parent without its pair");
+}
+
+/// Below this many touched nodes in a slot, its rows are written on one thread.
+const SEQUENTIAL_ROWS: usize = 16 * 1024;
+
+/// Touched nodes over all levels.
+fn indices_total(levels: &[(u32, Vec<(u64, Digest)>)]) -> usize {
+    levels.iter().map(|l| l.1.len()).sum()
 }
 
 /// Sorted distinct indices, one level up.
@@ -66,6 +75,35 @@ fn halve(indices: &[u64]) -> Vec<u64> {
     let mut up: Vec<u64> = indices.iter().map(|i| i >> 1).collect();
     up.dedup();
     up
+}
+
+/// Splits the next `n` rows off the front of `rest`.
+fn take<'a>(rest: &mut &'a mut [WitnessRow], n: usize) -> &'a mut [WitnessRow] {
+    let all = std::mem::take(rest);
+    let (head, tail) = all.split_at_mut(n.min(all.len()));
+    *rest = tail;
+    head
+}
+
+/// Rows per height (index 0 unused) of the witness of sorted distinct block `keys`:
+/// height `l` has one row per distinct `leaf >> l`, which over sorted leaves is one, plus
+/// one for each adjacent pair that differs above bit `l`.
+fn rows_per_height(layout: &crate::layout::MemoryLayout, keys: &[u64]) -> Vec<usize> {
+    let ah = layout.address_height();
+    let h = (layout.address_space_height() + ah) as usize;
+    let leaf = |k: u64| ((k >> 32) << ah) | (k & 0xffff_ffff);
+    // diff[m] counts pairs whose leaves first agree at height m.
+    let mut diff = vec![0usize; h + 2];
+    for w in keys.windows(2) {
+        diff[(64 - (leaf(w[0]) ^ leaf(w[1])).leading_zeros()) as usize] += 1;
+    }
+    let mut counts = vec![0usize; h + 1];
+    let mut differing = keys.len().saturating_sub(1);
+    for (l, count) in counts.iter_mut().enumerate().skip(1) {
+        differing -= diff[l];
+        *count = 1 + differing;
+    }
+    counts
 }
 
 impl CpuTree {
@@ -96,19 +134,22 @@ impl CpuTree {
             self.roll_back(undo);
             return Err(e);
         }
-        let h = self.layout.address_space_height() + self.layout.address_height();
-        let mut rows: Vec<Vec<WitnessRow>> = vec![Vec::new(); h as usize + 1];
-        let mut roots = Vec::new();
+        // The whole witness at once, cut into one slice per height that each slot (in
+        // order) then the top tree fill from the front: rows come out by height, then index.
+        let counts = rows_per_height(&self.layout, &keys);
+        let mut out = vec![BLANK; counts.iter().sum()];
+        let mut heights: Vec<&mut [WitnessRow]> = Vec::with_capacity(counts.len());
+        let mut rest = out.as_mut_slice();
+        for &n in &counts {
+            heights.push(take(&mut rest, n));
+        }
         for ((group, log), leaves) in groups().zip(&undo.slots).zip(&old_leaves) {
             if let Some(nodes) = &self.slots[log.slot] {
-                roots.push(self.slot_rows(nodes, group, log, leaves, &mut rows));
+                self.slot_rows(nodes, group, log, leaves, &mut heights);
             }
         }
-        self.top_rows(&undo, &roots, &mut rows);
-        let mut out = Vec::with_capacity(rows.iter().map(Vec::len).sum());
-        for level in rows {
-            out.extend(level);
-        }
+        self.top_rows(&undo, &mut heights);
+        debug_assert!(heights.iter().all(|h| h.is_empty()), "rows left unfilled");
         Ok((self.root(), out))
     }
 
@@ -128,194 +169,154 @@ impl CpuTree {
         out
     }
 
-    /// Appends one slot's rows (heights 1..=address_height) to `rows[height]` and returns
-    /// its root before and after the batch.
+    /// Fills one slot's rows (heights 1..=address_height) at the front of `heights[h]`.
     fn slot_rows(
         &self,
         nodes: &SlotNodes,
         group: &[u64],
         log: &SlotUndo,
         old_leaves: &[Digest],
-        rows: &mut [Vec<WitnessRow>],
-    ) -> Touched {
+        heights: &mut [&mut [WitnessRow]],
+    ) {
         let slot = log.slot as u32;
         let s = nodes.shape;
-        let (b, q) = (s.base, s.page_levels);
+        let (b, q, h) = (s.base, s.page_levels, s.height);
         let ah = self.layout.address_height();
         let top = self.layout.address_space_height() + ah;
         // Heap index of the slot's node 0 at level l.
         let base = |l: u32| (1u64 << (top - l)) + ((slot as u64) << (ah - l));
         let mut indices: Vec<u64> = group.iter().map(|k| k & 0xffff_ffff).collect();
-        let mut level: Vec<Touched> = Vec::new();
         if b > 0 {
-            level = below_base(&indices, b, log, old_leaves, &base, rows);
-            indices = level.iter().map(|t| t.index).collect();
-        } else {
-            indices.dedup();
+            indices = below_base(&indices, b, log, old_leaves, &base, heights);
         }
-        // Levels b..=q from the page log, in the order the update wrote them.
-        let mut logged = log.page_nodes.iter();
-        let mut positions: Vec<usize> = Vec::new();
-        for l in b..=q {
-            positions.clear();
-            level.clear();
-            for (&index, &(pos, old)) in indices.iter().zip(logged.by_ref()) {
-                positions.push(pos);
-                level.push(Touched {
-                    index,
-                    old,
-                    new: nodes.pages[pos],
-                });
-            }
-            if l == s.height {
-                break;
-            }
-            let sibling = |j: usize, c: u64| match l < q {
-                // A sibling below the page root shares its page.
-                true if c & 1 == 1 => nodes.pages[positions[j] + 1],
-                true => nodes.pages[positions[j] - 1],
-                false => nodes.node(&self.image, slot, l, c),
-            };
-            emit_rows(
-                &level,
-                l + 1,
-                base(l + 1),
-                sibling,
-                &mut rows[l as usize + 1],
-            );
-            indices = halve(&indices);
-        }
-        // The upper levels q+1..=h from their log.
-        let mut logged = log.upper.iter();
-        for l in q + 1..=s.height {
-            level.clear();
-            for (&index, &(j, i, old)) in indices.iter().zip(logged.by_ref()) {
-                level.push(Touched {
-                    index,
-                    old: old.unwrap_or(*zero(l)),
-                    new: nodes.upper[j].get(i, zero(l)),
-                });
-            }
-            if l < s.height {
-                let sibling = |_: usize, c: u64| nodes.node(&self.image, slot, l, c);
-                emit_rows(
-                    &level,
-                    l + 1,
-                    base(l + 1),
-                    sibling,
-                    &mut rows[l as usize + 1],
-                );
+        // Levels b..=h: the touched nodes (the update wrote them in this order, page levels
+        // b..=q then the upper ones, so the log's old digests follow level by level), and
+        // their parents' rows from the new children the update kept.
+        let mut levels: Vec<(u32, Vec<(u64, Digest)>)> = Vec::new();
+        let mut page_log = log.page_nodes.iter().map(|&(_, old)| old);
+        let mut upper_log = log.upper.iter().map(|&(_, _, old)| old);
+        for l in b..=h {
+            let level: Vec<(u64, Digest)> = indices
+                .iter()
+                .map(|&i| {
+                    let old = match l <= q {
+                        true => page_log.next(),
+                        false => upper_log.next().map(|old| old.unwrap_or(*zero(l))),
+                    };
+                    (i, old.unwrap_or(Digest::ZERO))
+                })
+                .collect();
+            levels.push((l, level));
+            if l < h {
                 indices = halve(&indices);
             }
         }
-        // The vertical path: each node's right child is a zero subtree.
-        let mut node = level[0];
-        for (j, (&old, &new)) in log.vertical.iter().zip(&nodes.vertical).enumerate() {
-            let l = s.height + j as u32;
-            let z = *zero(l);
-            rows[l as usize + 1].push(WitnessRow {
-                height: l + 1,
-                index: base(l + 1),
-                old: [node.old, z],
-                new: [node.new, z],
-                touched: [true, false],
-            });
-            node = Touched { index: 0, old, new };
+        let mut tasks = Vec::with_capacity(levels.len());
+        for ((l, level), pairs) in levels.iter().zip(&log.pairs) {
+            let out = take(&mut heights[*l as usize + 1], pairs.len());
+            tasks.push((*l, level, pairs, out));
         }
-        node.index = slot as u64;
-        node
+        // Levels in parallel, unless they are too small to pay for rayon.
+        match indices_total(&levels) < SEQUENTIAL_ROWS {
+            true => tasks.into_iter().for_each(|(l, level, pairs, out)| {
+                emit_rows(level, pairs, l + 1, base(l + 1), out)
+            }),
+            false => tasks.into_par_iter().for_each(|(l, level, pairs, out)| {
+                emit_rows(level, pairs, l + 1, base(l + 1), out)
+            }),
+        }
+        // The vertical path: each node's right child is a zero subtree.
+        let mut old = levels
+            .last()
+            .and_then(|l| l.1.first())
+            .map_or(Digest::ZERO, |n| n.1);
+        let mut new = nodes.node(&self.image, slot, h, 0);
+        for (j, (&old_up, &new_up)) in log.vertical.iter().zip(&nodes.vertical).enumerate() {
+            let l = h + j as u32;
+            let z = *zero(l);
+            let row = take(&mut heights[l as usize + 1], 1);
+            if let Some(row) = row.first_mut() {
+                *row = WitnessRow {
+                    height: l + 1,
+                    index: base(l + 1),
+                    old: [old, z],
+                    new: [new, z],
+                    touched: [true, false],
+                };
+            }
+            (old, new) = (old_up, new_up);
+        }
     }
 
-    /// Appends the top tree's rows (heights above address_height), given the touched slots'
-    /// roots before and after the batch, in slot order.
-    fn top_rows(&self, undo: &Undo, roots: &[Touched], rows: &mut [Vec<WitnessRow>]) {
+    /// Fills the top tree's rows (heights above address_height), from the touched slots'
+    /// roots and the top levels' old digests in the undo log.
+    fn top_rows(&self, undo: &Undo, heights: &mut [&mut [WitnessRow]]) {
         let ah = self.layout.address_height();
         let ash = self.layout.address_space_height();
-        let mut level = roots.to_vec();
         for t in 1..=ash {
-            let below = &self.top[t as usize - 1];
-            let sibling = |_: usize, c: u64| below[c as usize];
-            emit_rows(
-                &level,
-                ah + t,
-                1u64 << (ash - t),
-                sibling,
-                &mut rows[(ah + t) as usize],
-            );
-            let Some((indices, old)) = undo.top.get(t as usize) else {
-                break;
+            let Some((indices, old)) = undo.top.get(t as usize - 1) else {
+                return;
             };
-            let now = &self.top[t as usize];
-            level = indices
+            let below = &self.top[t as usize - 1];
+            let level: Vec<(u64, Digest)> =
+                indices.iter().copied().zip(old.iter().copied()).collect();
+            let pairs: Vec<(Digest, Digest)> = halve(indices)
                 .iter()
-                .zip(old)
-                .map(|(&i, &old)| Touched {
-                    index: i,
-                    old,
-                    new: now[i as usize],
-                })
+                .map(|&p| (below[2 * p as usize], below[2 * p as usize + 1]))
                 .collect();
+            let out = take(&mut heights[(ah + t) as usize], pairs.len());
+            emit_rows(&level, &pairs, ah + t, 1u64 << (ash - t), out);
         }
     }
 }
 
-/// Rows of heights 1..=b for one slot's touched blocks `blocks` (sorted distinct), from
-/// the new subtrees the update kept and the old leaves; returns the touched level-`b`
-/// nodes with their digests taken from nowhere yet (indices only are used).
+/// Fills the rows of heights 1..=b for one slot's touched blocks `blocks` (sorted
+/// distinct), from the new subtrees the update kept and the old leaves folded up; returns
+/// the touched level-`b` indices.
 fn below_base(
     blocks: &[u64],
     b: u32,
     log: &SlotUndo,
     old_leaves: &[Digest],
     base: &impl Fn(u32) -> u64,
-    rows: &mut [Vec<WitnessRow>],
-) -> Vec<Touched> {
-    let mut roots: Vec<u64> = blocks.iter().map(|i| i >> b).collect();
-    roots.dedup();
-    // Level t's node c after the batch: in its level-b subtree's window of below[t].
-    let kept = |t: u32, c: u64| {
-        let up = b - t;
-        let j = roots.partition_point(|&r| r < c >> up);
-        log.below[t as usize][(j << up) + (c & ((1u64 << up) - 1)) as usize]
+    heights: &mut [&mut [WitnessRow]],
+) -> Vec<u64> {
+    let roots: Vec<u64> = {
+        let mut r: Vec<u64> = blocks.iter().map(|i| i >> b).collect();
+        r.dedup();
+        r
     };
-    let mut level: Vec<Touched> = blocks
+    let mut level: Vec<(u64, Digest)> = blocks
         .iter()
-        .zip(old_leaves)
-        .map(|(&index, &old)| Touched {
-            index,
-            old,
-            new: kept(0, index),
-        })
+        .copied()
+        .zip(old_leaves.iter().copied())
         .collect();
     for t in 0..b {
-        let out = &mut rows[t as usize + 1];
-        let first = out.len();
-        emit_rows(&level, t + 1, base(t + 1), |_, c| kept(t, c), out);
-        let made = &out[first..];
-        let up = t + 1;
-        level = if up < b {
-            let pairs: Vec<(Digest, Digest)> = made.iter().map(|r| (r.old[0], r.old[1])).collect();
-            made.iter()
-                .zip(compress_all(&pairs))
-                .map(|(r, old)| {
-                    let index = r.index - base(up);
-                    Touched {
-                        index,
-                        old,
-                        new: kept(up, index),
-                    }
-                })
-                .collect()
-        } else {
-            roots
+        let up = b - t;
+        let kept = &log.below[t as usize];
+        // The parents' new children, side by side in their level-b subtree's window.
+        let mut j = 0;
+        let pairs: Vec<(Digest, Digest)> = halve(&level.iter().map(|c| c.0).collect::<Vec<_>>())
+            .iter()
+            .map(|&p| {
+                while roots[j] != (2 * p) >> up {
+                    j += 1;
+                }
+                let at = (j << up) + ((2 * p) & ((1u64 << up) - 1)) as usize;
+                (kept[at], kept[at + 1])
+            })
+            .collect();
+        let out = take(&mut heights[t as usize + 1], pairs.len());
+        emit_rows(&level, &pairs, t + 1, base(t + 1), out);
+        if t + 1 < b {
+            let olds: Vec<(Digest, Digest)> = out.iter().map(|r| (r.old[0], r.old[1])).collect();
+            let parent_base = base(t + 1);
+            level = out
                 .iter()
-                .map(|&index| Touched {
-                    index,
-                    old: Digest::ZERO,
-                    new: Digest::ZERO,
-                })
-                .collect()
-        };
+                .zip(compress_all(&olds))
+                .map(|(r, old)| (r.index - parent_base, old))
+                .collect();
+        }
     }
-    level
+    roots
 }
