@@ -286,9 +286,9 @@ fn compress_into(
     }
 }
 
-/// [`compress_into`]; with `keep`, the children are first gathered into a new entry of
-/// `keep` (the witness's new children, read once as the update reads them anyway) and
-/// compressed from there.
+/// [`compress_into`]; with `keep`, each parent's children are also recorded, as the
+/// permutation's input is filled, into a new entry of `keep` (the witness's new children,
+/// read once as the update reads them anyway).
 fn compress_level(
     out: &mut Vec<Digest>,
     n: usize,
@@ -298,16 +298,28 @@ fn compress_level(
     let Some(keep) = keep else {
         return compress_into(out, n, children);
     };
-    let mut pairs = vec![(Digest::ZERO, Digest::ZERO); n];
-    pairs
-        .par_chunks_mut(PARENTS_PER_TASK)
-        .enumerate()
-        .for_each(|(t, chunk)| {
-            for (i, p) in chunk.iter_mut().enumerate() {
-                *p = children(t * PARENTS_PER_TASK + i);
-            }
-        });
-    compress_into(out, n, |j| pairs[j]);
+    out.clear();
+    out.resize(n, Digest::ZERO);
+    let mut pairs = Vec::with_capacity(n);
+    pairs.par_extend(rayon::iter::repeat_n((Digest::ZERO, Digest::ZERO), n));
+    let task = |t: usize, out: &mut [Digest], pairs: &mut [(Digest, Digest)]| {
+        // One task owns its window of `pairs`; the permutation's fill is a shared closure.
+        let pairs = std::cell::Cell::from_mut(pairs).as_slice_of_cells();
+        permute_many(out, |i, s| {
+            let (l, r) = children(t * PARENTS_PER_TASK + i);
+            pairs[i].set((l, r));
+            s[..8].copy_from_slice(&l.0);
+            s[8..].copy_from_slice(&r.0);
+        })
+    };
+    if n <= PARENTS_PER_TASK {
+        task(0, out, &mut pairs);
+    } else {
+        out.par_chunks_mut(PARENTS_PER_TASK)
+            .zip(pairs.par_chunks_mut(PARENTS_PER_TASK))
+            .enumerate()
+            .for_each(|(t, (out, pairs))| task(t, out, pairs));
+    }
     keep.push(pairs);
 }
 

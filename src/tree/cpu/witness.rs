@@ -29,13 +29,14 @@ const BLANK: WitnessRow = WitnessRow {
     touched: [false; 2],
 };
 
-/// Fills `out` (one row per distinct parent of `children`) from `children` (one level's
-/// touched nodes, sorted by index, with their digests before the batch) and `pairs[j]`, the
-/// new children of the `j`-th parent. The parents' height is `height`, and the heap index
-/// of their level's node 0 is `heap_base`. An untouched child did not change, so its new
-/// digest is also its old one.
+/// Fills `out` (one row per distinct parent of the touched nodes `indices`, one level's,
+/// sorted, `old(j)` giving node `indices[j]`'s digest before the batch) from `pairs[j]`,
+/// the new children of the `j`-th parent. The parents' height is `height`, and the heap
+/// index of their level's node 0 is `heap_base`. An untouched child did not change, so its
+/// new digest is also its old one.
 fn emit_rows(
-    children: &[(u64, Digest)],
+    indices: &[u64],
+    old: impl Fn(usize) -> Digest,
     pairs: &[(Digest, Digest)],
     height: u32,
     heap_base: u64,
@@ -44,7 +45,7 @@ fn emit_rows(
     debug_assert_eq!(out.len(), pairs.len());
     let mut i = 0;
     for (row, &(left, right)) in out.iter_mut().zip(pairs) {
-        let parent = children.get(i).map_or(0, |c| c.0 >> 1);
+        let parent = indices.get(i).map_or(0, |c| c >> 1);
         *row = WitnessRow {
             height,
             index: heap_base + parent,
@@ -52,23 +53,37 @@ fn emit_rows(
             new: [left, right],
             touched: [false; 2],
         };
-        while let Some(&(c, old)) = children.get(i).filter(|c| c.0 >> 1 == parent) {
+        while let Some(&c) = indices.get(i).filter(|&&c| c >> 1 == parent) {
             let side = (c & 1) as usize;
-            row.old[side] = old;
+            row.old[side] = old(i);
             row.touched[side] = true;
             i += 1;
         }
     }
-    debug_assert_eq!(i, children.len(), "a parent without its pair");
+    debug_assert_eq!(i, indices.len(), "a parent without its pair");
+}
+
+/// Where one stored level's old digests are, in the update's log.
+#[derive(Clone, Copy)]
+enum Olds<'a> {
+    /// Page levels: `(position, old)`.
+    Page(&'a [(usize, Digest)]),
+    /// Upper levels: `(level, index, old)`, `None` for a node that was not stored (the
+    /// level's zero hash).
+    Upper(&'a [(usize, u64, Option<Digest>)], Digest),
+}
+
+impl Olds<'_> {
+    fn get(&self, j: usize) -> Digest {
+        match self {
+            Olds::Page(log) => log[j].1,
+            Olds::Upper(log, zero) => log[j].2.unwrap_or(*zero),
+        }
+    }
 }
 
 /// Below this many touched nodes in a slot, its rows are written on one thread.
 const SEQUENTIAL_ROWS: usize = 16 * 1024;
-
-/// Touched nodes over all levels.
-fn indices_total(levels: &[(u32, Vec<(u64, Digest)>)]) -> usize {
-    levels.iter().map(|l| l.1.len()).sum()
-}
 
 /// Sorted distinct indices, one level up.
 fn halve(indices: &[u64]) -> Vec<u64> {
@@ -137,7 +152,8 @@ impl CpuTree {
         // The whole witness at once, cut into one slice per height that each slot (in
         // order) then the top tree fill from the front: rows come out by height, then index.
         let counts = rows_per_height(&self.layout, &keys);
-        let mut out = vec![BLANK; counts.iter().sum()];
+        let mut out = Vec::with_capacity(counts.iter().sum());
+        out.par_extend(rayon::iter::repeat_n(BLANK, counts.iter().sum()));
         let mut heights: Vec<&mut [WitnessRow]> = Vec::with_capacity(counts.len());
         let mut rest = out.as_mut_slice();
         for &n in &counts {
@@ -192,44 +208,40 @@ impl CpuTree {
         // Levels b..=h: the touched nodes (the update wrote them in this order, page levels
         // b..=q then the upper ones, so the log's old digests follow level by level), and
         // their parents' rows from the new children the update kept.
-        let mut levels: Vec<(u32, Vec<(u64, Digest)>)> = Vec::new();
-        let mut page_log = log.page_nodes.iter().map(|&(_, old)| old);
-        let mut upper_log = log.upper.iter().map(|&(_, _, old)| old);
+        let mut levels: Vec<(u32, Vec<u64>, Olds)> = Vec::new();
+        let (mut page_at, mut upper_at) = (0, 0);
         for l in b..=h {
-            let level: Vec<(u64, Digest)> = indices
-                .iter()
-                .map(|&i| {
-                    let old = match l <= q {
-                        true => page_log.next(),
-                        false => upper_log.next().map(|old| old.unwrap_or(*zero(l))),
-                    };
-                    (i, old.unwrap_or(Digest::ZERO))
-                })
-                .collect();
-            levels.push((l, level));
-            if l < h {
-                indices = halve(&indices);
-            }
+            let n = indices.len();
+            let olds = match l <= q {
+                true => {
+                    page_at += n;
+                    Olds::Page(log.page_nodes.get(page_at - n..page_at).unwrap_or(&[]))
+                }
+                false => {
+                    upper_at += n;
+                    let logged = log.upper.get(upper_at - n..upper_at).unwrap_or(&[]);
+                    Olds::Upper(logged, *zero(l))
+                }
+            };
+            let up = if l < h { halve(&indices) } else { Vec::new() };
+            levels.push((l, std::mem::replace(&mut indices, up), olds));
         }
         let mut tasks = Vec::with_capacity(levels.len());
-        for ((l, level), pairs) in levels.iter().zip(&log.pairs) {
+        for ((l, level, olds), pairs) in levels.iter().zip(&log.pairs) {
             let out = take(&mut heights[*l as usize + 1], pairs.len());
-            tasks.push((*l, level, pairs, out));
+            tasks.push((*l, level, *olds, pairs, out));
         }
+        let emit = |(l, level, olds, pairs, out): (u32, &Vec<u64>, Olds, &Vec<_>, &mut [_])| {
+            emit_rows(level, |j| olds.get(j), pairs, l + 1, base(l + 1), out)
+        };
         // Levels in parallel, unless they are too small to pay for rayon.
-        match indices_total(&levels) < SEQUENTIAL_ROWS {
-            true => tasks.into_iter().for_each(|(l, level, pairs, out)| {
-                emit_rows(level, pairs, l + 1, base(l + 1), out)
-            }),
-            false => tasks.into_par_iter().for_each(|(l, level, pairs, out)| {
-                emit_rows(level, pairs, l + 1, base(l + 1), out)
-            }),
+        let touched: usize = levels.iter().map(|l| l.1.len()).sum();
+        match touched < SEQUENTIAL_ROWS {
+            true => tasks.into_iter().for_each(emit),
+            false => tasks.into_par_iter().for_each(emit),
         }
         // The vertical path: each node's right child is a zero subtree.
-        let mut old = levels
-            .last()
-            .and_then(|l| l.1.first())
-            .map_or(Digest::ZERO, |n| n.1);
+        let mut old = levels.last().map_or(Digest::ZERO, |l| l.2.get(0));
         let mut new = nodes.node(&self.image, slot, h, 0);
         for (j, (&old_up, &new_up)) in log.vertical.iter().zip(&nodes.vertical).enumerate() {
             let l = h + j as u32;
@@ -258,14 +270,12 @@ impl CpuTree {
                 return;
             };
             let below = &self.top[t as usize - 1];
-            let level: Vec<(u64, Digest)> =
-                indices.iter().copied().zip(old.iter().copied()).collect();
             let pairs: Vec<(Digest, Digest)> = halve(indices)
                 .iter()
                 .map(|&p| (below[2 * p as usize], below[2 * p as usize + 1]))
                 .collect();
             let out = take(&mut heights[(ah + t) as usize], pairs.len());
-            emit_rows(&level, &pairs, ah + t, 1u64 << (ash - t), out);
+            emit_rows(indices, |j| old[j], &pairs, ah + t, 1u64 << (ash - t), out);
         }
     }
 }
@@ -286,17 +296,15 @@ fn below_base(
         r.dedup();
         r
     };
-    let mut level: Vec<(u64, Digest)> = blocks
-        .iter()
-        .copied()
-        .zip(old_leaves.iter().copied())
-        .collect();
+    let mut level: Vec<u64> = blocks.to_vec();
+    let mut olds: Vec<Digest> = old_leaves.to_vec();
     for t in 0..b {
         let up = b - t;
         let kept = &log.below[t as usize];
         // The parents' new children, side by side in their level-b subtree's window.
         let mut j = 0;
-        let pairs: Vec<(Digest, Digest)> = halve(&level.iter().map(|c| c.0).collect::<Vec<_>>())
+        let parents = halve(&level);
+        let pairs: Vec<(Digest, Digest)> = parents
             .iter()
             .map(|&p| {
                 while roots[j] != (2 * p) >> up {
@@ -307,15 +315,12 @@ fn below_base(
             })
             .collect();
         let out = take(&mut heights[t as usize + 1], pairs.len());
-        emit_rows(&level, &pairs, t + 1, base(t + 1), out);
+        emit_rows(&level, |j| olds[j], &pairs, t + 1, base(t + 1), out);
         if t + 1 < b {
-            let olds: Vec<(Digest, Digest)> = out.iter().map(|r| (r.old[0], r.old[1])).collect();
-            let parent_base = base(t + 1);
-            level = out
-                .iter()
-                .zip(compress_all(&olds))
-                .map(|(r, old)| (r.index - parent_base, old))
-                .collect();
+            let old_pairs: Vec<(Digest, Digest)> =
+                out.iter().map(|r| (r.old[0], r.old[1])).collect();
+            olds = compress_all(&old_pairs);
+            level = parents;
         }
     }
     roots
