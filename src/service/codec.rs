@@ -271,48 +271,57 @@ fn put_digest(d: &Digest, out: &mut [u8; DIGEST_BYTES]) {
 }
 
 /// A witness on the wire, in packed columns (`proto::Witness`): one parallel pass over
-/// the rows writes all seven columns.
+/// the rows writes all seven columns, straight into their unfilled capacity.
 pub fn witness_to_proto(rows: &[WitnessRow]) -> proto::Witness {
-    let n = rows.len();
-    let (mut heights, mut indices, mut touched) =
-        (vec![0u8; 4 * n], vec![0u8; 8 * n], vec![0u8; n]);
-    let mut digests: [Vec<u8>; 4] = core::array::from_fn(|_| vec![0u8; DIGEST_BYTES * n]);
-    let task = WITNESS_ROWS_PER_TASK;
-    let [ol, or, nl, nr] = &mut digests;
-    (
-        rows.par_chunks(task),
-        heights.par_chunks_mut(4 * task),
-        indices.par_chunks_mut(8 * task),
-        touched.par_chunks_mut(task),
-        ol.par_chunks_mut(DIGEST_BYTES * task),
-        or.par_chunks_mut(DIGEST_BYTES * task),
-        nl.par_chunks_mut(DIGEST_BYTES * task),
-        nr.par_chunks_mut(DIGEST_BYTES * task),
-    )
-        .into_par_iter()
-        .for_each(|(rows, h, i, t, ol, or, nl, nr)| {
-            let digest_columns = [ol, or, nl, nr].map(|c| c.as_chunks_mut::<DIGEST_BYTES>().0);
-            let [ol, or, nl, nr] = digest_columns;
-            let h = h.as_chunks_mut::<4>().0;
-            let i = i.as_chunks_mut::<8>().0;
-            for (j, r) in rows.iter().enumerate() {
-                h[j] = r.height.to_le_bytes();
-                i[j] = r.index.to_le_bytes();
-                t[j] = u8::from(r.touched[0]) | (u8::from(r.touched[1]) << 1);
-                put_digest(&r.old[0], &mut ol[j]);
-                put_digest(&r.old[1], &mut or[j]);
-                put_digest(&r.new[0], &mut nl[j]);
-                put_digest(&r.new[1], &mut nr[j]);
-            }
-        });
-    let [old_left, old_right, new_left, new_right] = digests.map(Bytes::from);
+    type Entry = (
+        [u8; 4],
+        ([u8; 8], ([u8; DIGEST_BYTES], ([u8; DIGEST_BYTES], Rest))),
+    );
+    type Rest = ([u8; DIGEST_BYTES], ([u8; DIGEST_BYTES], u8));
+    let digest = |d: &Digest| {
+        let mut out = [0u8; DIGEST_BYTES];
+        put_digest(d, &mut out);
+        out
+    };
+    let (heights, (indices, (old_left, (old_right, (new_left, (new_right, touched)))))): (
+        Vec<[u8; 4]>,
+        (
+            Vec<[u8; 8]>,
+            (Vec<_>, (Vec<_>, (Vec<_>, (Vec<_>, Vec<u8>)))),
+        ),
+    ) = rows
+        .par_iter()
+        .with_min_len(WITNESS_ROWS_PER_TASK)
+        .map(|r| -> Entry {
+            (
+                r.height.to_le_bytes(),
+                (
+                    r.index.to_le_bytes(),
+                    (
+                        digest(&r.old[0]),
+                        (
+                            digest(&r.old[1]),
+                            (
+                                digest(&r.new[0]),
+                                (
+                                    digest(&r.new[1]),
+                                    u8::from(r.touched[0]) | (u8::from(r.touched[1]) << 1),
+                                ),
+                            ),
+                        ),
+                    ),
+                ),
+            )
+        })
+        .unzip();
+    let bytes = |c: Vec<[u8; DIGEST_BYTES]>| Bytes::from(c.into_flattened());
     proto::Witness {
-        heights: heights.into(),
-        indices: indices.into(),
-        old_left,
-        old_right,
-        new_left,
-        new_right,
+        heights: heights.into_flattened().into(),
+        indices: indices.into_flattened().into(),
+        old_left: bytes(old_left),
+        old_right: bytes(old_right),
+        new_left: bytes(new_left),
+        new_right: bytes(new_right),
         touched: touched.into(),
     }
 }
@@ -381,6 +390,7 @@ pub fn witness_from_proto(w: &proto::Witness, field: &str) -> Result<Vec<Witness
             touched: [flags & 1 == 1, flags & 2 == 2],
         })
     };
+    let bad = std::sync::atomic::AtomicBool::new(false);
     let blank = WitnessRow {
         height: 0,
         index: 0,
@@ -388,21 +398,21 @@ pub fn witness_from_proto(w: &proto::Witness, field: &str) -> Result<Vec<Witness
         new: [Digest::ZERO; 2],
         touched: [false; 2],
     };
-    let mut rows = vec![blank; n];
-    let fine = rows
-        .par_chunks_mut(WITNESS_ROWS_PER_TASK)
-        .enumerate()
-        .all(|(t, chunk)| {
-            chunk.iter_mut().enumerate().all(|(j, r)| {
-                row(t * WITNESS_ROWS_PER_TASK + j)
-                    .map(|decoded| *r = decoded)
-                    .is_ok()
+    // Collected straight into the result's capacity; a bad row only raises the flag.
+    let rows: Vec<WitnessRow> = (0..n)
+        .into_par_iter()
+        .with_min_len(WITNESS_ROWS_PER_TASK)
+        .map(|i| {
+            row(i).unwrap_or_else(|_| {
+                bad.store(true, std::sync::atomic::Ordering::Relaxed);
+                blank
             })
-        });
-    match fine {
-        true => Ok(rows),
+        })
+        .collect();
+    match bad.into_inner() {
+        false => Ok(rows),
         // Name the first bad row, whichever task found one.
-        false => (0..n).map(row).collect(),
+        true => (0..n).map(row).collect(),
     }
 }
 

@@ -300,8 +300,15 @@ fn compress_level(
     };
     out.clear();
     out.resize(n, Digest::ZERO);
-    let mut pairs = Vec::with_capacity(n);
-    pairs.par_extend(rayon::iter::repeat_n((Digest::ZERO, Digest::ZERO), n));
+    let blank = (Digest::ZERO, Digest::ZERO);
+    let mut pairs = match n <= PARENTS_PER_TASK {
+        true => vec![blank; n],
+        false => {
+            let mut v = Vec::with_capacity(n);
+            v.par_extend(rayon::iter::repeat_n(blank, n));
+            v
+        }
+    };
     let task = |t: usize, out: &mut [Digest], pairs: &mut [(Digest, Digest)]| {
         // One task owns its window of `pairs`; the permutation's fill is a shared closure.
         let pairs = std::cell::Cell::from_mut(pairs).as_slice_of_cells();

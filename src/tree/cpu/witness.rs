@@ -82,7 +82,7 @@ impl Olds<'_> {
     }
 }
 
-/// Below this many touched nodes in a slot, its rows are written on one thread.
+/// Below this many rows (or touched nodes in a slot), rows are written on one thread.
 const SEQUENTIAL_ROWS: usize = 16 * 1024;
 
 /// Sorted distinct indices, one level up.
@@ -152,8 +152,15 @@ impl CpuTree {
         // The whole witness at once, cut into one slice per height that each slot (in
         // order) then the top tree fill from the front: rows come out by height, then index.
         let counts = rows_per_height(&self.layout, &keys);
-        let mut out = Vec::with_capacity(counts.iter().sum());
-        out.par_extend(rayon::iter::repeat_n(BLANK, counts.iter().sum()));
+        let total = counts.iter().sum();
+        let mut out = match total < SEQUENTIAL_ROWS {
+            true => vec![BLANK; total],
+            false => {
+                let mut v = Vec::with_capacity(total);
+                v.par_extend(rayon::iter::repeat_n(BLANK, total));
+                v
+            }
+        };
         let mut heights: Vec<&mut [WitnessRow]> = Vec::with_capacity(counts.len());
         let mut rest = out.as_mut_slice();
         for &n in &counts {
