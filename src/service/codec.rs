@@ -283,37 +283,37 @@ pub fn witness_to_proto(rows: &[WitnessRow]) -> proto::Witness {
         put_digest(d, &mut out);
         out
     };
-    let (heights, (indices, (old_left, (old_right, (new_left, (new_right, touched)))))): (
+    type Digests = Vec<[u8; DIGEST_BYTES]>;
+    type Columns = (
         Vec<[u8; 4]>,
-        (
-            Vec<[u8; 8]>,
-            (Vec<_>, (Vec<_>, (Vec<_>, (Vec<_>, Vec<u8>)))),
-        ),
-    ) = rows
-        .par_iter()
-        .with_min_len(WITNESS_ROWS_PER_TASK)
-        .map(|r| -> Entry {
-            (
-                r.height.to_le_bytes(),
+        (Vec<[u8; 8]>, (Digests, (Digests, MoreColumns))),
+    );
+    type MoreColumns = (Digests, (Digests, Vec<u8>));
+    let (heights, (indices, (old_left, (old_right, (new_left, (new_right, touched)))))): Columns =
+        rows.par_iter()
+            .with_min_len(WITNESS_ROWS_PER_TASK)
+            .map(|r| -> Entry {
                 (
-                    r.index.to_le_bytes(),
+                    r.height.to_le_bytes(),
                     (
-                        digest(&r.old[0]),
+                        r.index.to_le_bytes(),
                         (
-                            digest(&r.old[1]),
+                            digest(&r.old[0]),
                             (
-                                digest(&r.new[0]),
+                                digest(&r.old[1]),
                                 (
-                                    digest(&r.new[1]),
-                                    u8::from(r.touched[0]) | (u8::from(r.touched[1]) << 1),
+                                    digest(&r.new[0]),
+                                    (
+                                        digest(&r.new[1]),
+                                        u8::from(r.touched[0]) | (u8::from(r.touched[1]) << 1),
+                                    ),
                                 ),
                             ),
                         ),
                     ),
-                ),
-            )
-        })
-        .unzip();
+                )
+            })
+            .unzip();
     let bytes = |c: Vec<[u8; DIGEST_BYTES]>| Bytes::from(c.into_flattened());
     proto::Witness {
         heights: heights.into_flattened().into(),
