@@ -117,19 +117,32 @@ fn random_batch(log_leaves: u32, n: usize, seed: u64) -> Vec<TouchedBlock> {
 }
 
 fn bench_update(c: &mut Criterion) {
+    updates(c, "update", &[1, 1024, 4096, 65536], false);
+}
+
+fn bench_update_witness(c: &mut Criterion) {
+    updates(c, "update_witness", &[1, 1024, 65536], true);
+}
+
+/// Batches of `sizes` random blocks on a 2^20-leaf tree at k = 0 and 3, with their witness
+/// or without.
+fn updates(c: &mut Criterion, name: &str, sizes: &[usize], witness: bool) {
     memcommit::malloc::keep_freed_memory();
-    let mut group = c.benchmark_group("update");
+    let mut group = c.benchmark_group(name);
     group.sample_size(10);
     let log_leaves = 20;
     let (layout, cells) = field_space(log_leaves);
     let image = image_of(&layout, &cells);
     for k in [0u32, 3] {
         let mut tree = tree::build(Backend::Cpu, layout.clone(), image.clone(), k).expect("build");
-        for n in [1usize, 1024, 4096, 65536] {
+        for &n in sizes {
             let batch = random_batch(log_leaves, n, n as u64);
             group.throughput(Throughput::Elements(n as u64));
             group.bench_function(BenchmarkId::new(format!("k{k}_2pow{log_leaves}"), n), |b| {
-                b.iter(|| tree.update(black_box(&batch)).expect("update"))
+                b.iter(|| match witness {
+                    true => tree.update_with_witness(black_box(&batch)).map(|w| w.0),
+                    false => tree.update(black_box(&batch)),
+                })
             });
         }
     }
@@ -147,26 +160,6 @@ fn bench_perm(c: &mut Criterion) {
     group.bench_function("packed", |b| {
         b.iter(|| permute_many(&mut out, |i, s| s[0] = F::new(i as u32)))
     });
-    group.finish();
-}
-
-fn bench_update_witness(c: &mut Criterion) {
-    memcommit::malloc::keep_freed_memory();
-    let mut group = c.benchmark_group("update_witness");
-    group.sample_size(10);
-    let log_leaves = 20;
-    let (layout, cells) = field_space(log_leaves);
-    let image = image_of(&layout, &cells);
-    for k in [0u32, 3] {
-        let mut tree = tree::build(Backend::Cpu, layout.clone(), image.clone(), k).expect("build");
-        for n in [1usize, 1024, 65536] {
-            let batch = random_batch(log_leaves, n, n as u64);
-            group.throughput(Throughput::Elements(n as u64));
-            group.bench_function(BenchmarkId::new(format!("k{k}_2pow{log_leaves}"), n), |b| {
-                b.iter(|| tree.update_with_witness(black_box(&batch)).expect("update"))
-            });
-        }
-    }
     group.finish();
 }
 

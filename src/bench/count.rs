@@ -102,21 +102,10 @@ pub fn update_permutations(
 /// every old node is stored. A slot with `b` above its page levels takes the generic
 /// witness, two openings per block, which this does not count.
 pub fn witness_permutations(layout: &MemoryLayout, k: u32, blocks: &[TouchedBlock]) -> u64 {
-    let mut keys: Vec<u64> = blocks.iter().map(block_key).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut total = 0;
-    for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
-        let slot = (group[0] >> 32) as usize;
-        let Some(s) =
-            SlotShape::of(layout, slot, k).filter(|s| s.base > 0 && s.pages_store_nodes())
-        else {
-            continue;
-        };
-        let mut nodes: Vec<u64> = group.iter().map(|key| key & 0xffff_ffff).collect();
-        total += nodes.len() as u64 + distinct_ancestors(&mut nodes, s.base - 1);
-    }
-    total
+    touched_slots(layout, k, blocks)
+        .filter(|(s, _)| s.base > 0 && s.pages_store_nodes())
+        .map(|(s, mut nodes)| nodes.len() as u64 + distinct_ancestors(&mut nodes, s.base - 1))
+        .sum()
 }
 
 /// The update's own permutations below the stored base level: `2^(b+1) − 1` per distinct
@@ -124,23 +113,33 @@ pub fn witness_permutations(layout: &MemoryLayout, k: u32, blocks: &[TouchedBloc
 /// recomputes the old side of these at most once, so [`witness_permutations`] stays under
 /// this (docs/design.md, "Update witness").
 pub fn below_base_permutations(layout: &MemoryLayout, k: u32, blocks: &[TouchedBlock]) -> u64 {
+    touched_slots(layout, k, blocks)
+        .filter(|(s, _)| s.pages_store_nodes())
+        .map(|(s, nodes)| {
+            let mut roots: Vec<u64> = nodes.iter().map(|i| i >> s.base).collect();
+            roots.dedup();
+            roots.len() as u64 * ((2u64 << s.base) - 1)
+        })
+        .sum()
+}
+
+/// Each non-empty touched slot's shape at `k` with its sorted distinct touched blocks.
+fn touched_slots<'a>(
+    layout: &'a MemoryLayout,
+    k: u32,
+    blocks: &[TouchedBlock],
+) -> impl Iterator<Item = (SlotShape, Vec<u64>)> + 'a {
     let mut keys: Vec<u64> = blocks.iter().map(block_key).collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut total = 0;
-    for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
-        let slot = (group[0] >> 32) as usize;
-        let Some(s) = SlotShape::of(layout, slot, k).filter(|s| s.pages_store_nodes()) else {
-            continue;
-        };
-        let mut roots: Vec<u64> = group
-            .iter()
-            .map(|key| (key & 0xffff_ffff) >> s.base)
-            .collect();
-        roots.dedup();
-        total += roots.len() as u64 * ((2u64 << s.base) - 1);
-    }
-    total
+    let groups: Vec<Vec<u64>> = keys
+        .chunk_by(|a, b| a >> 32 == b >> 32)
+        .map(<[u64]>::to_vec)
+        .collect();
+    groups.into_iter().filter_map(move |group| {
+        let shape = SlotShape::of(layout, (group[0] >> 32) as usize, k)?;
+        Some((shape, group.iter().map(|key| key & 0xffff_ffff).collect()))
+    })
 }
 
 /// Permutations of openings at (valid) `positions` at `omitted_levels = k` on `backend`:
