@@ -6,6 +6,8 @@
 //!   the GPU), opened once by [`probe`] and shared by every tree. The nvcc-built launchers use
 //!   the CUDA runtime, which runs on the same primary context, so a driver-API stream can be
 //!   passed to them as their `cudaStream_t`.
+//! - **Waiting:** the primary context is asked for `CU_CTX_SCHED_BLOCKING_SYNC`, so a call
+//!   waiting for its stream sleeps instead of spinning a host core.
 //! - **Streams:** one non-blocking stream per [`CudaDevice`], that is per tree, so different
 //!   trees proceed in parallel. Allocation, copies, launches and frees of a tree all go on its
 //!   stream, which orders them; cudarc's cross-stream event tracking is therefore switched off.
@@ -81,6 +83,7 @@ fn open_context() -> std::result::Result<Arc<CudaContext>, String> {
         if count < 1 {
             return Err("the CUDA driver reports 0 devices".to_string());
         }
+        request_blocking_sync();
         let ctx = CudaContext::new(0)
             .map_err(|e| format!("cannot open CUDA device 0: {}", driver_message(&e)))?;
         let (major, minor) = ctx
@@ -101,6 +104,26 @@ fn open_context() -> std::result::Result<Arc<CudaContext>, String> {
     .unwrap_or_else(|_| {
         Err("the CUDA driver lacks a required entry point (driver too old?)".to_string())
     })
+}
+
+/// Asks that a host thread waiting on device 0 block on an OS primitive
+/// (`CU_CTX_SCHED_BLOCKING_SYNC`) rather than spin: a batch's one host sync would otherwise
+/// keep a core busy that the server's tokio and rayon threads need. Set on the primary
+/// context before it is first retained; a failure only costs that core, so it is logged.
+fn request_blocking_sync() {
+    let mut dev: sys::CUdevice = 0;
+    let flags = sys::CUctx_flags_enum::CU_CTX_SCHED_BLOCKING_SYNC as std::ffi::c_uint;
+    // SAFETY: plain driver calls with a valid out-pointer; the driver was initialised by the
+    // device count that precedes this call.
+    let set = unsafe { sys::cuDeviceGet(&mut dev, 0) }
+        .result()
+        .and_then(|()| unsafe { sys::cuDevicePrimaryCtxSetFlags_v2(dev, flags) }.result());
+    if let Err(e) = set {
+        tracing::warn!(
+            "CUDA: cannot ask device 0 for blocking sync ({}); waiting calls may spin a core",
+            driver_message(&e)
+        );
+    }
 }
 
 /// Probes for a usable GPU: the driver library, then the device count, then device 0's
