@@ -1,8 +1,11 @@
 // Host build of the CUDA code and its kernel emulator (always compiled by build.rs with the
 // system C++ compiler; no nvcc). Each mc_emu_* launch twin runs the kernel body for every
-// thread index in order, as one launch of memcommit/launchers.h would on the device; the
-// caller launches level by level exactly as it does on a GPU. The remaining exports give
-// tests the header's constants, permutation, leaf encoding and index arithmetic.
+// thread index, as one launch of memcommit/launchers.h would on the device, in a shuffled
+// order keyed by its `order` argument: a GPU runs a launch's threads in any order, so a plan
+// whose tasks depend on each other within one launch gives a wrong result here instead of
+// passing by luck. The caller launches level by level exactly as it does on a GPU. The
+// remaining exports give tests the header's constants, permutation, leaf encoding and index
+// arithmetic.
 //
 // Returns: launch twins return 0 (the emulator has no launch errors); pointers follow
 // launchers.h and must be valid host memory of the documented shapes.
@@ -13,6 +16,53 @@
 #include "opening_bodies.cuh"
 #include "update_bodies.cuh"
 
+namespace {
+
+// A bijection on [0, n) keyed by `key`: two keyed rounds of add, odd multiply and
+// xor-shift on the smallest power-of-two domain holding n (each a bijection there), walked
+// until the value falls below n (cycle walking keeps it a bijection on [0, n)).
+class ThreadOrder {
+  public:
+    ThreadOrder(uint64_t n, uint64_t key) : n_(n) {
+        while (bits_ < 64 && (uint64_t{1} << bits_) < n) ++bits_;
+        mask_ = bits_ == 64 ? ~uint64_t{0} : (uint64_t{1} << bits_) - 1;
+        shift_ = bits_ / 2 > 0 ? bits_ / 2 : 1;
+        add_[0] = key;
+        add_[1] = key >> 32 | key << 32;
+        mul_[0] = (key * 0x9e3779b97f4a7c15ull) | 1;
+        mul_[1] = (key * 0xbf58476d1ce4e5b9ull) | 1;
+    }
+
+    uint64_t at(uint64_t i) const {
+        uint64_t x = i;
+        do {
+            for (int r = 0; r < 2; ++r) {
+                x = (x + add_[r]) & mask_;
+                x = (x * mul_[r]) & mask_;
+                x ^= x >> shift_;
+            }
+        } while (x >= n_);
+        return x;
+    }
+
+  private:
+    uint64_t n_;
+    uint32_t bits_ = 0;
+    uint64_t mask_ = 0;
+    uint32_t shift_ = 1;
+    uint64_t add_[2];
+    uint64_t mul_[2];
+};
+
+// Runs body(t) once for every t < count, in the order `order` keys.
+template <class Body>
+void for_each_thread(uint64_t count, uint64_t order, Body body) {
+    const ThreadOrder o(count, order);
+    for (uint64_t i = 0; i < count; ++i) body(o.at(i));
+}
+
+}  // namespace
+
 extern "C" {
 
 int32_t mc_emu_zero_hashes(uint32_t* zero, uint32_t count) {
@@ -21,55 +71,62 @@ int32_t mc_emu_zero_hashes(uint32_t* zero, uint32_t count) {
 }
 
 int32_t mc_emu_build_base(const uint8_t* raw, uint32_t cell, uint32_t levels, uint32_t* out,
-                          uint64_t count) {
+                          uint64_t count, uint64_t order) {
     if (levels > mc::MAX_RAW_SUBTREE_LEVELS) return 1;
-    for (uint64_t t = 0; t < count; ++t) mc::build_base_body(t, raw, cell, levels, out, count);
+    for_each_thread(count, order,
+                    [&](uint64_t t) { mc::build_base_body(t, raw, cell, levels, out, count); });
     return 0;
 }
 
-int32_t mc_emu_compress_level(const uint32_t* children, uint32_t* parents, uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) mc::compress_level_body(t, children, parents, count);
+int32_t mc_emu_compress_level(const uint32_t* children, uint32_t* parents, uint64_t count,
+                              uint64_t order) {
+    for_each_thread(count, order,
+                    [&](uint64_t t) { mc::compress_level_body(t, children, parents, count); });
     return 0;
 }
 
 int32_t mc_emu_vertical(uint32_t* nodes, const uint32_t* zero, const McVerticalTask* tasks,
-                        uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) mc::vertical_body(t, nodes, zero, tasks, count);
+                        uint64_t count, uint64_t order) {
+    for_each_thread(count, order,
+                    [&](uint64_t t) { mc::vertical_body(t, nodes, zero, tasks, count); });
     return 0;
 }
 
-int32_t mc_emu_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) mc::scatter_body(t, raw, tasks, count);
+int32_t mc_emu_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count, uint64_t order) {
+    for_each_thread(count, order, [&](uint64_t t) { mc::scatter_body(t, raw, tasks, count); });
     return 0;
 }
 
 int32_t mc_emu_hash_tasks(const uint8_t* raw, const McHashTask* tasks, uint64_t count,
-                          uint32_t* nodes) {
-    for (uint64_t t = 0; t < count; ++t) mc::hash_tasks_body(t, raw, tasks, count, nodes);
+                          uint32_t* nodes, uint64_t order) {
+    for_each_thread(count, order,
+                    [&](uint64_t t) { mc::hash_tasks_body(t, raw, tasks, count, nodes); });
     return 0;
 }
 
-int32_t mc_emu_fill_digests(uint32_t* out, const uint32_t* value, uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) mc::fill_digests_body(t, out, value, count);
+int32_t mc_emu_fill_digests(uint32_t* out, const uint32_t* value, uint64_t count,
+                            uint64_t order) {
+    for_each_thread(count, order,
+                    [&](uint64_t t) { mc::fill_digests_body(t, out, value, count); });
     return 0;
 }
 
 int32_t mc_emu_compress_pairs(const uint32_t* children, uint32_t* parents,
-                              const McPairTask* tasks, uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) {
+                              const McPairTask* tasks, uint64_t count, uint64_t order) {
+    for_each_thread(count, order, [&](uint64_t t) {
         mc::compress_pairs_body(t, children, parents, tasks, count);
-    }
+    });
     return 0;
 }
 
 int32_t mc_emu_openings(const uint8_t* raw, const uint32_t* nodes, const uint32_t* fold,
                         const uint32_t* zero, const McOpenTask* tasks, const uint64_t* listed,
                         uint64_t count, uint64_t top_offset, uint32_t address_height,
-                        uint32_t address_space_height, uint32_t* out) {
-    for (uint64_t t = 0; t < count; ++t) {
+                        uint32_t address_space_height, uint32_t* out, uint64_t order) {
+    for_each_thread(count, order, [&](uint64_t t) {
         mc::openings_body(t, raw, nodes, fold, zero, tasks, listed, count, top_offset,
                           address_height, address_space_height, out);
-    }
+    });
     return 0;
 }
 

@@ -133,8 +133,10 @@ pub fn as_bytes_mut<T: Plain>(items: &mut [T]) -> &mut [u8] {
     }
 }
 
-// The emulator's exports. Launch twins take the launcher's arguments minus the stream and
-// return 0 on success; pointers must be valid host memory of the documented shapes.
+// The emulator's exports. Launch twins take the launcher's arguments minus the stream, plus
+// (all but `mc_emu_zero_hashes`, a one-thread launch) the key `order` of the shuffled order
+// they run threads in, and return 0 on success; pointers must be valid host memory of the
+// documented shapes.
 extern "C" {
     pub fn mc_emu_zero_hashes(zero: *mut u32, count: u32) -> i32;
     pub fn mc_emu_build_base(
@@ -143,27 +145,36 @@ extern "C" {
         levels: u32,
         out: *mut u32,
         count: u64,
+        order: u64,
     ) -> i32;
-    pub fn mc_emu_compress_level(children: *const u32, parents: *mut u32, count: u64) -> i32;
+    pub fn mc_emu_compress_level(
+        children: *const u32,
+        parents: *mut u32,
+        count: u64,
+        order: u64,
+    ) -> i32;
     pub fn mc_emu_vertical(
         nodes: *mut u32,
         zero: *const u32,
         tasks: *const VerticalTask,
         count: u64,
+        order: u64,
     ) -> i32;
-    pub fn mc_emu_scatter(raw: *mut u8, tasks: *const WriteTask, count: u64) -> i32;
+    pub fn mc_emu_scatter(raw: *mut u8, tasks: *const WriteTask, count: u64, order: u64) -> i32;
     pub fn mc_emu_hash_tasks(
         raw: *const u8,
         tasks: *const HashTask,
         count: u64,
         nodes: *mut u32,
+        order: u64,
     ) -> i32;
-    pub fn mc_emu_fill_digests(out: *mut u32, value: *const u32, count: u64) -> i32;
+    pub fn mc_emu_fill_digests(out: *mut u32, value: *const u32, count: u64, order: u64) -> i32;
     pub fn mc_emu_compress_pairs(
         children: *const u32,
         parents: *mut u32,
         tasks: *const PairTask,
         count: u64,
+        order: u64,
     ) -> i32;
     #[allow(clippy::too_many_arguments)]
     pub fn mc_emu_openings(
@@ -178,6 +189,7 @@ extern "C" {
         address_height: u32,
         address_space_height: u32,
         out: *mut u32,
+        order: u64,
     ) -> i32;
 
     /// Canonical constants: 64 + 64 + 13 + 16 words.
