@@ -381,3 +381,26 @@ fn the_emulator_runs_a_launchs_threads_in_a_seeded_shuffled_order() {
     }
     assert_eq!(seen, [true, true], "both orders of the two threads occur");
 }
+
+#[test]
+fn the_emulator_fails_a_launch_whose_thread_reaches_outside_its_allocation() {
+    let device = EmulatedDevice::with_seed(1);
+    // Four digests: node 3 is the last inside, node 4 the first outside; u64::MAX also
+    // checks that the byte offset cannot wrap.
+    for task in [
+        [4, 0, 1],
+        [2, 0, 4],
+        [2, 4, 1],
+        [2, 0, u64::MAX],
+        [u64::MAX, 0, 1],
+    ] {
+        let err =
+            pair_launch(&device, &four_nodes(), &[[3, 0, 1], task]).expect_err("out of bounds");
+        assert!(matches!(err, Error::Unavailable(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("outside its allocation"), "{text}");
+        assert!(text.contains("MEMCOMMIT_EMU_SEED=1"), "{text}");
+    }
+    let inside = pair_launch(&device, &four_nodes(), &[[3, 0, 1]]).expect("inside");
+    assert_ne!(inside[24..32], [0; 8]);
+}

@@ -13,7 +13,8 @@ use super::ffi;
 use crate::error::{Error, Result};
 
 /// The emulated device. Allocations are 16-byte aligned host buffers keyed by address;
-/// copies are bounds-checked against them (kernels are not). Every call runs to completion
+/// copies, and every access a launch's threads make, are bounds-checked against them (a
+/// kernel's out-of-allocation access fails the launch before any thread runs). Every call runs to completion
 /// before it returns, in the order made, as on one stream. Each launch runs its threads in
 /// a permutation derived from the device's [seed](EmulatedDevice::seed) and the launch's
 /// number, so a run is reproducible from the seed.
@@ -101,14 +102,26 @@ impl EmulatedDevice {
     }
 
     fn launched(&self, name: &str, rc: i32) -> Result<()> {
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(Error::Unavailable(format!(
-                "emulated launch {name} failed ({rc}; {SEED_VAR}={})",
-                self.seed
-            )))
-        }
+        let why = match rc {
+            0 => return Ok(()),
+            ffi::OUT_OF_BOUNDS => "a thread's access lies outside its allocation",
+            _ => "bad arguments",
+        };
+        Err(Error::Unavailable(format!(
+            "emulated launch {name} failed ({rc}: {why}; {SEED_VAR}={})",
+            self.seed
+        )))
+    }
+
+    /// Bytes from `ptr` to the end of the allocation holding it (0 outside every one): how
+    /// far a kernel may reach from a pointer argument.
+    fn reach(&self, ptr: DevicePtr) -> u64 {
+        lock(&self.allocations)
+            .range(..=ptr.0)
+            .next_back()
+            .map_or(0, |(&start, a)| {
+                (start + (a.len() * 16) as u64).saturating_sub(ptr.0)
+            })
     }
 
     /// Bytes currently allocated.
@@ -221,10 +234,11 @@ impl Device for EmulatedDevice {
     }
 
     unsafe fn zero_hashes(&self, zero: DevicePtr, count: u32) -> Result<()> {
+        let lens = [self.reach(zero)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("zero_hashes", unsafe {
-            ffi::mc_emu_zero_hashes(zero.0 as *mut u32, count)
+            ffi::mc_emu_zero_hashes(zero.0 as *mut u32, count, lens.as_ptr())
         })
     }
 
@@ -237,8 +251,9 @@ impl Device for EmulatedDevice {
         count: u64,
     ) -> Result<()> {
         let order = self.order();
+        let lens = [self.reach(raw), self.reach(out)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("build_base", unsafe {
             ffi::mc_emu_build_base(
                 raw.0 as *const u8,
@@ -247,6 +262,7 @@ impl Device for EmulatedDevice {
                 out.0 as *mut u32,
                 count,
                 order,
+                lens.as_ptr(),
             )
         })
     }
@@ -258,14 +274,16 @@ impl Device for EmulatedDevice {
         count: u64,
     ) -> Result<()> {
         let order = self.order();
+        let lens = [self.reach(children), self.reach(parents)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("compress_level", unsafe {
             ffi::mc_emu_compress_level(
                 children.0 as *const u32,
                 parents.0 as *mut u32,
                 count,
                 order,
+                lens.as_ptr(),
             )
         })
     }
@@ -278,8 +296,9 @@ impl Device for EmulatedDevice {
         count: u64,
     ) -> Result<()> {
         let order = self.order();
+        let lens = [self.reach(nodes), self.reach(zero), self.reach(tasks)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("vertical", unsafe {
             ffi::mc_emu_vertical(
                 nodes.0 as *mut u32,
@@ -287,29 +306,39 @@ impl Device for EmulatedDevice {
                 tasks.0 as *const ffi::VerticalTask,
                 count,
                 order,
+                lens.as_ptr(),
             )
         })
     }
 
     unsafe fn fill_digests(&self, out: DevicePtr, value: DevicePtr, count: u64) -> Result<()> {
         let order = self.order();
+        let lens = [self.reach(out), self.reach(value)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("fill_digests", unsafe {
-            ffi::mc_emu_fill_digests(out.0 as *mut u32, value.0 as *const u32, count, order)
+            ffi::mc_emu_fill_digests(
+                out.0 as *mut u32,
+                value.0 as *const u32,
+                count,
+                order,
+                lens.as_ptr(),
+            )
         })
     }
 
     unsafe fn scatter(&self, raw: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
         let order = self.order();
+        let lens = [self.reach(raw), self.reach(tasks)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("scatter", unsafe {
             ffi::mc_emu_scatter(
                 raw.0 as *mut u8,
                 tasks.0 as *const ffi::WriteTask,
                 count,
                 order,
+                lens.as_ptr(),
             )
         })
     }
@@ -322,8 +351,9 @@ impl Device for EmulatedDevice {
         nodes: DevicePtr,
     ) -> Result<()> {
         let order = self.order();
+        let lens = [self.reach(raw), self.reach(tasks), self.reach(nodes)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("hash_tasks", unsafe {
             ffi::mc_emu_hash_tasks(
                 raw.0 as *const u8,
@@ -331,6 +361,7 @@ impl Device for EmulatedDevice {
                 count,
                 nodes.0 as *mut u32,
                 order,
+                lens.as_ptr(),
             )
         })
     }
@@ -343,8 +374,9 @@ impl Device for EmulatedDevice {
         count: u64,
     ) -> Result<()> {
         let order = self.order();
+        let lens = [self.reach(children), self.reach(parents), self.reach(tasks)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("compress_pairs", unsafe {
             ffi::mc_emu_compress_pairs(
                 children.0 as *const u32,
@@ -352,6 +384,7 @@ impl Device for EmulatedDevice {
                 tasks.0 as *const ffi::PairTask,
                 count,
                 order,
+                lens.as_ptr(),
             )
         })
     }
@@ -371,8 +404,17 @@ impl Device for EmulatedDevice {
         out: DevicePtr,
     ) -> Result<()> {
         let order = self.order();
+        let lens = [
+            self.reach(raw),
+            self.reach(nodes),
+            self.reach(fold),
+            self.reach(zero),
+            self.reach(tasks),
+            self.reach(listed),
+            self.reach(out),
+        ];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("openings", unsafe {
             ffi::mc_emu_openings(
                 raw.0 as *const u8,
@@ -387,6 +429,7 @@ impl Device for EmulatedDevice {
                 address_space_height,
                 out.0 as *mut u32,
                 order,
+                lens.as_ptr(),
             )
         })
     }
