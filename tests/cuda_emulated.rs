@@ -11,7 +11,7 @@ use common::{device_cases, digest, four_spaces, image_with, u32s, vectors};
 use memcommit::hash::{permute, F, P};
 use memcommit::image::MemoryImage;
 use memcommit::layout::{CellType, MemoryLayout};
-use memcommit::tree::cuda::{index, probe, CudaTree, EmulatedDevice};
+use memcommit::tree::cuda::{index, probe, CudaTree, EmulatedDevice, SEED_VAR};
 use memcommit::tree::{self, MemoryTree};
 use memcommit::Error;
 use p3_baby_bear::{
@@ -21,8 +21,12 @@ use p3_baby_bear::{
 use p3_field::PrimeField32;
 use proptest::prelude::*;
 
+/// An emulated tree; prints the device's thread-order seed, which the test harness shows
+/// when the test fails, so the failing order can be replayed with `MEMCOMMIT_EMU_SEED`.
 fn emulated(layout: &MemoryLayout, image: Arc<MemoryImage>, k: u32) -> CudaTree<EmulatedDevice> {
-    CudaTree::build(EmulatedDevice::new(), layout.clone(), image, k).expect("emulated build")
+    let device = EmulatedDevice::new();
+    println!("emulated device: {SEED_VAR}={}", device.seed());
+    CudaTree::build(device, layout.clone(), image, k).expect("emulated build")
 }
 
 #[test]

@@ -310,3 +310,97 @@ fn a_failed_device_part_leaves_root_image_and_pages_as_before() {
         }
     }
 }
+
+/// Runs one `compress_pairs` launch on `device` over a node array starting as `nodes`
+/// (8 words a digest), tasks `(parent, left, right)`; returns the array afterwards.
+fn pair_launch(device: &EmulatedDevice, nodes: &[u32], tasks: &[[u64; 3]]) -> Result<Vec<u32>> {
+    let node_bytes: Vec<u8> = nodes.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let task_bytes: Vec<u8> = tasks
+        .iter()
+        .flatten()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let n = device.alloc(node_bytes.len() as u64)?;
+    let t = device.alloc(task_bytes.len() as u64)?;
+    let mut out = vec![0u8; node_bytes.len()];
+    // SAFETY: both buffers were just allocated with these sizes; the launch's own checks
+    // are what the callers test.
+    let run = unsafe {
+        device
+            .copy_to_device(n, &node_bytes)
+            .and_then(|()| device.copy_to_device(t, &task_bytes))
+            .and_then(|()| device.compress_pairs(n, n, t, tasks.len() as u64))
+            .and_then(|()| device.copy_to_host(&mut out, n))
+    };
+    // SAFETY: allocated above, not used again.
+    unsafe {
+        device.free(n);
+        device.free(t);
+    }
+    run?;
+    Ok(out
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// Nodes 0 and 1 hold distinct digests, 2 and 3 zero words.
+fn four_nodes() -> Vec<u32> {
+    (0..32).map(|i| if i < 16 { i + 1 } else { 0 }).collect()
+}
+
+#[test]
+fn the_emulator_runs_a_launchs_threads_in_a_seeded_shuffled_order() {
+    let device = EmulatedDevice::with_seed(7);
+    assert_eq!(device.seed(), 7);
+    // What each order of two dependent tasks (t0: 2 = c(0, 1); t1: 3 = c(2, 2)) gives,
+    // from one-task launches.
+    let after_t0 = pair_launch(&device, &four_nodes(), &[[2, 0, 1]]).expect("t0");
+    let in_order = pair_launch(&device, &after_t0, &[[3, 2, 2]]).expect("t1 after t0");
+    let stale = pair_launch(&device, &four_nodes(), &[[3, 2, 2]]).expect("t1 first");
+    let (fresh, old) = (&in_order[24..32], &stale[24..32]);
+    assert_ne!(fresh, old);
+    let mut seen = [false; 2];
+    for seed in 0..32 {
+        let device = EmulatedDevice::with_seed(seed);
+        let got = pair_launch(&device, &four_nodes(), &[[2, 0, 1], [3, 2, 2]]).expect("both");
+        assert_eq!(got[16..24], after_t0[16..24], "seed {seed}");
+        if &got[24..32] == fresh {
+            seen[0] = true;
+        } else {
+            assert_eq!(&got[24..32], old, "seed {seed}");
+            seen[1] = true;
+        }
+        // The same seed gives the same order.
+        let again = pair_launch(
+            &EmulatedDevice::with_seed(seed),
+            &four_nodes(),
+            &[[2, 0, 1], [3, 2, 2]],
+        );
+        assert_eq!(again.expect("again"), got, "seed {seed}");
+    }
+    assert_eq!(seen, [true, true], "both orders of the two threads occur");
+}
+
+#[test]
+fn the_emulator_fails_a_launch_whose_thread_reaches_outside_its_allocation() {
+    let device = EmulatedDevice::with_seed(1);
+    // Four digests: node 3 is the last inside, node 4 the first outside; u64::MAX also
+    // checks that the byte offset cannot wrap.
+    for task in [
+        [4, 0, 1],
+        [2, 0, 4],
+        [2, 4, 1],
+        [2, 0, u64::MAX],
+        [u64::MAX, 0, 1],
+    ] {
+        let err =
+            pair_launch(&device, &four_nodes(), &[[3, 0, 1], task]).expect_err("out of bounds");
+        assert!(matches!(err, Error::Unavailable(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("outside its allocation"), "{text}");
+        assert!(text.contains("MEMCOMMIT_EMU_SEED=1"), "{text}");
+    }
+    let inside = pair_launch(&device, &four_nodes(), &[[3, 0, 1]]).expect("inside");
+    assert_ne!(inside[24..32], [0; 8]);
+}

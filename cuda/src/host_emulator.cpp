@@ -1,11 +1,17 @@
 // Host build of the CUDA code and its kernel emulator (always compiled by build.rs with the
 // system C++ compiler; no nvcc). Each mc_emu_* launch twin runs the kernel body for every
-// thread index in order, as one launch of memcommit/launchers.h would on the device; the
-// caller launches level by level exactly as it does on a GPU. The remaining exports give
-// tests the header's constants, permutation, leaf encoding and index arithmetic.
+// thread index, as one launch of memcommit/launchers.h would on the device, in a shuffled
+// order keyed by its `order` argument: a GPU runs a launch's threads in any order, so a plan
+// whose tasks depend on each other within one launch gives a wrong result here instead of
+// passing by luck. The caller launches level by level exactly as it does on a GPU. The
+// remaining exports give tests the header's constants, permutation, leaf encoding and index
+// arithmetic.
 //
-// Returns: launch twins return 0 (the emulator has no launch errors); pointers follow
-// launchers.h and must be valid host memory of the documented shapes.
+// Launch twins also take `lens`: the bytes each pointer argument may reach (to the end of its
+// allocation), in argument order. They check every thread's accesses against them before
+// running any thread. Returns: 0; 1 for build_base's `levels` above MAX_RAW_SUBTREE_LEVELS;
+// MC_EMU_OUT_OF_BOUNDS (2) when some thread would touch memory outside its buffers (nothing
+// ran). Pointers follow launchers.h.
 #include <stddef.h>
 
 #include "build_bodies.cuh"
@@ -13,64 +19,218 @@
 #include "opening_bodies.cuh"
 #include "update_bodies.cuh"
 
+namespace {
+
+// A bijection on [0, n) keyed by `key`: two keyed rounds of add, odd multiply and
+// xor-shift on the smallest power-of-two domain holding n (each a bijection there), walked
+// until the value falls below n (cycle walking keeps it a bijection on [0, n)).
+class ThreadOrder {
+  public:
+    ThreadOrder(uint64_t n, uint64_t key) : n_(n) {
+        while (bits_ < 64 && (uint64_t{1} << bits_) < n) ++bits_;
+        mask_ = bits_ == 64 ? ~uint64_t{0} : (uint64_t{1} << bits_) - 1;
+        shift_ = bits_ / 2 > 0 ? bits_ / 2 : 1;
+        add_[0] = key;
+        add_[1] = key >> 32 | key << 32;
+        mul_[0] = (key * 0x9e3779b97f4a7c15ull) | 1;
+        mul_[1] = (key * 0xbf58476d1ce4e5b9ull) | 1;
+    }
+
+    uint64_t at(uint64_t i) const {
+        uint64_t x = i;
+        do {
+            for (int r = 0; r < 2; ++r) {
+                x = (x + add_[r]) & mask_;
+                x = (x * mul_[r]) & mask_;
+                x ^= x >> shift_;
+            }
+        } while (x >= n_);
+        return x;
+    }
+
+  private:
+    uint64_t n_;
+    uint32_t bits_ = 0;
+    uint64_t mask_ = 0;
+    uint32_t shift_ = 1;
+    uint64_t add_[2];
+    uint64_t mul_[2];
+};
+
+// Runs body(t) once for every t < count, in the order `order` keys.
+template <class Body>
+void for_each_thread(uint64_t count, uint64_t order, Body body) {
+    const ThreadOrder o(count, order);
+    for (uint64_t i = 0; i < count; ++i) body(o.at(i));
+}
+
+// Bounds checks: before a launch runs any thread, every thread's device-memory accesses are
+// checked against the bytes its buffers hold (from each pointer to the end of its
+// allocation, passed in `lens` in the order of the pointer arguments), so a bad index makes
+// the launch return MC_EMU_OUT_OF_BOUNDS instead of touching memory it does not own.
+constexpr int32_t MC_EMU_OUT_OF_BOUNDS = 2;
+constexpr uint64_t D = mc::DIGEST_WORDS * sizeof(uint32_t);
+using u128 = unsigned __int128;
+
+// Whether `count` elements of `size` bytes from element `index` lie in `len` bytes.
+bool fits(uint64_t len, u128 index, u128 size, u128 count = 1) {
+    return (index + count) * size <= len;
+}
+
+bool cell_ok(uint32_t cell) { return cell <= mc::CELL_FIELD; }
+
+// Runs check(t) for every t < count (in order), then, when all pass, body(t) in the order
+// `order` keys; returns 0, or MC_EMU_OUT_OF_BOUNDS without running any thread.
+template <class Check, class Body>
+int32_t checked_launch(uint64_t count, uint64_t order, Check check, Body body) {
+    for (uint64_t t = 0; t < count; ++t) {
+        if (!check(t)) return MC_EMU_OUT_OF_BOUNDS;
+    }
+    for_each_thread(count, order, body);
+    return 0;
+}
+
+}  // namespace
+
 extern "C" {
 
-int32_t mc_emu_zero_hashes(uint32_t* zero, uint32_t count) {
+int32_t mc_emu_zero_hashes(uint32_t* zero, uint32_t count, const uint64_t* lens) {
+    if (!fits(lens[0], 0, D, count)) return MC_EMU_OUT_OF_BOUNDS;
     mc::zero_hashes_body(0, zero, count);
     return 0;
 }
 
+// lens: raw, out.
 int32_t mc_emu_build_base(const uint8_t* raw, uint32_t cell, uint32_t levels, uint32_t* out,
-                          uint64_t count) {
+                          uint64_t count, uint64_t order, const uint64_t* lens) {
     if (levels > mc::MAX_RAW_SUBTREE_LEVELS) return 1;
-    for (uint64_t t = 0; t < count; ++t) mc::build_base_body(t, raw, cell, levels, out, count);
-    return 0;
+    if (!cell_ok(cell)) return MC_EMU_OUT_OF_BOUNDS;
+    const uint64_t span = mc::block_bytes(cell) << levels;
+    return checked_launch(
+        count, order,
+        [&](uint64_t t) { return fits(lens[0], t, span) && fits(lens[1], t, D); },
+        [&](uint64_t t) { mc::build_base_body(t, raw, cell, levels, out, count); });
 }
 
-int32_t mc_emu_compress_level(const uint32_t* children, uint32_t* parents, uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) mc::compress_level_body(t, children, parents, count);
-    return 0;
+// lens: children, parents.
+int32_t mc_emu_compress_level(const uint32_t* children, uint32_t* parents, uint64_t count,
+                              uint64_t order, const uint64_t* lens) {
+    return checked_launch(
+        count, order,
+        [&](uint64_t t) { return fits(lens[0], (u128)2 * t, D, 2) && fits(lens[1], t, D); },
+        [&](uint64_t t) { mc::compress_level_body(t, children, parents, count); });
 }
 
+// lens: nodes, zero, tasks.
 int32_t mc_emu_vertical(uint32_t* nodes, const uint32_t* zero, const McVerticalTask* tasks,
-                        uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) mc::vertical_body(t, nodes, zero, tasks, count);
-    return 0;
+                        uint64_t count, uint64_t order, const uint64_t* lens) {
+    return checked_launch(
+        count, order,
+        [&](uint64_t t) {
+            if (!fits(lens[2], t, sizeof(McVerticalTask))) return false;
+            const McVerticalTask& k = tasks[t];
+            return fits(lens[0], k.slot_root, D) && fits(lens[1], k.height, D, k.count) &&
+                   fits(lens[0], k.first_vertical, D, k.count) && fits(lens[0], k.top_leaf, D);
+        },
+        [&](uint64_t t) { mc::vertical_body(t, nodes, zero, tasks, count); });
 }
 
-int32_t mc_emu_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) mc::scatter_body(t, raw, tasks, count);
-    return 0;
+// lens: raw, tasks.
+int32_t mc_emu_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count, uint64_t order,
+                       const uint64_t* lens) {
+    return checked_launch(
+        count, order,
+        [&](uint64_t t) {
+            if (!fits(lens[1], t, sizeof(McWriteTask))) return false;
+            const McWriteTask& k = tasks[t];
+            return cell_ok(k.cell) && fits(lens[0], k.raw_byte, 1, mc::block_bytes(k.cell));
+        },
+        [&](uint64_t t) { mc::scatter_body(t, raw, tasks, count); });
 }
 
+// lens: raw, tasks, nodes.
 int32_t mc_emu_hash_tasks(const uint8_t* raw, const McHashTask* tasks, uint64_t count,
-                          uint32_t* nodes) {
-    for (uint64_t t = 0; t < count; ++t) mc::hash_tasks_body(t, raw, tasks, count, nodes);
-    return 0;
+                          uint32_t* nodes, uint64_t order, const uint64_t* lens) {
+    return checked_launch(
+        count, order,
+        [&](uint64_t t) {
+            if (!fits(lens[1], t, sizeof(McHashTask))) return false;
+            const McHashTask& k = tasks[t];
+            return cell_ok(k.cell) && k.levels <= mc::MAX_RAW_SUBTREE_LEVELS &&
+                   fits(lens[0], k.raw_byte, 1, mc::block_bytes(k.cell) << k.levels) &&
+                   fits(lens[2], k.out_node, D);
+        },
+        [&](uint64_t t) { mc::hash_tasks_body(t, raw, tasks, count, nodes); });
 }
 
-int32_t mc_emu_fill_digests(uint32_t* out, const uint32_t* value, uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) mc::fill_digests_body(t, out, value, count);
-    return 0;
+// lens: out, value.
+int32_t mc_emu_fill_digests(uint32_t* out, const uint32_t* value, uint64_t count,
+                            uint64_t order, const uint64_t* lens) {
+    return checked_launch(
+        count, order, [&](uint64_t t) { return fits(lens[0], t, D) && fits(lens[1], 0, D); },
+        [&](uint64_t t) { mc::fill_digests_body(t, out, value, count); });
 }
 
+// lens: children, parents, tasks.
 int32_t mc_emu_compress_pairs(const uint32_t* children, uint32_t* parents,
-                              const McPairTask* tasks, uint64_t count) {
-    for (uint64_t t = 0; t < count; ++t) {
-        mc::compress_pairs_body(t, children, parents, tasks, count);
-    }
-    return 0;
+                              const McPairTask* tasks, uint64_t count, uint64_t order,
+                              const uint64_t* lens) {
+    return checked_launch(
+        count, order,
+        [&](uint64_t t) {
+            if (!fits(lens[2], t, sizeof(McPairTask))) return false;
+            const McPairTask& k = tasks[t];
+            return fits(lens[0], k.left, D) && fits(lens[0], k.right, D) &&
+                   fits(lens[1], k.parent, D);
+        },
+        [&](uint64_t t) { mc::compress_pairs_body(t, children, parents, tasks, count); });
 }
 
+// lens: raw, nodes, fold, zero, tasks, listed, out. Mirrors openings_body's reads level by
+// level.
 int32_t mc_emu_openings(const uint8_t* raw, const uint32_t* nodes, const uint32_t* fold,
                         const uint32_t* zero, const McOpenTask* tasks, const uint64_t* listed,
                         uint64_t count, uint64_t top_offset, uint32_t address_height,
-                        uint32_t address_space_height, uint32_t* out) {
-    for (uint64_t t = 0; t < count; ++t) {
+                        uint32_t address_space_height, uint32_t* out, uint64_t order,
+                        const uint64_t* lens) {
+    const uint32_t ah = address_height, ash = address_space_height;
+    if (ash >= 63) return MC_EMU_OUT_OF_BOUNDS;
+    auto check = [&](uint64_t t) {
+        if (!fits(lens[4], t, sizeof(McOpenTask))) return false;
+        const McOpenTask& k = tasks[t];
+        if (!fits(lens[6], (u128)(ah + ash) * t, D, ah + ash)) return false;
+        if (!cell_ok(k.cell) || k.raw_levels > mc::MAX_RAW_SUBTREE_LEVELS) return false;
+        if (!(k.raw_levels <= k.listed_from && k.listed_from <= k.height && k.height <= ah)) {
+            return false;
+        }
+        const uint64_t bb = mc::block_bytes(k.cell);
+        for (uint32_t l = 0; l < k.raw_levels; ++l) {
+            if (k.raw_page_byte == MC_ABSENT_PAGE) {
+                if (!fits(lens[3], l, D)) return false;
+            } else {
+                const u128 first = (u128)(((k.block >> l) ^ 1) << l) * bb;
+                if (!fits(lens[0], (u128)k.raw_page_byte + first, 1, (u128)bb << l)) return false;
+            }
+        }
+        if (!fits(lens[5], k.first_listed, sizeof(uint64_t), k.height - k.raw_levels)) {
+            return false;
+        }
+        const uint64_t* list = listed + k.first_listed;
+        for (uint32_t l = k.raw_levels; l < k.height; ++l, ++list) {
+            if (!fits(l < k.listed_from ? lens[2] : lens[1], *list, D)) return false;
+        }
+        if (!fits(lens[3], k.height, D, ah - k.height)) return false;
+        for (uint32_t l = 0; l < ash; ++l) {
+            const u128 index = (u128)top_offset + mc::top_level_offset(ash, l) +
+                               (((uint64_t)k.slot >> l) ^ 1);
+            if (!fits(lens[1], index, D)) return false;
+        }
+        return true;
+    };
+    return checked_launch(count, order, check, [&](uint64_t t) {
         mc::openings_body(t, raw, nodes, fold, zero, tasks, listed, count, top_offset,
                           address_height, address_space_height, out);
-    }
-    return 0;
+    });
 }
 
 // The header's constants as canonical integers: initial and final external round constants

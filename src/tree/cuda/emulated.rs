@@ -1,6 +1,8 @@
 //! `EmulatedDevice`: a [`Device`] on host memory whose launches run the kernel bodies through
-//! the host build (`cuda/src/host_emulator.cpp`), one thread index after another. A test
-//! vehicle: it runs the device's arithmetic and index logic on any machine, not fast.
+//! the host build (`cuda/src/host_emulator.cpp`), one thread index after another in a
+//! seeded shuffled order (a GPU promises no order, so a launch whose tasks depend on each
+//! other fails here rather than passing by luck). A test vehicle: it runs the device's
+//! arithmetic and index logic on any machine, not fast.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +13,11 @@ use super::ffi;
 use crate::error::{Error, Result};
 
 /// The emulated device. Allocations are 16-byte aligned host buffers keyed by address;
-/// copies are bounds-checked against them (kernels are not). Every call runs to completion
-/// before it returns, in the order made, as on one stream.
-#[derive(Default)]
+/// copies, and every access a launch's threads make, are bounds-checked against them (a
+/// kernel's out-of-allocation access fails the launch before any thread runs). Every call runs to completion
+/// before it returns, in the order made, as on one stream. Each launch runs its threads in
+/// a permutation derived from the device's [seed](EmulatedDevice::seed) and the launch's
+/// number, so a run is reproducible from the seed.
 pub struct EmulatedDevice {
     /// Start address → storage. `u128` elements give 16-byte alignment.
     allocations: Mutex<BTreeMap<u64, Box<[u128]>>>,
@@ -21,6 +25,38 @@ pub struct EmulatedDevice {
     stream: Mutex<()>,
     /// Host waits so far: [`Device::copy_to_host`] and [`Device::synchronize`] calls.
     syncs: AtomicU64,
+    /// Keys every launch's thread order.
+    seed: u64,
+    /// Launches so far, mixed into each launch's order so launches differ.
+    launches: AtomicU64,
+}
+
+/// The environment variable that sets [`EmulatedDevice::new`]'s seed.
+pub const SEED_VAR: &str = "MEMCOMMIT_EMU_SEED";
+
+/// The seed without [`SEED_VAR`].
+pub const DEFAULT_SEED: u64 = 0x6d65_6d63_6f6d_6d74;
+
+/// splitmix64's finaliser: spreads a seed and a launch number over all 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The seed `value` of [`SEED_VAR`] names: a decimal or `0x` hex `u64`, else (any other
+/// text) its FNV-1a hash, so every value gives some reproducible order.
+fn parse_seed(value: &str) -> u64 {
+    let v = value.trim();
+    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    };
+    parsed.unwrap_or_else(|| {
+        v.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -28,20 +64,64 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn launched(name: &str, rc: i32) -> Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Error::Unavailable(format!(
-            "emulated launch {name} failed ({rc})"
-        )))
+impl Default for EmulatedDevice {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl EmulatedDevice {
-    /// A device with no allocations.
+    /// A device with no allocations, its seed from [`SEED_VAR`] when set (decimal, `0x` hex,
+    /// or any text, hashed), else [`DEFAULT_SEED`].
     pub fn new() -> Self {
-        Self::default()
+        let seed = std::env::var(SEED_VAR).map_or(DEFAULT_SEED, |v| parse_seed(&v));
+        Self::with_seed(seed)
+    }
+
+    /// A device with no allocations whose launches' thread orders derive from `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        EmulatedDevice {
+            allocations: Mutex::default(),
+            stream: Mutex::default(),
+            syncs: AtomicU64::new(0),
+            seed,
+            launches: AtomicU64::new(0),
+        }
+    }
+
+    /// The seed of the launches' thread orders: rerun a failing test with
+    /// `MEMCOMMIT_EMU_SEED` set to it to get the same orders.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The next launch's thread-order key.
+    fn order(&self) -> u64 {
+        let n = self.launches.fetch_add(1, Ordering::Relaxed);
+        mix(self.seed ^ mix(n.wrapping_add(1)))
+    }
+
+    fn launched(&self, name: &str, rc: i32) -> Result<()> {
+        let why = match rc {
+            0 => return Ok(()),
+            ffi::OUT_OF_BOUNDS => "a thread's access lies outside its allocation",
+            _ => "bad arguments",
+        };
+        Err(Error::Unavailable(format!(
+            "emulated launch {name} failed ({rc}: {why}; {SEED_VAR}={})",
+            self.seed
+        )))
+    }
+
+    /// Bytes from `ptr` to the end of the allocation holding it (0 outside every one): how
+    /// far a kernel may reach from a pointer argument.
+    fn reach(&self, ptr: DevicePtr) -> u64 {
+        lock(&self.allocations)
+            .range(..=ptr.0)
+            .next_back()
+            .map_or(0, |(&start, a)| {
+                (start + (a.len() * 16) as u64).saturating_sub(ptr.0)
+            })
     }
 
     /// Bytes currently allocated.
@@ -88,7 +168,11 @@ impl EmulatedDevice {
 
 impl Device for EmulatedDevice {
     fn describe(&self) -> String {
-        "emulated device (host memory, kernel bodies run one thread at a time)".into()
+        format!(
+            "emulated device (host memory, kernel bodies run one thread at a time in a shuffled \
+             order, {SEED_VAR}={})",
+            self.seed
+        )
     }
 
     fn alloc(&self, bytes: u64) -> Result<DevicePtr> {
@@ -150,10 +234,11 @@ impl Device for EmulatedDevice {
     }
 
     unsafe fn zero_hashes(&self, zero: DevicePtr, count: u32) -> Result<()> {
+        let lens = [self.reach(zero)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
-        launched("zero_hashes", unsafe {
-            ffi::mc_emu_zero_hashes(zero.0 as *mut u32, count)
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
+        self.launched("zero_hashes", unsafe {
+            ffi::mc_emu_zero_hashes(zero.0 as *mut u32, count, lens.as_ptr())
         })
     }
 
@@ -165,10 +250,20 @@ impl Device for EmulatedDevice {
         out: DevicePtr,
         count: u64,
     ) -> Result<()> {
+        let order = self.order();
+        let lens = [self.reach(raw), self.reach(out)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
-        launched("build_base", unsafe {
-            ffi::mc_emu_build_base(raw.0 as *const u8, cell, levels, out.0 as *mut u32, count)
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
+        self.launched("build_base", unsafe {
+            ffi::mc_emu_build_base(
+                raw.0 as *const u8,
+                cell,
+                levels,
+                out.0 as *mut u32,
+                count,
+                order,
+                lens.as_ptr(),
+            )
         })
     }
 
@@ -178,10 +273,18 @@ impl Device for EmulatedDevice {
         parents: DevicePtr,
         count: u64,
     ) -> Result<()> {
+        let order = self.order();
+        let lens = [self.reach(children), self.reach(parents)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
-        launched("compress_level", unsafe {
-            ffi::mc_emu_compress_level(children.0 as *const u32, parents.0 as *mut u32, count)
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
+        self.launched("compress_level", unsafe {
+            ffi::mc_emu_compress_level(
+                children.0 as *const u32,
+                parents.0 as *mut u32,
+                count,
+                order,
+                lens.as_ptr(),
+            )
         })
     }
 
@@ -192,31 +295,51 @@ impl Device for EmulatedDevice {
         tasks: DevicePtr,
         count: u64,
     ) -> Result<()> {
+        let order = self.order();
+        let lens = [self.reach(nodes), self.reach(zero), self.reach(tasks)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
-        launched("vertical", unsafe {
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
+        self.launched("vertical", unsafe {
             ffi::mc_emu_vertical(
                 nodes.0 as *mut u32,
                 zero.0 as *const u32,
                 tasks.0 as *const ffi::VerticalTask,
                 count,
+                order,
+                lens.as_ptr(),
             )
         })
     }
 
     unsafe fn fill_digests(&self, out: DevicePtr, value: DevicePtr, count: u64) -> Result<()> {
+        let order = self.order();
+        let lens = [self.reach(out), self.reach(value)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
-        launched("fill_digests", unsafe {
-            ffi::mc_emu_fill_digests(out.0 as *mut u32, value.0 as *const u32, count)
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
+        self.launched("fill_digests", unsafe {
+            ffi::mc_emu_fill_digests(
+                out.0 as *mut u32,
+                value.0 as *const u32,
+                count,
+                order,
+                lens.as_ptr(),
+            )
         })
     }
 
     unsafe fn scatter(&self, raw: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
+        let order = self.order();
+        let lens = [self.reach(raw), self.reach(tasks)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
-        launched("scatter", unsafe {
-            ffi::mc_emu_scatter(raw.0 as *mut u8, tasks.0 as *const ffi::WriteTask, count)
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
+        self.launched("scatter", unsafe {
+            ffi::mc_emu_scatter(
+                raw.0 as *mut u8,
+                tasks.0 as *const ffi::WriteTask,
+                count,
+                order,
+                lens.as_ptr(),
+            )
         })
     }
 
@@ -227,14 +350,18 @@ impl Device for EmulatedDevice {
         count: u64,
         nodes: DevicePtr,
     ) -> Result<()> {
+        let order = self.order();
+        let lens = [self.reach(raw), self.reach(tasks), self.reach(nodes)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
-        launched("hash_tasks", unsafe {
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
+        self.launched("hash_tasks", unsafe {
             ffi::mc_emu_hash_tasks(
                 raw.0 as *const u8,
                 tasks.0 as *const ffi::HashTask,
                 count,
                 nodes.0 as *mut u32,
+                order,
+                lens.as_ptr(),
             )
         })
     }
@@ -246,14 +373,18 @@ impl Device for EmulatedDevice {
         tasks: DevicePtr,
         count: u64,
     ) -> Result<()> {
+        let order = self.order();
+        let lens = [self.reach(children), self.reach(parents), self.reach(tasks)];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
-        launched("compress_pairs", unsafe {
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
+        self.launched("compress_pairs", unsafe {
             ffi::mc_emu_compress_pairs(
                 children.0 as *const u32,
                 parents.0 as *mut u32,
                 tasks.0 as *const ffi::PairTask,
                 count,
+                order,
+                lens.as_ptr(),
             )
         })
     }
@@ -272,9 +403,19 @@ impl Device for EmulatedDevice {
         address_space_height: u32,
         out: DevicePtr,
     ) -> Result<()> {
+        let order = self.order();
+        let lens = [
+            self.reach(raw),
+            self.reach(nodes),
+            self.reach(fold),
+            self.reach(zero),
+            self.reach(tasks),
+            self.reach(listed),
+            self.reach(out),
+        ];
         let _stream = lock(&self.stream);
-        // SAFETY: the caller guarantees the shapes (trait contract).
-        launched("openings", unsafe {
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
+        self.launched("openings", unsafe {
             ffi::mc_emu_openings(
                 raw.0 as *const u8,
                 nodes.0 as *const u32,
@@ -287,6 +428,8 @@ impl Device for EmulatedDevice {
                 address_height,
                 address_space_height,
                 out.0 as *mut u32,
+                order,
+                lens.as_ptr(),
             )
         })
     }

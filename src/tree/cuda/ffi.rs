@@ -7,6 +7,9 @@
 //! pointer a launch is given (the node array, or a call's fold scratch); raw offsets count
 //! bytes in the raw array of present pages (see `tree_index.h`).
 
+/// A launch twin's return code when some thread's access lies outside its buffer's length.
+pub const OUT_OF_BOUNDS: i32 = 2;
+
 /// `McOpenTask::raw_page_byte` of a block in an absent page (C `MC_ABSENT_PAGE`).
 pub const ABSENT_PAGE: u64 = u64::MAX;
 
@@ -133,37 +136,66 @@ pub fn as_bytes_mut<T: Plain>(items: &mut [T]) -> &mut [u8] {
     }
 }
 
-// The emulator's exports. Launch twins take the launcher's arguments minus the stream and
-// return 0 on success; pointers must be valid host memory of the documented shapes.
+// The emulator's exports. Launch twins take the launcher's arguments minus the stream, plus
+// (all but `mc_emu_zero_hashes`, a one-thread launch) the key `order` of the shuffled order
+// they run threads in, plus `lens`: per pointer argument, in order, the bytes it may reach.
+// They return 0 on success, [`OUT_OF_BOUNDS`] when a thread would reach outside `lens`
+// (nothing ran); pointers must be valid host memory for at least `lens` bytes.
 extern "C" {
-    pub fn mc_emu_zero_hashes(zero: *mut u32, count: u32) -> i32;
+    pub fn mc_emu_zero_hashes(zero: *mut u32, count: u32, lens: *const u64) -> i32;
     pub fn mc_emu_build_base(
         raw: *const u8,
         cell: u32,
         levels: u32,
         out: *mut u32,
         count: u64,
+        order: u64,
+        lens: *const u64,
     ) -> i32;
-    pub fn mc_emu_compress_level(children: *const u32, parents: *mut u32, count: u64) -> i32;
+    pub fn mc_emu_compress_level(
+        children: *const u32,
+        parents: *mut u32,
+        count: u64,
+        order: u64,
+        lens: *const u64,
+    ) -> i32;
     pub fn mc_emu_vertical(
         nodes: *mut u32,
         zero: *const u32,
         tasks: *const VerticalTask,
         count: u64,
+        order: u64,
+        lens: *const u64,
     ) -> i32;
-    pub fn mc_emu_scatter(raw: *mut u8, tasks: *const WriteTask, count: u64) -> i32;
+    pub fn mc_emu_scatter(
+        raw: *mut u8,
+        tasks: *const WriteTask,
+        count: u64,
+        order: u64,
+        lens: *const u64,
+    ) -> i32;
     pub fn mc_emu_hash_tasks(
         raw: *const u8,
         tasks: *const HashTask,
         count: u64,
         nodes: *mut u32,
+        order: u64,
+        lens: *const u64,
     ) -> i32;
-    pub fn mc_emu_fill_digests(out: *mut u32, value: *const u32, count: u64) -> i32;
+    pub fn mc_emu_fill_digests(
+        out: *mut u32,
+        value: *const u32,
+        count: u64,
+        order: u64,
+        lens: *const u64,
+    ) -> i32;
     pub fn mc_emu_compress_pairs(
         children: *const u32,
         parents: *mut u32,
         tasks: *const PairTask,
         count: u64,
+        order: u64,
+        lens: *const u64,
     ) -> i32;
     #[allow(clippy::too_many_arguments)]
     pub fn mc_emu_openings(
@@ -178,6 +210,8 @@ extern "C" {
         address_height: u32,
         address_space_height: u32,
         out: *mut u32,
+        order: u64,
+        lens: *const u64,
     ) -> i32;
 
     /// Canonical constants: 64 + 64 + 13 + 16 words.

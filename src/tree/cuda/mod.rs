@@ -2,7 +2,8 @@
 //!
 //! The kernels live in `cuda/` (headers in `cuda/include/memcommit/`, bodies and launchers in
 //! `cuda/src/`). The same headers and kernel bodies are always compiled for the host, and
-//! [`EmulatedDevice`] runs every launch there one thread index at a time, so the device's
+//! [`EmulatedDevice`] runs every launch there one thread index at a time (in a seeded
+//! shuffled order), so the device's
 //! arithmetic and index logic are tested on any machine (`tests/cuda_emulated.rs`). With
 //! feature `cuda`, [`CudaDevice`] runs the same tree on a GPU through cudarc and the nvcc-built
 //! launchers (`tests/cuda_device.rs`); the emulated tree is a test vehicle and not a
@@ -29,7 +30,7 @@ mod tree;
 mod words;
 
 pub use device::{Device, DevicePtr};
-pub use emulated::EmulatedDevice;
+pub use emulated::{EmulatedDevice, DEFAULT_SEED, SEED_VAR};
 #[cfg(feature = "cuda")]
 pub use gpu::CudaDevice;
 pub use tree::CudaTree;

@@ -114,6 +114,65 @@ const KINDS: [(Base, Base); 3] = [
     (Base::Nodes, Base::Nodes),
 ];
 
+/// Why one launch breaks the planner's rule (docs/design.md "The stored tree"): every
+/// task writes its own node, and no task reads a node another task of the launch writes,
+/// since a GPU runs a launch's threads in any order. `tasks` gives each task's written and
+/// read node indices in the launch's write array; `same_array` says whether the reads come
+/// from that array too (otherwise they cannot clash). `None` when the launch is sound.
+fn launch_conflict(
+    tasks: impl Iterator<Item = (Vec<u64>, Vec<u64>)> + Clone,
+    same_array: bool,
+) -> Option<String> {
+    let mut writer: HashMap<u64, usize> = HashMap::new();
+    for (t, (writes, _)) in tasks.clone().enumerate() {
+        for w in writes {
+            if let Some(other) = writer.insert(w, t) {
+                return Some(format!("tasks {other} and {t} both write node {w}"));
+            }
+        }
+    }
+    if same_array {
+        for (t, (_, reads)) in tasks.enumerate() {
+            for r in reads {
+                if let Some(&w) = writer.get(&r) {
+                    if w != t {
+                        return Some(format!("task {t} reads node {r}, which task {w} writes"));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Debug builds: panics (naming the launch) when a pair launch breaks the planner's rule
+/// (see [`launch_conflict`]).
+fn debug_check_pairs(what: &str, tasks: &[PairTask], same_array: bool) {
+    if cfg!(debug_assertions) {
+        let conflict = launch_conflict(
+            tasks
+                .iter()
+                .map(|t| (vec![t.parent], vec![t.left, t.right])),
+            same_array,
+        );
+        debug_assert!(conflict.is_none(), "planner: {what}: {conflict:?}");
+    }
+}
+
+/// Debug builds: checks every launch of `rounds` (see [`debug_check_pairs`]).
+fn debug_check_rounds(what: &str, rounds: &[Round]) {
+    for (r, round) in rounds.iter().enumerate() {
+        debug_check_pairs(
+            &format!(
+                "{what} round {r} ({:?} -> {:?})",
+                round.children, round.parents
+            ),
+            &round.tasks,
+            round.children == round.parents,
+        );
+    }
+}
+
 /// Pair tasks collected by step: step `r` of every slot (or opening) goes into one launch per
 /// base pair, since different slots never read each other's nodes.
 #[derive(Default)]
@@ -443,10 +502,12 @@ impl Resolver<'_> {
         let vertical = (0..1u64 << g.address_space_height)
             .map(|slot| self.vertical_task(slot))
             .collect::<Result<_>>()?;
+        let rounds = rounds.into_rounds();
+        debug_check_rounds("build", &rounds);
         Ok(BuildPlan {
             fills,
             fold_roots,
-            rounds: rounds.into_rounds(),
+            rounds,
             vertical,
             fold,
         })
@@ -581,6 +642,7 @@ impl Resolver<'_> {
             });
         }
         plan.rounds = rounds.into_rounds();
+        debug_check_rounds("update", &plan.rounds);
         let mut dirty = touched_slots;
         for l in 1..=g.address_space_height {
             let up = parents_of(&dirty);
@@ -595,7 +657,50 @@ impl Resolver<'_> {
             );
             dirty = up;
         }
+        if cfg!(debug_assertions) {
+            debug_check_update(g, &plan);
+        }
         Ok(plan)
+    }
+}
+
+/// Debug builds: panics when a launch of an update plan other than its pair rounds breaks
+/// the planner's rule (see [`launch_conflict`]): the scatter's blocks, the base hashes, the
+/// fold roots, the vertical paths (writes: vertical nodes and top leaf; reads: slot root and
+/// zero table, all in the node array) and each top-tree level.
+fn debug_check_update(g: &Geometry, plan: &UpdatePlan) {
+    let writes = launch_conflict(
+        plan.writes.iter().map(|w| (vec![w.raw_byte], Vec::new())),
+        false,
+    );
+    debug_assert!(writes.is_none(), "planner: update scatter: {writes:?}");
+    let hashes = launch_conflict(
+        plan.hashes.iter().map(|h| (vec![h.out_node], Vec::new())),
+        false,
+    );
+    debug_assert!(hashes.is_none(), "planner: update hashes: {hashes:?}");
+    let roots = launch_conflict(
+        plan.fold
+            .roots
+            .iter()
+            .map(|h| (vec![h.out_node], Vec::new())),
+        false,
+    );
+    debug_assert!(roots.is_none(), "planner: update fold roots: {roots:?}");
+    let vertical = launch_conflict(
+        plan.vertical.iter().map(|v| {
+            let span = u64::from(v.count);
+            let mut writes: Vec<u64> = (v.first_vertical..v.first_vertical + span).collect();
+            writes.push(v.top_leaf);
+            let mut reads = vec![v.slot_root];
+            reads.extend((v.height..v.height + v.count).map(|l| g.zero(l)));
+            (writes, reads)
+        }),
+        true,
+    );
+    debug_assert!(vertical.is_none(), "planner: update vertical: {vertical:?}");
+    for (l, top) in plan.top_rounds.iter().enumerate() {
+        debug_check_pairs(&format!("update top level {}", l + 1), top, true);
     }
 }
 
@@ -656,10 +761,12 @@ impl Resolver<'_> {
                 pad: 0,
             });
         }
+        let rounds = rounds.into_rounds();
+        debug_check_rounds("openings", &rounds);
         Ok(OpeningPlan {
             tasks,
             listed,
-            rounds: rounds.into_rounds(),
+            rounds,
             fold,
         })
     }
