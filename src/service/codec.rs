@@ -391,13 +391,6 @@ pub fn witness_from_proto(w: &proto::Witness, field: &str) -> Result<Vec<Witness
         })
     };
     let bad = std::sync::atomic::AtomicBool::new(false);
-    let blank = WitnessRow {
-        height: 0,
-        index: 0,
-        old: [Digest::ZERO; 2],
-        new: [Digest::ZERO; 2],
-        touched: [false; 2],
-    };
     // Collected straight into the result's capacity; a bad row only raises the flag.
     let rows: Vec<WitnessRow> = (0..n)
         .into_par_iter()
@@ -405,7 +398,7 @@ pub fn witness_from_proto(w: &proto::Witness, field: &str) -> Result<Vec<Witness
         .map(|i| {
             row(i).unwrap_or_else(|_| {
                 bad.store(true, std::sync::atomic::Ordering::Relaxed);
-                blank
+                WitnessRow::BLANK
             })
         })
         .collect();

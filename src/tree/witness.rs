@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::hash::{compress, leaf_hash, Digest, F};
 use crate::layout::MemoryLayout;
-use crate::tree::{validate_batch, MemoryTree, TouchedBlock};
+use crate::tree::{block_key, validate_batch, MemoryTree, TouchedBlock};
 
 /// One row of a batch's witness: a node with a touched block below it, with its children
 /// before and after the batch.
@@ -36,27 +36,35 @@ pub struct WitnessRow {
 /// heights 1..=H. Counted from the blocks' positions alone (a sort, then one pass), so a
 /// caller can bound the witness's size before applying the batch. Repeated positions count
 /// once.
-///
-/// Over the sorted distinct leaves, height `l` has one node more than the last for each
-/// adjacent pair `a < b` that differs above bit `l`, so the total is `H` plus, per pair,
-/// the bit length of `a ^ b` minus one.
 pub fn witness_rows(layout: &MemoryLayout, blocks: &[TouchedBlock]) -> u64 {
+    let mut keys: Vec<u64> = blocks.iter().map(block_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    rows_per_height(layout, &keys).iter().sum::<usize>() as u64
+}
+
+/// Rows per height (index 0, the leaves, is 0) of the witness of the sorted distinct block
+/// keys `keys` ([`block_key`]). Over the sorted leaves, height `l` has one node, plus one for
+/// each adjacent pair that differs above bit `l`; no rows without keys.
+pub fn rows_per_height(layout: &MemoryLayout, keys: &[u64]) -> Vec<usize> {
     let ah = layout.address_height();
-    let h = layout.address_space_height() + ah;
-    let mut leaves: Vec<u64> = blocks
-        .iter()
-        .map(|b| (u64::from(b.slot) << ah) | b.block)
-        .collect();
-    leaves.sort_unstable();
-    leaves.dedup();
-    if leaves.is_empty() {
-        return 0;
+    let h = (layout.address_space_height() + ah) as usize;
+    let mut counts = vec![0usize; h + 1];
+    if keys.is_empty() {
+        return counts;
     }
-    let pairs: u64 = leaves
-        .windows(2)
-        .map(|w| u64::from(64 - (w[0] ^ w[1]).leading_zeros() - 1))
-        .sum();
-    u64::from(h) + pairs
+    let leaf = |k: u64| ((k >> 32) << ah) | (k & 0xffff_ffff);
+    // diff[m] counts pairs whose leaves first agree at height m.
+    let mut diff = vec![0usize; h + 2];
+    for w in keys.windows(2) {
+        diff[(64 - (leaf(w[0]) ^ leaf(w[1])).leading_zeros()) as usize] += 1;
+    }
+    let mut differing = keys.len() - 1;
+    for (l, count) in counts.iter_mut().enumerate().skip(1) {
+        differing -= diff[l];
+        *count = 1 + differing;
+    }
+    counts
 }
 
 /// The JSON form of docs/design.md's `replay --json --witness`: `{"height": h, "index": i,
@@ -73,6 +81,17 @@ impl serde::Serialize for WitnessRow {
         row.serialize_field("touched", &self.touched.map(u8::from))?;
         row.end()
     }
+}
+
+impl WitnessRow {
+    /// A placeholder row (height 0, zero digests), for buffers filled in place.
+    pub const BLANK: WitnessRow = WitnessRow {
+        height: 0,
+        index: 0,
+        old: [Digest::ZERO; 2],
+        new: [Digest::ZERO; 2],
+        touched: [false; 2],
+    };
 }
 
 /// Checks that `rows` is a consistent witness of a transition from `old_root` to

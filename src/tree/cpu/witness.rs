@@ -13,21 +13,12 @@
 
 use rayon::prelude::*;
 
-use super::{compress_all, zero, CpuTree, SlotNodes, SlotUndo, Undo};
+use super::{compress_all, parents, zero, CpuTree, SlotNodes, SlotUndo, Undo};
 use crate::error::Result;
 use crate::hash::{leaf_hash_many_canonical, Digest};
 use crate::layout::BLOCK_CELLS;
-use crate::tree::witness::{from_openings, WitnessRow};
+use crate::tree::witness::{from_openings, rows_per_height, WitnessRow};
 use crate::tree::{validated_keys, MemoryTree, TouchedBlock};
-
-/// A row to be overwritten: the output is allocated whole, then filled in place.
-const BLANK: WitnessRow = WitnessRow {
-    height: 0,
-    index: 0,
-    old: [Digest::ZERO; 2],
-    new: [Digest::ZERO; 2],
-    touched: [false; 2],
-};
 
 /// Fills `out` (one row per distinct parent of the touched nodes `indices`, one level's,
 /// sorted, `old(j)` giving node `indices[j]`'s digest before the batch) from `pairs[j]`,
@@ -85,40 +76,12 @@ impl Olds<'_> {
 /// Below this many rows (or touched nodes in a slot), rows are written on one thread.
 const SEQUENTIAL_ROWS: usize = 16 * 1024;
 
-/// Sorted distinct indices, one level up.
-fn halve(indices: &[u64]) -> Vec<u64> {
-    let mut up: Vec<u64> = indices.iter().map(|i| i >> 1).collect();
-    up.dedup();
-    up
-}
-
 /// Splits the next `n` rows off the front of `rest`.
 fn take<'a>(rest: &mut &'a mut [WitnessRow], n: usize) -> &'a mut [WitnessRow] {
     let all = std::mem::take(rest);
     let (head, tail) = all.split_at_mut(n.min(all.len()));
     *rest = tail;
     head
-}
-
-/// Rows per height (index 0 unused) of the witness of sorted distinct block `keys`:
-/// height `l` has one row per distinct `leaf >> l`, which over sorted leaves is one, plus
-/// one for each adjacent pair that differs above bit `l`.
-fn rows_per_height(layout: &crate::layout::MemoryLayout, keys: &[u64]) -> Vec<usize> {
-    let ah = layout.address_height();
-    let h = (layout.address_space_height() + ah) as usize;
-    let leaf = |k: u64| ((k >> 32) << ah) | (k & 0xffff_ffff);
-    // diff[m] counts pairs whose leaves first agree at height m.
-    let mut diff = vec![0usize; h + 2];
-    for w in keys.windows(2) {
-        diff[(64 - (leaf(w[0]) ^ leaf(w[1])).leading_zeros()) as usize] += 1;
-    }
-    let mut counts = vec![0usize; h + 1];
-    let mut differing = keys.len().saturating_sub(1);
-    for (l, count) in counts.iter_mut().enumerate().skip(1) {
-        differing -= diff[l];
-        *count = 1 + differing;
-    }
-    counts
 }
 
 impl CpuTree {
@@ -154,10 +117,10 @@ impl CpuTree {
         let counts = rows_per_height(&self.layout, &keys);
         let total = counts.iter().sum();
         let mut out = match total < SEQUENTIAL_ROWS {
-            true => vec![BLANK; total],
+            true => vec![WitnessRow::BLANK; total],
             false => {
                 let mut v = Vec::with_capacity(total);
-                v.par_extend(rayon::iter::repeat_n(BLANK, total));
+                v.par_extend(rayon::iter::repeat_n(WitnessRow::BLANK, total));
                 v
             }
         };
@@ -230,7 +193,7 @@ impl CpuTree {
                     Olds::Upper(logged, *zero(l))
                 }
             };
-            let up = if l < h { halve(&indices) } else { Vec::new() };
+            let up = if l < h { parents(&indices) } else { Vec::new() };
             levels.push((l, std::mem::replace(&mut indices, up), olds));
         }
         let mut tasks = Vec::with_capacity(levels.len());
@@ -277,7 +240,7 @@ impl CpuTree {
                 return;
             };
             let below = &self.top[t as usize - 1];
-            let pairs: Vec<(Digest, Digest)> = halve(indices)
+            let pairs: Vec<(Digest, Digest)> = parents(indices)
                 .iter()
                 .map(|&p| (below[2 * p as usize], below[2 * p as usize + 1]))
                 .collect();
@@ -310,8 +273,8 @@ fn below_base(
         let kept = &log.below[t as usize];
         // The parents' new children, side by side in their level-b subtree's window.
         let mut j = 0;
-        let parents = halve(&level);
-        let pairs: Vec<(Digest, Digest)> = parents
+        let above = parents(&level);
+        let pairs: Vec<(Digest, Digest)> = above
             .iter()
             .map(|&p| {
                 while roots[j] != (2 * p) >> up {
@@ -327,7 +290,7 @@ fn below_base(
             let old_pairs: Vec<(Digest, Digest)> =
                 out.iter().map(|r| (r.old[0], r.old[1])).collect();
             olds = compress_all(&old_pairs);
-            level = parents;
+            level = above;
         }
     }
     roots
