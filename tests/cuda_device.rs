@@ -51,6 +51,15 @@ mod device {
         permutations: || None,
     };
 
+    /// Cases per property test: `MEMCOMMIT_DEVICE_CASES`, else 128. `.gpu/run-all.sh` lowers
+    /// it under compute-sanitizer, which runs kernels one to two orders of magnitude slower.
+    fn cases() -> u32 {
+        std::env::var("MEMCOMMIT_DEVICE_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(128)
+    }
+
     fn on_gpu(layout: &MemoryLayout, image: Arc<MemoryImage>, k: u32) -> CudaTree<CudaDevice> {
         let device = CudaDevice::new().expect("device");
         CudaTree::build(device, layout.clone(), image, k).expect("device build")
@@ -141,6 +150,32 @@ mod device {
     }
 
     #[test]
+    fn a_dense_batch_repeated_20_times_gives_the_cpu_roots() {
+        if device().is_none() {
+            return;
+        }
+        device_cases::dense_batch_repeats(on_gpu, 20);
+    }
+
+    #[test]
+    fn launches_of_1_255_256_and_257_tasks_equal_the_cpu_tree() {
+        if device().is_none() {
+            return;
+        }
+        device_cases::launch_counts(on_gpu);
+    }
+
+    #[test]
+    fn k_20_build_and_one_block_update_equal_the_cpu_tree_timed() {
+        if device().is_none() {
+            return;
+        }
+        // 2^24 blocks (128 MiB of u8 cells): 16 stored nodes at level 20.
+        let (build, update) = device_cases::largest_k(on_gpu, 24);
+        println!("cuda k = 20 over 2^24 blocks: build {build:?}, 1-block update {update:?}");
+    }
+
+    #[test]
     fn out_of_memory_is_resource_exhausted() {
         let Some(device) = device() else {
             return;
@@ -174,7 +209,7 @@ mod device {
             ),
         );
         let mut runner = TestRunner::new(Config {
-            cases: 128,
+            cases: cases(),
             ..Config::default()
         });
         let result = runner.run(&strategy, |(layout, k, image_seeds, batches)| {
@@ -219,7 +254,7 @@ mod device {
             ),
         );
         let mut runner = TestRunner::new(Config {
-            cases: 128,
+            cases: cases(),
             ..Config::default()
         });
         let result = runner.run(&strategy, |(layout, k, image_seeds, batches)| {

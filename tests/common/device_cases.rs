@@ -514,3 +514,175 @@ pub fn check_against_reference<D: Device>(
     }
     Ok(())
 }
+
+/// xorshift64: a cheap deterministic stream for the launch-shape cases' images and cells.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// One slot of `2^log_blocks` u8 blocks, every block filled from `seed` (all pages present).
+fn filled_u8_slot(log_blocks: u32, seed: u64) -> (MemoryLayout, Arc<MemoryImage>) {
+    let layout = MemoryLayout::new(LayoutSpec {
+        address_spaces: vec![AddressSpace {
+            cell: CellType::U8,
+            num_cells: 8 << log_blocks,
+        }],
+        address_space_height: None,
+        address_height: None,
+    })
+    .expect("layout");
+    let mut image = MemoryImage::zeroed(&layout).expect("image");
+    let mut state = seed;
+    let mut chunk = vec![0u8; 1 << 20];
+    let bytes = 8u64 << log_blocks;
+    for at in (0..bytes).step_by(chunk.len()) {
+        let n = chunk.len().min((bytes - at) as usize);
+        for w in chunk[..n].chunks_exact_mut(8) {
+            w.copy_from_slice(&xorshift(&mut state).to_le_bytes());
+        }
+        image.write(0, at, &chunk[..n]).expect("fill slot 0");
+    }
+    (layout, Arc::new(image))
+}
+
+/// u8 cells of one block from the stream.
+fn u8_cells(state: &mut u64) -> [u32; 8] {
+    let v = xorshift(state).to_le_bytes();
+    core::array::from_fn(|i| u32::from(v[i]))
+}
+
+/// Issue 14's repeat check: a dense batch (every block under 64 adjacent stored base nodes,
+/// crossing a page boundary) and a second batch over the same blocks with other cells,
+/// applied alternately `repeats` times on one device tree at k = 3. Each root must equal the
+/// CPU tree's for that batch, so a launch that raced (a task reading a node another task of
+/// the same launch writes) shows as a root that differs between repeats.
+pub fn dense_batch_repeats<D: Device>(
+    build: impl Fn(&MemoryLayout, Arc<MemoryImage>, u32) -> CudaTree<D>,
+    repeats: usize,
+) {
+    let k = 3;
+    let (layout, image) = filled_u8_slot(16, 0x243F_6A88_85A3_08D3);
+    let mut dev = build(&layout, image.clone(), k);
+    let mut cpu = CpuTree::build(layout.clone(), image, k).expect("cpu");
+    assert_eq!(dev.root(), cpu.root(), "build");
+    // 64 base nodes of 2^k blocks from block 8000: pages 15 and 16 (512 blocks a page).
+    let first = 8000u64;
+    let blocks = first..first + (64 << k);
+    let mut state = 0x1319_8A2E_0370_7344u64;
+    let batches: [Vec<TouchedBlock>; 2] = core::array::from_fn(|_| {
+        blocks
+            .clone()
+            .map(|block| TouchedBlock {
+                slot: 0,
+                block,
+                cells: u8_cells(&mut state),
+            })
+            .collect()
+    });
+    let expected: Vec<Digest> = batches
+        .iter()
+        .map(|b| cpu.update(b).expect("cpu"))
+        .collect();
+    assert_ne!(expected[0], expected[1]);
+    for r in 0..repeats {
+        let root = dev.update(&batches[r % 2]).expect("device update");
+        assert_eq!(root, expected[r % 2], "repeat {r}");
+    }
+    let positions = [(0, first), (0, first + 511), (0, 0), (0, (1 << 16) - 1)];
+    let cpu_now = CpuTree::build(layout.clone(), dev.image().clone(), k).expect("cpu");
+    assert_matches_cpu(&layout, &dev, &cpu_now, &positions, "after the repeats");
+}
+
+/// Issue 14's launch sizes: for `n` in 1, 255, 256 and 257 (around the 256 threads of a CUDA
+/// block), a batch of `n` blocks 2^11 apart in a 2^20-block slot with two pages present, so
+/// the scatter, the base recomputes and every pair round below level 11 have exactly `n`
+/// tasks and the batch creates about `n` pages; then `n` openings in one launch. At k = 0
+/// and k = 3, against the CPU tree.
+pub fn launch_counts<D: Device>(
+    build: impl Fn(&MemoryLayout, Arc<MemoryImage>, u32) -> CudaTree<D>,
+) {
+    let layout = MemoryLayout::new(LayoutSpec {
+        address_spaces: vec![AddressSpace {
+            cell: CellType::U8,
+            num_cells: 8 << 20,
+        }],
+        address_space_height: None,
+        address_height: None,
+    })
+    .expect("layout");
+    let image = image_with(
+        &layout,
+        &[
+            TouchedBlock {
+                slot: 0,
+                block: 5,
+                cells: [3; 8],
+            },
+            TouchedBlock {
+                slot: 0,
+                block: (1 << 20) - 1,
+                cells: [4; 8],
+            },
+        ],
+    );
+    let mut state = 0xA409_3822_299F_31D0u64;
+    for k in [0, 3] {
+        for n in [1u64, 255, 256, 257] {
+            let batch: Vec<TouchedBlock> = (0..n)
+                .map(|i| TouchedBlock {
+                    slot: 0,
+                    block: (i << 11) + (xorshift(&mut state) & 511),
+                    cells: u8_cells(&mut state),
+                })
+                .collect();
+            let mut dev = build(&layout, image.clone(), k);
+            let mut cpu = CpuTree::build(layout.clone(), image.clone(), k).expect("cpu");
+            assert_eq!(
+                dev.update(&batch).expect("device"),
+                cpu.update(&batch).expect("cpu"),
+                "k = {k}, n = {n}"
+            );
+            let positions: Vec<(u32, u64)> = batch.iter().map(|b| (b.slot, b.block)).collect();
+            assert_matches_cpu(
+                &layout,
+                &dev,
+                &cpu,
+                &positions,
+                &format!("k = {k}, n = {n}"),
+            );
+        }
+    }
+}
+
+/// Issue 14's large-k case: a fully present slot of `2^log_blocks` u8 blocks at k = 20 (the
+/// largest `omitted_levels`), built, then a one-block update and openings, against the CPU
+/// tree. Returns the device's build and update times.
+pub fn largest_k<D: Device>(
+    build: impl Fn(&MemoryLayout, Arc<MemoryImage>, u32) -> CudaTree<D>,
+    log_blocks: u32,
+) -> (std::time::Duration, std::time::Duration) {
+    let k = tree::MAX_OMITTED_LEVELS;
+    assert_eq!(k, 20);
+    let (layout, image) = filled_u8_slot(log_blocks, 0x0801_F2E2_858E_FC16);
+    let started = std::time::Instant::now();
+    let mut dev = build(&layout, image.clone(), k);
+    let build_time = started.elapsed();
+    let mut cpu = CpuTree::build(layout.clone(), image, k).expect("cpu");
+    assert_eq!(dev.root(), cpu.root(), "build at k = 20");
+    let last = (1u64 << log_blocks) - 1;
+    let batch = [TouchedBlock {
+        slot: 0,
+        block: last - 77,
+        cells: [200; 8],
+    }];
+    let started = std::time::Instant::now();
+    let root = dev.update(&batch).expect("device update");
+    let update_time = started.elapsed();
+    assert_eq!(root, cpu.update(&batch).expect("cpu"), "update at k = 20");
+    let positions = [(0, 0), (0, last - 77), (0, last)];
+    assert_matches_cpu(&layout, &dev, &cpu, &positions, "k = 20");
+    (build_time, update_time)
+}
