@@ -58,6 +58,41 @@ pub trait Device: Send + Sync {
     /// See the trait: `dst .. dst + src.len()` is allocated and `src` outlives the copy.
     unsafe fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
 
+    /// Uploads `src` to `dst` in chunks of at most `chunk` bytes (`chunk > 0`) and, after
+    /// each chunk's copy is queued, calls `then(offset, len)` (bytes from the start of `src`)
+    /// so the caller can queue work on that chunk, ordered after its copy.
+    ///
+    /// The default copies each chunk with [`Device::copy_to_device`]. `CudaDevice` instead
+    /// stages the chunks through
+    /// its pool of pinned host buffers on a copy stream, double-buffered, so that the host's
+    /// copy into one buffer, the DMA of the other and the work `then` queued on the previous
+    /// chunk overlap (docs/design.md, "CUDA", data path).
+    ///
+    /// # Errors
+    /// As `copy_to_device`, and whatever `then` returns; nothing more is queued after an
+    /// error.
+    ///
+    /// # Safety
+    /// As `copy_to_device` (`dst .. dst + src.len()` is allocated, `src` outlives the copy);
+    /// `then` upholds the safety rules of the calls it makes.
+    unsafe fn upload_chunked(
+        &self,
+        dst: DevicePtr,
+        src: &[u8],
+        chunk: u64,
+        then: &mut dyn FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        let chunk = usize::try_from(chunk.max(1)).unwrap_or(usize::MAX);
+        for (i, part) in src.chunks(chunk).enumerate() {
+            let offset = (i * chunk) as u64;
+            // SAFETY: the chunk lies in `dst .. dst + src.len()`, and `src` outlives the copy
+            // (caller).
+            unsafe { self.copy_to_device(dst.offset(offset), part)? };
+            then(offset, part.len() as u64)?;
+        }
+        Ok(())
+    }
+
     /// Queues a copy of `bytes` bytes from `src` to `dst`, both device memory (growing a
     /// buffer: the old contents into the bigger one).
     ///

@@ -25,6 +25,7 @@ use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr as _, Dr
 use super::device::{Device, DevicePtr};
 use super::ffi;
 use super::launchers_bindings as lb;
+use super::staging::StagingPool;
 use super::DeviceInfo;
 use crate::error::{Error, Result};
 
@@ -152,6 +153,10 @@ pub fn probe() -> std::result::Result<DeviceInfo, String> {
 /// Allocations are kept by address until freed; dropping the device frees what is left,
 /// ordered after its queued work.
 pub struct CudaDevice {
+    /// Pinned staging for [`Device::upload_chunked`], made on first use. Declared first so
+    /// that it drops first: its drop waits for the staged copies, before the allocations
+    /// they write are freed.
+    staging: Mutex<Option<StagingPool>>,
     stream: Arc<CudaStream>,
     /// Live allocations by device address.
     allocations: Mutex<HashMap<u64, CudaSlice<u8>>>,
@@ -180,6 +185,7 @@ impl CudaDevice {
             .map_or_else(|_| "?".into(), |(a, b)| format!("sm_{a}{b}"));
         let total = ctx.total_mem().unwrap_or(0) as f64 / f64::from(1u32 << 30);
         Ok(CudaDevice {
+            staging: Mutex::new(None),
             stream,
             allocations: Mutex::new(HashMap::new()),
             describe: format!(
@@ -286,6 +292,37 @@ impl Device for CudaDevice {
         // outlives the copy (trait contract).
         unsafe { cudarc::driver::result::memcpy_htod_async(dst.0, src, self.stream.cu_stream()) }
             .map_err(|e| unavailable("host-to-device copy", &e))
+    }
+
+    /// Through the device's pinned staging pool on its copy stream (`super::staging`).
+    unsafe fn upload_chunked(
+        &self,
+        dst: DevicePtr,
+        src: &[u8],
+        chunk: u64,
+        then: &mut dyn FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        let mut pool = lock(&self.staging);
+        if pool.is_none() {
+            let made = StagingPool::new(self.stream.context())
+                .map_err(|e| unavailable("creating the pinned staging pool", &e))?;
+            *pool = Some(made);
+        }
+        let Some(pool) = pool.as_mut() else {
+            return Err(Error::Unavailable("pinned staging pool missing".into()));
+        };
+        let chunk = usize::try_from(chunk).unwrap_or(usize::MAX);
+        // SAFETY: the caller guarantees the destination range is allocated on this device,
+        // whose allocations and writes are ordered on `self.stream`.
+        unsafe {
+            pool.upload(&self.stream, dst.0, src, chunk, then, |what, e| {
+                unavailable(what, &e)
+            })
+        }
     }
 
     unsafe fn copy_device_to_device(

@@ -26,6 +26,8 @@ pub mod index;
 mod launchers_bindings;
 mod plan;
 pub mod probe;
+#[cfg(feature = "cuda")]
+mod staging;
 mod tree;
 mod words;
 
