@@ -106,6 +106,21 @@ impl Device for Flaky {
         self.launch()?;
         unsafe { self.inner.hash_tasks(r, t, count, n) }
     }
+    unsafe fn fused(&self, a: &memcommit::tree::cuda::FusedArgs) -> Result<()> {
+        self.launch()?;
+        unsafe { self.inner.fused(a) }
+    }
+    unsafe fn page_round(
+        &self,
+        n: DevicePtr,
+        s: DevicePtr,
+        l: DevicePtr,
+        count: u64,
+        step: u32,
+    ) -> Result<()> {
+        self.launch()?;
+        unsafe { self.inner.page_round(n, s, l, count, step) }
+    }
     unsafe fn compress_pairs(
         &self,
         c: DevicePtr,

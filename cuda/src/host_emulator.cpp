@@ -17,6 +17,8 @@
 #include "build_bodies.cuh"
 #include "memcommit/tree_index.h"
 #include "opening_bodies.cuh"
+#include "fused_bodies.cuh"
+#include "page_round_bodies.cuh"
 #include "update_bodies.cuh"
 
 namespace {
@@ -90,6 +92,36 @@ int32_t checked_launch(uint64_t count, uint64_t order, Check check, Body body) {
     return 0;
 }
 
+// A vertical task `k` in bounds of nodes (lens_nodes) and zero (lens_zero).
+bool vertical_ok(const McVerticalTask& k, uint64_t lens_nodes, uint64_t lens_zero) {
+    return fits(lens_nodes, k.slot_root, D) && fits(lens_zero, k.height, D, k.count) &&
+           fits(lens_nodes, k.first_vertical, D, k.count) && fits(lens_nodes, k.top_leaf, D);
+}
+
+// A pair task `k` in bounds of its children and parents arrays.
+bool pair_ok(const McPairTask& k, uint64_t lens_children, uint64_t lens_parents) {
+    return fits(lens_children, k.left, D) && fits(lens_children, k.right, D) &&
+           fits(lens_parents, k.parent, D);
+}
+
+// Thread t of page round `step` in bounds (lens: nodes, slots, list), mirroring
+// page_round_body's index arithmetic.
+bool page_round_ok(const McPageSlot* slots, const McPageNode* list, uint64_t t, uint32_t step,
+                   uint64_t lens_nodes, uint64_t lens_slots, uint64_t lens_list) {
+    if (!fits(lens_list, t, sizeof(McPageNode))) return false;
+    const McPageNode& n = list[t];
+    if (!fits(lens_slots, n.slot, sizeof(McPageSlot))) return false;
+    const McPageSlot& s = slots[n.slot];
+    if (!(s.base <= s.top && s.top < 63)) return false;
+    const uint64_t l = (uint64_t)s.base + 1 + step;
+    if (l > s.top) return true;
+    const uint64_t c = n.coord >> (l - s.base);
+    const u128 children =
+        (u128)s.page_nodes + (u128)s.pages * mc::level_offset(s.top, s.base, l - 1);
+    const u128 parents = (u128)s.page_nodes + (u128)s.pages * mc::level_offset(s.top, s.base, l);
+    return fits(lens_nodes, children + 2 * (u128)c, D, 2) && fits(lens_nodes, parents + c, D);
+}
+
 }  // namespace
 
 extern "C" {
@@ -127,10 +159,8 @@ int32_t mc_emu_vertical(uint32_t* nodes, const uint32_t* zero, const McVerticalT
     return checked_launch(
         count, order,
         [&](uint64_t t) {
-            if (!fits(lens[2], t, sizeof(McVerticalTask))) return false;
-            const McVerticalTask& k = tasks[t];
-            return fits(lens[0], k.slot_root, D) && fits(lens[1], k.height, D, k.count) &&
-                   fits(lens[0], k.first_vertical, D, k.count) && fits(lens[0], k.top_leaf, D);
+            return fits(lens[2], t, sizeof(McVerticalTask)) &&
+                   vertical_ok(tasks[t], lens[0], lens[1]);
         },
         [&](uint64_t t) { mc::vertical_body(t, nodes, zero, tasks, count); });
 }
@@ -178,10 +208,7 @@ int32_t mc_emu_compress_pairs(const uint32_t* children, uint32_t* parents,
     return checked_launch(
         count, order,
         [&](uint64_t t) {
-            if (!fits(lens[2], t, sizeof(McPairTask))) return false;
-            const McPairTask& k = tasks[t];
-            return fits(lens[0], k.left, D) && fits(lens[0], k.right, D) &&
-                   fits(lens[1], k.parent, D);
+            return fits(lens[2], t, sizeof(McPairTask)) && pair_ok(tasks[t], lens[0], lens[1]);
         },
         [&](uint64_t t) { mc::compress_pairs_body(t, children, parents, tasks, count); });
 }
@@ -291,12 +318,75 @@ uint64_t mc_emu_absent_page() { return MC_ABSENT_PAGE; }
 uint64_t mc_emu_permutations() { return mc::host_permutations; }
 
 // sizeof of McWriteTask, McHashTask, McPairTask, McVerticalTask, McOpenTask.
+// lens: nodes, slots, list.
+int32_t mc_emu_page_round(uint32_t* nodes, const McPageSlot* slots, const McPageNode* list,
+                          uint64_t count, uint32_t step, uint64_t order, const uint64_t* lens) {
+    return checked_launch(
+        count, order,
+        [&](uint64_t t) { return page_round_ok(slots, list, t, step, lens[0], lens[1], lens[2]); },
+        [&](uint64_t t) { mc::page_round_body(t, nodes, slots, list, count, step); });
+}
+
+// lens: phases, nodes, fold, zero, staging, page_slots, page_nodes. The block model of the
+// fused kernel: every phase's tasks are checked first (nothing runs on a failure), then each
+// phase runs all its tasks, in a shuffled order, before the next (the block barrier).
+int32_t mc_emu_fused(const McPhase* phases, uint32_t phase_count, uint32_t* nodes,
+                     uint32_t* fold, const uint32_t* zero, const uint8_t* staging,
+                     const McPageSlot* page_slots, const McPageNode* page_nodes,
+                     uint64_t order, const uint64_t* lens) {
+    if (!fits(lens[0], 0, sizeof(McPhase), phase_count)) return MC_EMU_OUT_OF_BOUNDS;
+    for (uint32_t p = 0; p < phase_count; ++p) {
+        const McPhase& ph = phases[p];
+        const uint64_t reach = ph.tasks_byte <= lens[4] ? lens[4] - ph.tasks_byte : 0;
+        const uint8_t* tasks = staging + ph.tasks_byte;
+        for (uint64_t t = 0; t < ph.count; ++t) {
+            bool ok = false;
+            switch (ph.kind) {
+                case MC_PHASE_PAIRS_NODES:
+                case MC_PHASE_PAIRS_FOLD:
+                case MC_PHASE_PAIRS_FOLD_TO_NODES: {
+                    const uint64_t children = ph.kind == MC_PHASE_PAIRS_NODES ? lens[1] : lens[2];
+                    const uint64_t parents = ph.kind == MC_PHASE_PAIRS_FOLD ? lens[2] : lens[1];
+                    ok = fits(reach, t, sizeof(McPairTask)) &&
+                         pair_ok(((const McPairTask*)tasks)[t], children, parents);
+                    break;
+                }
+                case MC_PHASE_VERTICAL:
+                    ok = fits(reach, t, sizeof(McVerticalTask)) &&
+                         vertical_ok(((const McVerticalTask*)tasks)[t], lens[1], lens[3]);
+                    break;
+                case MC_PHASE_PAGE_ROUND:
+                    ok = page_round_ok(page_slots, page_nodes, t, ph.step, lens[1], lens[5],
+                                       lens[6]);
+                    break;
+                default:
+                    ok = false;
+            }
+            if (!ok) return MC_EMU_OUT_OF_BOUNDS;
+        }
+    }
+    for (uint32_t p = 0; p < phase_count; ++p) {
+        const McPhase ph = phases[p];
+        // Each phase gets its own order, as separate launches would.
+        for_each_thread(ph.count, order + p * 0x9e3779b97f4a7c15ull, [&](uint64_t t) {
+            mc::fused_phase_body(t, ph, nodes, fold, zero, staging, page_slots, page_nodes);
+        });
+    }
+    return 0;
+}
+
 void mc_emu_task_sizes(uint64_t* out) {
     out[0] = sizeof(McWriteTask);
     out[1] = sizeof(McHashTask);
     out[2] = sizeof(McPairTask);
     out[3] = sizeof(McVerticalTask);
     out[4] = sizeof(McOpenTask);
+}
+
+void mc_emu_page_task_sizes(uint64_t* out) {
+    out[0] = sizeof(McPageSlot);
+    out[1] = sizeof(McPageNode);
+    out[2] = sizeof(McPhase);
 }
 
 }  // extern "C"

@@ -2,7 +2,9 @@
 // thin wrapper that computes its 64-bit thread index and calls the shared body; the host
 // emulator calls the same bodies, so only this file is untested without a GPU.
 #include "build_bodies.cuh"
+#include "fused_bodies.cuh"
 #include "opening_bodies.cuh"
+#include "page_round_bodies.cuh"
 #include "update_bodies.cuh"
 
 #ifdef __CUDACC__
@@ -62,6 +64,29 @@ __global__ void openings_kernel(const uint8_t* raw, const uint32_t* nodes, const
                                 uint32_t* out) {
     mc::openings_body(thread_index(), raw, nodes, fold, zero, tasks, listed, count, top_offset,
                       address_height, address_space_height, out);
+}
+
+__global__ void page_round_kernel(uint32_t* nodes, const McPageSlot* slots,
+                                  const McPageNode* list, uint64_t count, uint32_t step) {
+    mc::page_round_body(thread_index(), nodes, slots, list, count, step);
+}
+
+// Threads of the fused tail's one block: every phase of up to this many tasks runs in one
+// pass. The bound caps registers at 128 a thread, so no body spills to reach it.
+constexpr uint32_t FUSED_THREADS = 512;
+
+__global__ void __launch_bounds__(FUSED_THREADS)
+    fused_kernel(const McPhase* phases, uint32_t phase_count, uint32_t* nodes, uint32_t* fold,
+                 const uint32_t* zero, const uint8_t* staging, const McPageSlot* page_slots,
+                 const McPageNode* page_nodes) {
+    for (uint32_t p = 0; p < phase_count; ++p) {
+        const McPhase phase = phases[p];
+        for (uint64_t t = threadIdx.x; t < phase.count; t += blockDim.x) {
+            mc::fused_phase_body(t, phase, nodes, fold, zero, staging, page_slots, page_nodes);
+        }
+        // The next phase reads what this one wrote.
+        __syncthreads();
+    }
 }
 
 // Blocks for `count` threads, or 0 when the grid would exceed CUDA's 2^31 - 1 limit.
@@ -138,6 +163,22 @@ extern "C" cudaError_t mc_launch_openings(const uint8_t* raw, const uint32_t* no
                                           cudaStream_t stream) {
     MC_LAUNCH(openings_kernel, count, stream, raw, nodes, fold, zero, tasks, listed, count,
               top_offset, address_height, address_space_height, out);
+}
+
+extern "C" cudaError_t mc_launch_page_round(uint32_t* nodes, const McPageSlot* slots,
+                                            const McPageNode* list, uint64_t count,
+                                            uint32_t step, cudaStream_t stream) {
+    MC_LAUNCH(page_round_kernel, count, stream, nodes, slots, list, count, step);
+}
+
+extern "C" cudaError_t mc_launch_fused(const McPhase* phases, uint32_t phase_count,
+                                       uint32_t* nodes, uint32_t* fold, const uint32_t* zero,
+                                       const uint8_t* staging, const McPageSlot* page_slots,
+                                       const McPageNode* page_nodes, cudaStream_t stream) {
+    if (phase_count == 0) return cudaSuccess;
+    fused_kernel<<<1, FUSED_THREADS, 0, stream>>>(phases, phase_count, nodes, fold, zero,
+                                                  staging, page_slots, page_nodes);
+    return cudaGetLastError();
 }
 
 #endif  // __CUDACC__

@@ -64,6 +64,20 @@ cudaError_t mc_launch_openings(const uint8_t* raw, const uint32_t* nodes, const 
                                uint32_t address_height, uint32_t address_space_height,
                                uint32_t* out, cudaStream_t stream);
 
+/* Step `step` of an update's page rounds (McPageNode): level b + 1 + step of each listed
+ * node's slot, list[0..count) sorted by slot and block; `slots` is the McPageSlot table. */
+cudaError_t mc_launch_page_round(uint32_t* nodes, const McPageSlot* slots,
+                                 const McPageNode* list, uint64_t count, uint32_t step,
+                                 cudaStream_t stream);
+
+/* The fused tail: phases[0..phase_count) in order in one single-block launch (512 threads),
+ * a block barrier between phases. Task arrays lie at each phase's byte offset from `staging`;
+ * page rounds use `page_slots` and `page_nodes`. */
+cudaError_t mc_launch_fused(const McPhase* phases, uint32_t phase_count, uint32_t* nodes,
+                            uint32_t* fold, const uint32_t* zero, const uint8_t* staging,
+                            const McPageSlot* page_slots, const McPageNode* page_nodes,
+                            cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

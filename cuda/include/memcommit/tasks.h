@@ -75,4 +75,39 @@ typedef struct McOpenTask {
     uint32_t pad;
 } McOpenTask;
 
+/* One slot's page levels, for the page rounds the device derives (McPageNode). 24 bytes. */
+typedef struct McPageSlot {
+    uint64_t page_nodes; /* node index of the slot's level-b region, where its page levels start */
+    uint64_t pages;      /* P: the slot's present pages (level l holds P * 2^(q - l) digests) */
+    uint32_t base;       /* b: the stored base level */
+    uint32_t top;        /* q: the page levels */
+} McPageSlot;
+
+/* A written stored base-level node inside its slot's pages. An update uploads the sorted list
+ * of these instead of a pair list per page level: node n's ancestor at level l <= q sits at
+ * coord >> (l - b) in level l's region, and the first node of each run of equal ancestors
+ * computes it (the list is sorted by slot and block, so equal ancestors are adjacent).
+ * 16 bytes. */
+typedef struct McPageNode {
+    uint64_t coord; /* (page id << (q - b)) + the node's index within its page at level b */
+    uint32_t slot;  /* index into the launch's McPageSlot table */
+    uint32_t pad;
+} McPageNode;
+
+/* What a McPhase runs. */
+#define MC_PHASE_PAIRS_NODES 0u         /* McPairTask, children and parents in the node array */
+#define MC_PHASE_PAIRS_FOLD 1u          /* McPairTask, both in the fold scratch */
+#define MC_PHASE_PAIRS_FOLD_TO_NODES 2u /* McPairTask, children in the scratch, parents in nodes */
+#define MC_PHASE_VERTICAL 3u            /* McVerticalTask */
+#define MC_PHASE_PAGE_ROUND 4u          /* McPageNode, round `step` (the launch's page list) */
+
+/* One phase of a fused launch: `count` tasks of `kind` at byte offset `tasks_byte` of the
+ * launch's staging buffer (page rounds use the launch's page list instead). 24 bytes. */
+typedef struct McPhase {
+    uint64_t tasks_byte;
+    uint64_t count;
+    uint32_t kind;
+    uint32_t step;
+} McPhase;
+
 #endif

@@ -26,6 +26,27 @@ impl DevicePtr {
     }
 }
 
+/// The buffers of a fused launch ([`Device::fused`]).
+#[derive(Clone, Copy, Debug)]
+pub struct FusedArgs {
+    /// `phase_count` `Phase`s.
+    pub phases: DevicePtr,
+    /// Phases to run.
+    pub phase_count: u32,
+    /// The node array.
+    pub nodes: DevicePtr,
+    /// The call's fold scratch (any address when no phase uses it).
+    pub fold: DevicePtr,
+    /// `zero[0..=address_height]`.
+    pub zero: DevicePtr,
+    /// The staging buffer the phases' task arrays are offsets into.
+    pub staging: DevicePtr,
+    /// The update's `PageSlot` table.
+    pub page_slots: DevicePtr,
+    /// The update's `PageNode` list.
+    pub page_nodes: DevicePtr,
+}
+
 /// A device that runs the memcommit kernels. Pointer arguments name device memory from
 /// [`Device::alloc`]; "digests" are 8 Montgomery `u32` words (32 bytes); task arrays are the
 /// `tasks.h` structs; node indices count digests from `nodes`.
@@ -194,6 +215,32 @@ pub trait Device: Send + Sync {
         tasks: DevicePtr,
         count: u64,
     ) -> Result<()>;
+
+    /// Step `step` of an update's page rounds: for each of the `count` `PageNode`s at
+    /// `list` (sorted by slot and block, distinct), level `b + 1 + step` of its slot, whose
+    /// `PageSlot` is at `slots` — the first node of each run with the same ancestor computes
+    /// it from its two children in `nodes`. Nodes whose slot has no such page level do
+    /// nothing.
+    ///
+    /// # Safety
+    /// See the trait; every slot index lies in the table and every derived node index in
+    /// `nodes`.
+    unsafe fn page_round(
+        &self,
+        nodes: DevicePtr,
+        slots: DevicePtr,
+        list: DevicePtr,
+        count: u64,
+        step: u32,
+    ) -> Result<()>;
+
+    /// The fused tail: `args.phase_count` `Phase`s at `args.phases`, run in order in one
+    /// single-block launch with a block barrier between phases (docs/design.md, "CUDA").
+    ///
+    /// # Safety
+    /// See the trait; every task of every phase obeys the safety rules of its separate
+    /// launch, and the phases' task arrays lie in the staging allocation.
+    unsafe fn fused(&self, args: &FusedArgs) -> Result<()>;
 
     /// Siblings of `count` `OpenTask`s at `tasks` into `out`:
     /// `count · (address_height + address_space_height)` digests, leaf level first. `listed`

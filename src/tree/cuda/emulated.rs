@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use super::device::{Device, DevicePtr};
+use super::device::{Device, DevicePtr, FusedArgs};
 use super::ffi;
 use crate::error::{Error, Result};
 
@@ -29,6 +29,10 @@ pub struct EmulatedDevice {
     seed: u64,
     /// Launches so far, mixed into each launch's order so launches differ.
     launches: AtomicU64,
+    /// Launches of at least one thread so far (what a GPU would run).
+    kernel_launches: AtomicU64,
+    /// Bytes copied from the host so far.
+    uploaded: AtomicU64,
 }
 
 /// The environment variable that sets [`EmulatedDevice::new`]'s seed.
@@ -86,6 +90,8 @@ impl EmulatedDevice {
             syncs: AtomicU64::new(0),
             seed,
             launches: AtomicU64::new(0),
+            kernel_launches: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
         }
     }
 
@@ -95,8 +101,12 @@ impl EmulatedDevice {
         self.seed
     }
 
-    /// The next launch's thread-order key.
-    fn order(&self) -> u64 {
+    /// The next launch's thread-order key; counts a launch of `count > 0` threads (a
+    /// launcher queues nothing for 0).
+    fn order(&self, count: u64) -> u64 {
+        if count > 0 {
+            self.kernel_launches.fetch_add(1, Ordering::Relaxed);
+        }
         let n = self.launches.fetch_add(1, Ordering::Relaxed);
         mix(self.seed ^ mix(n.wrapping_add(1)))
     }
@@ -122,6 +132,18 @@ impl EmulatedDevice {
             .map_or(0, |(&start, a)| {
                 (start + (a.len() * 16) as u64).saturating_sub(ptr.0)
             })
+    }
+
+    /// Kernel launches of at least one thread so far: what a GPU would have run (tests and
+    /// docs/benchmarks.md count them per update).
+    pub fn kernel_launches(&self) -> u64 {
+        self.kernel_launches.load(Ordering::Relaxed)
+    }
+
+    /// Bytes copied from the host so far ([`Device::copy_to_device`] and
+    /// [`Device::upload_chunked`]).
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.uploaded.load(Ordering::Relaxed)
     }
 
     /// Bytes currently allocated.
@@ -194,6 +216,7 @@ impl Device for EmulatedDevice {
 
     unsafe fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
         self.check_range(dst, src.len(), "copy to device")?;
+        self.uploaded.fetch_add(src.len() as u64, Ordering::Relaxed);
         let _stream = lock(&self.stream);
         // SAFETY: the range was checked to lie in a live allocation, which `src` (a Rust
         // slice) cannot overlap.
@@ -234,6 +257,10 @@ impl Device for EmulatedDevice {
     }
 
     unsafe fn zero_hashes(&self, zero: DevicePtr, count: u32) -> Result<()> {
+        if count > 0 {
+            // One thread; no order to draw.
+            self.kernel_launches.fetch_add(1, Ordering::Relaxed);
+        }
         let lens = [self.reach(zero)];
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
@@ -250,7 +277,7 @@ impl Device for EmulatedDevice {
         out: DevicePtr,
         count: u64,
     ) -> Result<()> {
-        let order = self.order();
+        let order = self.order(count);
         let lens = [self.reach(raw), self.reach(out)];
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
@@ -273,7 +300,7 @@ impl Device for EmulatedDevice {
         parents: DevicePtr,
         count: u64,
     ) -> Result<()> {
-        let order = self.order();
+        let order = self.order(count);
         let lens = [self.reach(children), self.reach(parents)];
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
@@ -295,7 +322,7 @@ impl Device for EmulatedDevice {
         tasks: DevicePtr,
         count: u64,
     ) -> Result<()> {
-        let order = self.order();
+        let order = self.order(count);
         let lens = [self.reach(nodes), self.reach(zero), self.reach(tasks)];
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
@@ -312,7 +339,7 @@ impl Device for EmulatedDevice {
     }
 
     unsafe fn fill_digests(&self, out: DevicePtr, value: DevicePtr, count: u64) -> Result<()> {
-        let order = self.order();
+        let order = self.order(count);
         let lens = [self.reach(out), self.reach(value)];
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
@@ -328,7 +355,7 @@ impl Device for EmulatedDevice {
     }
 
     unsafe fn scatter(&self, raw: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
-        let order = self.order();
+        let order = self.order(count);
         let lens = [self.reach(raw), self.reach(tasks)];
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
@@ -350,7 +377,7 @@ impl Device for EmulatedDevice {
         count: u64,
         nodes: DevicePtr,
     ) -> Result<()> {
-        let order = self.order();
+        let order = self.order(count);
         let lens = [self.reach(raw), self.reach(tasks), self.reach(nodes)];
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
@@ -366,6 +393,60 @@ impl Device for EmulatedDevice {
         })
     }
 
+    unsafe fn page_round(
+        &self,
+        nodes: DevicePtr,
+        slots: DevicePtr,
+        list: DevicePtr,
+        count: u64,
+        step: u32,
+    ) -> Result<()> {
+        let order = self.order(count);
+        let lens = [self.reach(nodes), self.reach(slots), self.reach(list)];
+        let _stream = lock(&self.stream);
+        // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
+        self.launched("page_round", unsafe {
+            ffi::mc_emu_page_round(
+                nodes.0 as *mut u32,
+                slots.0 as *const ffi::PageSlot,
+                list.0 as *const ffi::PageNode,
+                count,
+                step,
+                order,
+                lens.as_ptr(),
+            )
+        })
+    }
+
+    unsafe fn fused(&self, a: &FusedArgs) -> Result<()> {
+        let order = self.order(u64::from(a.phase_count));
+        let lens = [
+            self.reach(a.phases),
+            self.reach(a.nodes),
+            self.reach(a.fold),
+            self.reach(a.zero),
+            self.reach(a.staging),
+            self.reach(a.page_slots),
+            self.reach(a.page_nodes),
+        ];
+        let _stream = lock(&self.stream);
+        // SAFETY: `lens` bounds every access (the emulator checks them before any phase runs).
+        self.launched("fused", unsafe {
+            ffi::mc_emu_fused(
+                a.phases.0 as *const ffi::Phase,
+                a.phase_count,
+                a.nodes.0 as *mut u32,
+                a.fold.0 as *mut u32,
+                a.zero.0 as *const u32,
+                a.staging.0 as *const u8,
+                a.page_slots.0 as *const ffi::PageSlot,
+                a.page_nodes.0 as *const ffi::PageNode,
+                order,
+                lens.as_ptr(),
+            )
+        })
+    }
+
     unsafe fn compress_pairs(
         &self,
         children: DevicePtr,
@@ -373,7 +454,7 @@ impl Device for EmulatedDevice {
         tasks: DevicePtr,
         count: u64,
     ) -> Result<()> {
-        let order = self.order();
+        let order = self.order(count);
         let lens = [self.reach(children), self.reach(parents), self.reach(tasks)];
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
@@ -403,7 +484,7 @@ impl Device for EmulatedDevice {
         address_space_height: u32,
         out: DevicePtr,
     ) -> Result<()> {
-        let order = self.order();
+        let order = self.order(count);
         let lens = [
             self.reach(raw),
             self.reach(nodes),

@@ -54,6 +54,59 @@ pub struct PairTask {
     pub right: u64,
 }
 
+/// One slot's page levels for the derived page rounds (C `McPageSlot`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageSlot {
+    /// Node index where the slot's page levels start (its level-`b` region).
+    pub page_nodes: u64,
+    /// Present pages `P`: level `l` holds `P · 2^(q−l)` digests.
+    pub pages: u64,
+    /// The stored base level `b`.
+    pub base: u32,
+    /// The page levels `q`.
+    pub top: u32,
+}
+
+/// A written stored base-level node inside its slot's pages (C `McPageNode`): the device
+/// derives its ancestors up to level `q` from a sorted list of these.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageNode {
+    /// `(page id << (q − b)) +` the node's index within its page at level `b`.
+    pub coord: u64,
+    /// Index into the launch's [`PageSlot`] table.
+    pub slot: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// One phase of a fused launch (C `McPhase`): `count` tasks of `kind` at byte offset
+/// `tasks_byte` of the launch's staging buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Phase {
+    /// Byte offset of the phase's task array from the staging buffer (unused by page rounds).
+    pub tasks_byte: u64,
+    /// Tasks (threads) of the phase.
+    pub count: u64,
+    /// One of the `PHASE_*` kinds.
+    pub kind: u32,
+    /// The page round's step (page rounds only).
+    pub step: u32,
+}
+
+/// [`Phase::kind`]: pair tasks within the node array (C `MC_PHASE_PAIRS_NODES`).
+pub const PHASE_PAIRS_NODES: u32 = 0;
+/// [`Phase::kind`]: pair tasks within the fold scratch.
+pub const PHASE_PAIRS_FOLD: u32 = 1;
+/// [`Phase::kind`]: pair tasks from the fold scratch into the node array.
+pub const PHASE_PAIRS_FOLD_TO_NODES: u32 = 2;
+/// [`Phase::kind`]: vertical tasks.
+pub const PHASE_VERTICAL: u32 = 3;
+/// [`Phase::kind`]: a page round over the launch's page list.
+pub const PHASE_PAGE_ROUND: u32 = 4;
+
 /// A slot's vertical path and top-tree leaf (C `McVerticalTask`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -101,6 +154,9 @@ const _: () = {
     assert!(size_of::<PairTask>() == 24);
     assert!(size_of::<VerticalTask>() == 32);
     assert!(size_of::<OpenTask>() == 48);
+    assert!(size_of::<PageSlot>() == 24);
+    assert!(size_of::<PageNode>() == 16);
+    assert!(size_of::<Phase>() == 24);
 };
 
 /// Types whose every byte is initialised data (no padding, no pointers), so a slice of them
@@ -119,6 +175,9 @@ unsafe impl Plain for HashTask {}
 unsafe impl Plain for PairTask {}
 unsafe impl Plain for VerticalTask {}
 unsafe impl Plain for OpenTask {}
+unsafe impl Plain for PageSlot {}
+unsafe impl Plain for PageNode {}
+unsafe impl Plain for Phase {}
 
 /// `items` as bytes.
 pub fn as_bytes<T: Plain>(items: &[T]) -> &[u8] {
@@ -186,6 +245,29 @@ extern "C" {
         out: *mut u32,
         value: *const u32,
         count: u64,
+        order: u64,
+        lens: *const u64,
+    ) -> i32;
+    pub fn mc_emu_page_round(
+        nodes: *mut u32,
+        slots: *const PageSlot,
+        list: *const PageNode,
+        count: u64,
+        step: u32,
+        order: u64,
+        lens: *const u64,
+    ) -> i32;
+    pub fn mc_emu_page_task_sizes(out: *mut u64);
+    #[allow(clippy::too_many_arguments)]
+    pub fn mc_emu_fused(
+        phases: *const Phase,
+        phase_count: u32,
+        nodes: *mut u32,
+        fold: *mut u32,
+        zero: *const u32,
+        staging: *const u8,
+        page_slots: *const PageSlot,
+        page_nodes: *const PageNode,
         order: u64,
         lens: *const u64,
     ) -> i32;

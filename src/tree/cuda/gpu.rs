@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr as _, DriverError};
 
-use super::device::{Device, DevicePtr};
+use super::device::{Device, DevicePtr, FusedArgs};
 use super::ffi;
 use super::launchers_bindings as lb;
 use super::staging::StagingPool;
@@ -37,6 +37,9 @@ const _: () = {
     assert!(size_of::<ffi::PairTask>() == size_of::<lb::McPairTask>());
     assert!(size_of::<ffi::VerticalTask>() == size_of::<lb::McVerticalTask>());
     assert!(size_of::<ffi::OpenTask>() == size_of::<lb::McOpenTask>());
+    assert!(size_of::<ffi::PageSlot>() == size_of::<lb::McPageSlot>());
+    assert!(size_of::<ffi::PageNode>() == size_of::<lb::McPageNode>());
+    assert!(size_of::<ffi::Phase>() == size_of::<lb::McPhase>());
 };
 
 /// The oldest compute capability the fatbin runs on: SASS for sm_80 and sm_90, PTX for
@@ -474,6 +477,48 @@ impl Device for CudaDevice {
                     tasks.0 as *const lb::McHashTask,
                     count,
                     nodes.0 as *mut u32,
+                    s,
+                )
+            }
+        })
+    }
+
+    unsafe fn page_round(
+        &self,
+        nodes: DevicePtr,
+        slots: DevicePtr,
+        list: DevicePtr,
+        count: u64,
+        step: u32,
+    ) -> Result<()> {
+        self.launch("page_round", |s| {
+            // SAFETY: as in `vertical`.
+            unsafe {
+                lb::mc_launch_page_round(
+                    nodes.0 as *mut u32,
+                    slots.0 as *const lb::McPageSlot,
+                    list.0 as *const lb::McPageNode,
+                    count,
+                    step,
+                    s,
+                )
+            }
+        })
+    }
+
+    unsafe fn fused(&self, a: &FusedArgs) -> Result<()> {
+        self.launch("fused", |s| {
+            // SAFETY: as in `vertical`.
+            unsafe {
+                lb::mc_launch_fused(
+                    a.phases.0 as *const lb::McPhase,
+                    a.phase_count,
+                    a.nodes.0 as *mut u32,
+                    a.fold.0 as *mut u32,
+                    a.zero.0 as *const u32,
+                    a.staging.0 as *const u8,
+                    a.page_slots.0 as *const lb::McPageSlot,
+                    a.page_nodes.0 as *const lb::McPageNode,
                     s,
                 )
             }

@@ -246,6 +246,56 @@ const _: () = {
         [::std::mem::offset_of!(McOpenTask, listed_from) - 40usize];
     ["Offset of field: McOpenTask::pad"][::std::mem::offset_of!(McOpenTask, pad) - 44usize];
 };
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct McPageSlot {
+    pub page_nodes: u64,
+    pub pages: u64,
+    pub base: u32,
+    pub top: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of McPageSlot"][::std::mem::size_of::<McPageSlot>() - 24usize];
+    ["Alignment of McPageSlot"][::std::mem::align_of::<McPageSlot>() - 8usize];
+    ["Offset of field: McPageSlot::page_nodes"]
+        [::std::mem::offset_of!(McPageSlot, page_nodes) - 0usize];
+    ["Offset of field: McPageSlot::pages"][::std::mem::offset_of!(McPageSlot, pages) - 8usize];
+    ["Offset of field: McPageSlot::base"][::std::mem::offset_of!(McPageSlot, base) - 16usize];
+    ["Offset of field: McPageSlot::top"][::std::mem::offset_of!(McPageSlot, top) - 20usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct McPageNode {
+    pub coord: u64,
+    pub slot: u32,
+    pub pad: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of McPageNode"][::std::mem::size_of::<McPageNode>() - 16usize];
+    ["Alignment of McPageNode"][::std::mem::align_of::<McPageNode>() - 8usize];
+    ["Offset of field: McPageNode::coord"][::std::mem::offset_of!(McPageNode, coord) - 0usize];
+    ["Offset of field: McPageNode::slot"][::std::mem::offset_of!(McPageNode, slot) - 8usize];
+    ["Offset of field: McPageNode::pad"][::std::mem::offset_of!(McPageNode, pad) - 12usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct McPhase {
+    pub tasks_byte: u64,
+    pub count: u64,
+    pub kind: u32,
+    pub step: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of McPhase"][::std::mem::size_of::<McPhase>() - 24usize];
+    ["Alignment of McPhase"][::std::mem::align_of::<McPhase>() - 8usize];
+    ["Offset of field: McPhase::tasks_byte"][::std::mem::offset_of!(McPhase, tasks_byte) - 0usize];
+    ["Offset of field: McPhase::count"][::std::mem::offset_of!(McPhase, count) - 8usize];
+    ["Offset of field: McPhase::kind"][::std::mem::offset_of!(McPhase, kind) - 16usize];
+    ["Offset of field: McPhase::step"][::std::mem::offset_of!(McPhase, step) - 20usize];
+};
 unsafe extern "C" {
     pub fn mc_launch_zero_hashes(zero: *mut u32, count: u32, stream: cudaStream_t) -> cudaError_t;
 }
@@ -323,6 +373,29 @@ unsafe extern "C" {
         address_height: u32,
         address_space_height: u32,
         out: *mut u32,
+        stream: cudaStream_t,
+    ) -> cudaError_t;
+}
+unsafe extern "C" {
+    pub fn mc_launch_page_round(
+        nodes: *mut u32,
+        slots: *const McPageSlot,
+        list: *const McPageNode,
+        count: u64,
+        step: u32,
+        stream: cudaStream_t,
+    ) -> cudaError_t;
+}
+unsafe extern "C" {
+    pub fn mc_launch_fused(
+        phases: *const McPhase,
+        phase_count: u32,
+        nodes: *mut u32,
+        fold: *mut u32,
+        zero: *const u32,
+        staging: *const u8,
+        page_slots: *const McPageSlot,
+        page_nodes: *const McPageNode,
         stream: cudaStream_t,
     ) -> cudaError_t;
 }

@@ -31,7 +31,7 @@ mod staging;
 mod tree;
 mod words;
 
-pub use device::{Device, DevicePtr};
+pub use device::{Device, DevicePtr, FusedArgs};
 pub use emulated::{EmulatedDevice, DEFAULT_SEED, SEED_VAR};
 #[cfg(feature = "cuda")]
 pub use gpu::CudaDevice;

@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 
 use super::ffi::{
-    as_bytes, HashTask, OpenTask, PairTask, Plain, VerticalTask, WriteTask, ABSENT_PAGE,
+    as_bytes, HashTask, OpenTask, PageNode, PageSlot, PairTask, Plain, VerticalTask, WriteTask,
+    ABSENT_PAGE,
 };
 use super::index::{Geometry, Placement, SlotGeometry, SlotPlace, Upper};
 use crate::error::{Error, Result};
@@ -545,7 +546,16 @@ pub(crate) struct UpdatePlan {
     pub writes: Vec<WriteTask>,
     /// Each distinct stored base-level ancestor of a touched block (`b ≤ q`), once.
     pub hashes: Vec<HashTask>,
-    /// Pair launches: folds, then each touched slot's levels above its base.
+    /// The page levels of each touched slot with `b ≤ q`, indexed by `page_nodes[_].slot`.
+    pub page_slots: Vec<PageSlot>,
+    /// The nodes of `hashes` as page coordinates, in the same order: the device derives
+    /// their ancestors up to the page level from these (`page_steps` launches), so no pair
+    /// list is made or uploaded for the levels inside the pages.
+    pub page_nodes: Vec<PageNode>,
+    /// Launches of the page rounds: the most levels `q − b` of a listed slot.
+    pub page_steps: u32,
+    /// Pair launches, after the page rounds: folds, then each touched slot's levels above
+    /// its pages (above its base when `b > q`).
     pub rounds: Vec<Round>,
     /// The touched slots' vertical paths and top-tree leaves.
     pub vertical: Vec<VerticalTask>,
@@ -570,6 +580,9 @@ impl Resolver<'_> {
             fills: Vec::new(),
             writes: Vec::with_capacity(blocks.len()),
             hashes: Vec::new(),
+            page_slots: Vec::new(),
+            page_nodes: Vec::new(),
+            page_steps: 0,
             rounds: Vec::new(),
             vertical: Vec::new(),
             top_rounds: Vec::new(),
@@ -596,20 +609,40 @@ impl Resolver<'_> {
             dirty.dedup();
             if s.pages_store_nodes() {
                 let bb = sg.block_bytes();
+                let table = plan.page_slots.len() as u32;
+                plan.page_slots.push(PageSlot {
+                    page_nodes: sg.page_node(place, b, 0, 0),
+                    pages: place.pages,
+                    base: b,
+                    top: q,
+                });
+                plan.page_steps = plan.page_steps.max(q - b);
                 for &i in &dirty {
                     let page = i >> (q - b);
                     let id = self.image.page_id(slot, page).ok_or_else(|| {
                         internal(format!("slot {slot} page {page} was written but is absent"))
                     })?;
                     let local = i & ((1u64 << (q - b)) - 1);
+                    let coord = (u64::from(id) << (q - b)) + local;
                     plan.hashes.push(HashTask {
-                        out_node: self.written(slot, b, i)?,
+                        out_node: sg.page_node(place, b, 0, 0) + coord,
                         raw_byte: place.raw + u64::from(id) * sg.page_bytes + (local << b) * bb,
                         cell: super::cell_code(sg.cell),
                         levels: b,
                     });
+                    plan.page_nodes.push(PageNode {
+                        coord,
+                        slot: table,
+                        pad: 0,
+                    });
                 }
-                self.plan_up(slot, b, dirty, 0, &mut rounds)?;
+                // The pages' levels b + 1 ..= q are the device's page rounds; pairs from q.
+                let mut pages = dirty;
+                for v in &mut pages {
+                    *v >>= q - b;
+                }
+                pages.dedup();
+                self.plan_up(slot, q, pages, (q - b) as usize, &mut rounds)?;
             } else {
                 let mut pages = Vec::new();
                 for &i in &dirty {
@@ -669,6 +702,26 @@ impl Resolver<'_> {
 /// fold roots, the vertical paths (writes: vertical nodes and top leaf; reads: slot root and
 /// zero table, all in the node array) and each top-tree level.
 fn debug_check_update(g: &Geometry, plan: &UpdatePlan) {
+    // The page rounds' rule: at every level, the nodes sharing an ancestor are adjacent, so
+    // exactly one of them (the first) computes it.
+    for step in 0..plan.page_steps {
+        let mut seen = std::collections::HashSet::new();
+        let mut last = None;
+        for n in &plan.page_nodes {
+            let s = &plan.page_slots[n.slot as usize];
+            if s.base + 1 + step > s.top {
+                continue;
+            }
+            let ancestor = (n.slot, n.coord >> (step + 1));
+            if last != Some(ancestor) {
+                debug_assert!(
+                    seen.insert(ancestor),
+                    "planner: page round {step}: ancestor {ancestor:?} in two runs"
+                );
+                last = Some(ancestor);
+            }
+        }
+    }
     let writes = launch_conflict(
         plan.writes.iter().map(|w| (vec![w.raw_byte], Vec::new())),
         false,

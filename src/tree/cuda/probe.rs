@@ -132,22 +132,29 @@ pub fn absent_page() -> (u64, u64) {
     (unsafe { ffi::mc_emu_absent_page() }, ffi::ABSENT_PAGE)
 }
 
-/// C `sizeof` of `McWriteTask`, `McHashTask`, `McPairTask`, `McVerticalTask`, `McOpenTask`.
-pub fn task_sizes() -> [u64; 5] {
-    let mut out = [0u64; 5];
-    // SAFETY: the export writes 5 values.
-    unsafe { ffi::mc_emu_task_sizes(out.as_mut_ptr()) };
+/// C `sizeof` of `McWriteTask`, `McHashTask`, `McPairTask`, `McVerticalTask`, `McOpenTask`,
+/// `McPageSlot`, `McPageNode`, `McPhase`.
+pub fn task_sizes() -> [u64; 8] {
+    let mut out = [0u64; 8];
+    // SAFETY: the exports write 5 and 3 values.
+    unsafe {
+        ffi::mc_emu_task_sizes(out.as_mut_ptr());
+        ffi::mc_emu_page_task_sizes(out[5..].as_mut_ptr());
+    }
     out
 }
 
 /// Rust `size_of` of the mirrored task structs, in the order of [`task_sizes`].
-pub fn rust_task_sizes() -> [u64; 5] {
+pub fn rust_task_sizes() -> [u64; 8] {
     [
         size_of::<ffi::WriteTask>() as u64,
         size_of::<ffi::HashTask>() as u64,
         size_of::<ffi::PairTask>() as u64,
         size_of::<ffi::VerticalTask>() as u64,
         size_of::<ffi::OpenTask>() as u64,
+        size_of::<ffi::PageSlot>() as u64,
+        size_of::<ffi::PageNode>() as u64,
+        size_of::<ffi::Phase>() as u64,
     ]
 }
 

@@ -13,8 +13,11 @@
 
 use std::sync::Arc;
 
-use super::device::{Device, DevicePtr};
-use super::ffi::as_bytes_mut;
+use super::device::{Device, DevicePtr, FusedArgs};
+use super::ffi::{
+    as_bytes_mut, Phase, PHASE_PAGE_ROUND, PHASE_PAIRS_FOLD, PHASE_PAIRS_FOLD_TO_NODES,
+    PHASE_PAIRS_NODES, PHASE_VERTICAL,
+};
 use super::index::{moves, Geometry, Placement};
 use super::plan::{
     add_sparse_ancestors, Base, BuildPlan, Fold, Resolver, Round, Section, SparseLevel, SparseMaps,
@@ -561,23 +564,62 @@ impl<D: Device> CudaTree<D> {
                 s.fold_roots.count,
                 t.fold,
             )?;
-            self.launch_rounds(&s.rounds, t.staging, t.nodes, t.fold)?;
-            self.device.vertical(
-                t.nodes,
-                zero,
-                t.staging.offset(s.vertical.offset),
-                s.vertical.count,
-            )?;
-            for r in &s.top {
-                self.device.compress_pairs(
-                    t.nodes,
-                    t.nodes,
-                    t.staging.offset(r.offset),
-                    r.count,
-                )?;
+            for &op in &s.separate {
+                self.run_upper(op, s, t, zero)?;
+            }
+            if s.phases.count > 0 {
+                self.device.fused(&FusedArgs {
+                    phases: t.staging.offset(s.phases.offset),
+                    phase_count: s.phases.count as u32,
+                    nodes: t.nodes,
+                    fold: t.fold,
+                    zero,
+                    staging: t.staging,
+                    page_slots: t.staging.offset(s.page_slots.offset),
+                    page_nodes: t.staging.offset(s.page_nodes.offset),
+                })?;
             }
         }
         self.read_root(t.nodes)
+    }
+
+    /// Launches one op of an update's upper part on its own.
+    ///
+    /// # Safety
+    /// As in `update_launches`: the op's tasks lie in the staging allocation and index the
+    /// arrays of `t`.
+    unsafe fn run_upper(
+        &self,
+        op: UpperOp,
+        s: &UpdateSections,
+        t: Targets,
+        zero: DevicePtr,
+    ) -> Result<()> {
+        let base = |b: Base| if b == Base::Nodes { t.nodes } else { t.fold };
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            match op {
+                UpperOp::PageRound(step) => self.device.page_round(
+                    t.nodes,
+                    t.staging.offset(s.page_slots.offset),
+                    t.staging.offset(s.page_nodes.offset),
+                    s.page_nodes.count,
+                    step,
+                ),
+                UpperOp::Pairs(section, children, parents) => self.device.compress_pairs(
+                    base(children),
+                    base(parents),
+                    t.staging.offset(section.offset),
+                    section.count,
+                ),
+                UpperOp::Vertical(section) => self.device.vertical(
+                    t.nodes,
+                    zero,
+                    t.staging.offset(section.offset),
+                    section.count,
+                ),
+            }
+        }
     }
 
     /// Passes `result` on; on an error, first waits for the stream (ignoring a second
@@ -599,25 +641,104 @@ impl<D: Device> CudaTree<D> {
     }
 }
 
-/// Where an update's lists lie in its staging buffer.
+/// Tasks of a phase above which it gets a launch of its own rather than a place in the fused
+/// tail (whose one block of 512 threads takes two passes at this size).
+const FUSED_MAX_TASKS: u64 = 1024;
+
+/// One launch of an update above its base level, before the narrow ones are fused.
+#[derive(Clone, Copy, Debug)]
+enum UpperOp {
+    /// A page round's step over the page list.
+    PageRound(u32),
+    /// Pair tasks: their section, the children's and the parents' array.
+    Pairs(Section, Base, Base),
+    /// Vertical tasks.
+    Vertical(Section),
+}
+
+/// The fused kernel's phase kind for `op`, `None` for one it does not run (pairs from the
+/// node array into the fold scratch, which no update makes).
+fn phase_kind(op: &UpperOp) -> Option<u32> {
+    Some(match *op {
+        UpperOp::PageRound(_) => PHASE_PAGE_ROUND,
+        UpperOp::Pairs(_, Base::Nodes, Base::Nodes) => PHASE_PAIRS_NODES,
+        UpperOp::Pairs(_, Base::Fold, Base::Fold) => PHASE_PAIRS_FOLD,
+        UpperOp::Pairs(_, Base::Fold, Base::Nodes) => PHASE_PAIRS_FOLD_TO_NODES,
+        UpperOp::Pairs(_, Base::Nodes, Base::Fold) => return None,
+        UpperOp::Vertical(_) => PHASE_VERTICAL,
+    })
+}
+
+/// Where an update's lists lie in its staging buffer, and how its upper part launches.
 struct UpdateSections {
     writes: Section,
     hashes: Section,
+    page_slots: Section,
+    page_nodes: Section,
     fold_roots: Section,
-    rounds: Vec<(Section, Base, Base)>,
-    vertical: Section,
-    top: Vec<Section>,
+    /// The upper part's wide launches, in order, each on its own.
+    separate: Vec<UpperOp>,
+    /// The narrow rest, as the phases of one fused launch (none when fewer than two).
+    phases: Section,
 }
 
 impl UpdateSections {
     fn push(staging: &mut Staging, plan: &UpdatePlan) -> Self {
+        let writes = staging.push(&plan.writes);
+        let hashes = staging.push(&plan.hashes);
+        let page_slots = staging.push(&plan.page_slots);
+        let page_nodes = staging.push(&plan.page_nodes);
+        let fold_roots = staging.push(&plan.fold.roots);
+        // In dependency order: page rounds, pair rounds, vertical paths, top-tree levels.
+        let mut ops: Vec<UpperOp> = (0..plan.page_steps).map(UpperOp::PageRound).collect();
+        ops.extend(
+            push_rounds(staging, &plan.rounds)
+                .into_iter()
+                .map(|(section, c, p)| UpperOp::Pairs(section, c, p)),
+        );
+        ops.push(UpperOp::Vertical(staging.push(&plan.vertical)));
+        for r in &plan.top_rounds {
+            ops.push(UpperOp::Pairs(staging.push(r), Base::Nodes, Base::Nodes));
+        }
+        let tasks = |op: &UpperOp| match op {
+            UpperOp::PageRound(_) => page_nodes.count,
+            UpperOp::Pairs(s, ..) | UpperOp::Vertical(s) => s.count,
+        };
+        ops.retain(|op| tasks(op) > 0);
+        // The longest narrow suffix is fused: the levels near the root, where a launch's
+        // fixed cost outweighs its few permutations.
+        let split = ops
+            .iter()
+            .rposition(|op| tasks(op) > FUSED_MAX_TASKS || phase_kind(op).is_none())
+            .map_or(0, |i| i + 1);
+        let (separate, narrow) = if ops.len() - split >= 2 {
+            (ops[..split].to_vec(), &ops[split..])
+        } else {
+            (ops, &[][..])
+        };
+        let phases: Vec<Phase> = narrow
+            .iter()
+            .map(|op| {
+                let (section, step) = match *op {
+                    UpperOp::PageRound(step) => (page_nodes, step),
+                    UpperOp::Pairs(section, ..) | UpperOp::Vertical(section) => (section, 0),
+                };
+                Phase {
+                    tasks_byte: section.offset,
+                    count: tasks(op),
+                    kind: phase_kind(op).unwrap_or(PHASE_PAIRS_NODES),
+                    step,
+                }
+            })
+            .collect();
         UpdateSections {
-            writes: staging.push(&plan.writes),
-            hashes: staging.push(&plan.hashes),
-            fold_roots: staging.push(&plan.fold.roots),
-            rounds: push_rounds(staging, &plan.rounds),
-            vertical: staging.push(&plan.vertical),
-            top: plan.top_rounds.iter().map(|r| staging.push(r)).collect(),
+            writes,
+            hashes,
+            page_slots,
+            page_nodes,
+            fold_roots,
+            separate,
+            phases: staging.push(&phases),
         }
     }
 }
