@@ -5,8 +5,8 @@
 //
 // The arithmetic is written for the GPU's integer pipes (docs/design.md "CUDA"): a reduction
 // from [0, 2p) is `min(r, r - p)` as unsigned (an add and an IMNMX, no compare-and-select), and
-// the Montgomery reduction adds m·p instead of subtracting it, so it is one IMAD.WIDE with a
-// 64-bit addend and needs no borrow. The `_lazy` variants skip the final reduction and return a
+// the Montgomery reduction adds m·p instead of subtracting it, so its high word is one IMAD.HI
+// with the 64-bit product as addend and needs no borrow. The `_lazy` variants skip the final reduction and return a
 // value < 2p; a caller uses one only where it states why the next operation tolerates it.
 // Results are the same field elements, canonical, as p3's (tests/cuda_emulated.rs).
 #pragma once
@@ -56,9 +56,9 @@ MC_HD uint32_t reduce_once(uint32_t r) { return min_u32(r, r - P); }
 MC_HD uint32_t monty_reduce_lazy(uint64_t x) {
     uint32_t m = (uint32_t)x * NEG_MU;
 #if defined(__CUDA_ARCH__)
-    // The high word of m * p + x as a carry chain: the low half's sum is 0 mod 2^32 and only
-    // its carry matters (IMAD.X-style, all on the FMA pipe). nvcc 11.8 compiles the C++ form
-    // below into an IMAD.HI plus a spare IADD3.
+    // The high word of m * p + x as a carry chain (the low half's sum is 0 mod 2^32; only its
+    // carry matters), which ptxas fuses into one IMAD.HI.U32 taking x as its 64-bit addend.
+    // nvcc 11.8 compiles the C++ form below into that IMAD.HI plus a spare IADD3.
     uint32_t r;
     asm("{\n\t.reg .u32 low;\n\t"
         "mad.lo.cc.u32 low, %1, %2, %3;\n\t"
