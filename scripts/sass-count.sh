@@ -11,8 +11,12 @@
 # Method: two tiny kernels are compiled with build.rs's nvcc flags (-O3, C++17,
 # --expt-relaxed-constexpr): `permute_once` loads a 16-word state into registers, calls
 # mc::permute once and stores it; `copy_only` does the same loads and stores without the
-# permutation. The permutation is fully unrolled (no loop, no branch), so its static count is
-# its dynamic count, and permute_once − copy_only is the permutation alone. Opcodes are read
+# permutation. The harness unrolls every loop of the permutation (a `for` macro adding
+# `#pragma unroll`; no branch is left), so its static count is its dynamic count, and
+# permute_once − copy_only is the permutation alone. The kernels themselves keep the round
+# loops rolled: a second build of permute_once without the macro gives that layout's static
+# count and, on sm_90 where the loops are plain do-while loops, its dynamic count (loop
+# bodies times 4, 13 and 4). Opcodes are read
 # from `cuobjdump -sass` (NOP padding and the final EXIT/BRA are in both kernels and cancel).
 # Classes: IMAD that multiplies (IMAD, IMAD.WIDE*, IMAD.HI*), IMAD used as a move or add on the
 # FMA pipe (IMAD.MOV/.SHL/.IADD/.X), ALU-pipe integer ops (IADD3, LOP3, ISETP, SEL, IMNMX,
