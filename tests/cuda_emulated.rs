@@ -347,3 +347,80 @@ proptest! {
         )?;
     }
 }
+
+/// Field values at the edges of the header's arithmetic (issue 14): 0, 1, p − 1, p − 2, values
+/// just under p (the largest canonical values, near 2^31), around 2^30 and (p ± 1)/2 (where
+/// a doubled or halved word crosses p), and around 2^27 (the 2-adic part of p − 1). Each is
+/// canonical; `probe` converts it to its Montgomery word, whose own edges the Montgomery
+/// images of R and R² cover.
+const FIELD_EDGES: [u32; 24] = [
+    0,
+    1,
+    2,
+    3,
+    P - 1,
+    P - 2,
+    P - 3,
+    P - (1 << 27),
+    P - (1 << 27) - 1,
+    (1 << 30) - 1,
+    1 << 30,
+    (1 << 30) + 1,
+    // (p - 1) / 2, (p + 1) / 2 and (p + 3) / 2 (p is odd)
+    P / 2,
+    P / 2 + 1,
+    P / 2 + 2,
+    (1 << 27) - 1,
+    1 << 27,
+    (1 << 27) + 1,
+    1 << 29,
+    0x0fff_fffe, // R mod p: 1 in Montgomery form
+    0x45dd_dde3, // R² mod p
+    0x6000_0000,
+    0x7777_7777,
+    0x5555_5555,
+];
+
+#[test]
+fn field_multiply_matches_integer_arithmetic_on_edge_values() {
+    let p = u64::from(P);
+    for &a in &FIELD_EDGES {
+        for &b in &FIELD_EDGES {
+            assert!(a < P && b < P);
+            assert_eq!(
+                u64::from(probe::mul(a, b)),
+                u64::from(a) * u64::from(b) % p,
+                "{a} * {b}"
+            );
+        }
+    }
+}
+
+/// A state whose words are edge values three times in four, random canonical otherwise.
+fn edgy_state() -> impl Strategy<Value = [u32; 16]> {
+    prop::array::uniform16(prop_oneof![
+        1 => 0u32..P,
+        3 => prop::sample::select(FIELD_EDGES.to_vec()),
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+
+    /// The header permutation (min-based reductions, lazy S-box product, the internal layer's
+    /// add/halve diagonal entries) equals p3's on states rich in edge values.
+    #[test]
+    fn header_permutation_equals_p3_on_edge_values(state in edgy_state()) {
+        let want: Vec<u32> = permute(state.map(F::new)).iter().map(|x| x.as_canonical_u32()).collect();
+        prop_assert_eq!(probe::permute(state).expect("canonical").to_vec(), want);
+    }
+
+    /// The header's Montgomery multiply equals u64 arithmetic mod p, edges included.
+    #[test]
+    fn field_multiply_equals_u64_arithmetic(
+        a in prop_oneof![0u32..P, prop::sample::select(FIELD_EDGES.to_vec())],
+        b in prop_oneof![0u32..P, prop::sample::select(FIELD_EDGES.to_vec())],
+    ) {
+        prop_assert_eq!(u64::from(probe::mul(a, b)), u64::from(a) * u64::from(b) % u64::from(P));
+    }
+}
