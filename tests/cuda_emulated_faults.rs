@@ -92,9 +92,15 @@ impl Device for Flaky {
         self.launch()?;
         unsafe { self.inner.fill_digests(out, value, count) }
     }
-    unsafe fn scatter(&self, raw: DevicePtr, t: DevicePtr, count: u64) -> Result<()> {
+    unsafe fn scatter(
+        &self,
+        raw: DevicePtr,
+        t: DevicePtr,
+        bytes: DevicePtr,
+        count: u64,
+    ) -> Result<()> {
         self.launch()?;
-        unsafe { self.inner.scatter(raw, t, count) }
+        unsafe { self.inner.scatter(raw, t, bytes, count) }
     }
     unsafe fn hash_tasks(
         &self,

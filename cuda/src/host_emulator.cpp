@@ -165,17 +165,19 @@ int32_t mc_emu_vertical(uint32_t* nodes, const uint32_t* zero, const McVerticalT
         [&](uint64_t t) { mc::vertical_body(t, nodes, zero, tasks, count); });
 }
 
-// lens: raw, tasks.
-int32_t mc_emu_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count, uint64_t order,
-                       const uint64_t* lens) {
+// lens: raw, tasks, bytes.
+int32_t mc_emu_scatter(uint8_t* raw, const McWriteTask* tasks, const uint8_t* bytes,
+                       uint64_t count, uint64_t order, const uint64_t* lens) {
     return checked_launch(
         count, order,
         [&](uint64_t t) {
             if (!fits(lens[1], t, sizeof(McWriteTask))) return false;
             const McWriteTask& k = tasks[t];
-            return cell_ok(k.cell) && fits(lens[0], k.raw_byte, 1, mc::block_bytes(k.cell));
+            return cell_ok(k.cell) && k.raw_byte % 8 == 0 && k.src_byte % 8 == 0 &&
+                   fits(lens[0], k.raw_byte, 1, mc::block_bytes(k.cell)) &&
+                   fits(lens[2], k.src_byte, 1, mc::block_bytes(k.cell));
         },
-        [&](uint64_t t) { mc::scatter_body(t, raw, tasks, count); });
+        [&](uint64_t t) { mc::scatter_body(t, raw, tasks, bytes, count); });
 }
 
 // lens: raw, tasks, nodes.

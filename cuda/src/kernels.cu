@@ -39,8 +39,9 @@ __global__ void vertical_kernel(uint32_t* nodes, const uint32_t* zero,
     mc::vertical_body(thread_index(), nodes, zero, tasks, count);
 }
 
-__global__ void scatter_kernel(uint8_t* raw, const McWriteTask* tasks, uint64_t count) {
-    mc::scatter_body(thread_index(), raw, tasks, count);
+__global__ void scatter_kernel(uint8_t* raw, const McWriteTask* tasks, const uint8_t* bytes,
+                               uint64_t count) {
+    mc::scatter_body(thread_index(), raw, tasks, bytes, count);
 }
 
 __global__ void hash_tasks_kernel(const uint8_t* raw, const McHashTask* tasks, uint64_t count,
@@ -132,9 +133,10 @@ extern "C" cudaError_t mc_launch_vertical(uint32_t* nodes, const uint32_t* zero,
     MC_LAUNCH(vertical_kernel, count, stream, nodes, zero, tasks, count);
 }
 
-extern "C" cudaError_t mc_launch_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count,
+extern "C" cudaError_t mc_launch_scatter(uint8_t* raw, const McWriteTask* tasks,
+                                         const uint8_t* bytes, uint64_t count,
                                          cudaStream_t stream) {
-    MC_LAUNCH(scatter_kernel, count, stream, raw, tasks, count);
+    MC_LAUNCH(scatter_kernel, count, stream, raw, tasks, bytes, count);
 }
 
 extern "C" cudaError_t mc_launch_hash_tasks(const uint8_t* raw, const McHashTask* tasks,

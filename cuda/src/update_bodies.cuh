@@ -10,12 +10,22 @@
 
 namespace mc {
 
-// Writes one touched block into raw memory, for t < count. Blocks are distinct (the batch
-// is validated), so threads never write the same byte.
-MC_HD void scatter_body(uint64_t t, uint8_t* raw, const McWriteTask* tasks, uint64_t count) {
+// Writes one touched block into raw memory from the packed block bytes `bytes`, for
+// t < count. Blocks are distinct (the batch is validated), so threads never write the same
+// byte. Both offsets are multiples of 8 from 16-byte aligned buffers: the device moves whole
+// 8-byte words; the host copies bytes, which needs no alignment.
+MC_HD void scatter_body(uint64_t t, uint8_t* raw, const McWriteTask* tasks, const uint8_t* bytes,
+                        uint64_t count) {
     if (t >= count) return;
-    const McWriteTask& task = tasks[t];
-    write_block(raw + task.raw_byte, task.cell, 0, task.cells);
+    const McWriteTask task = tasks[t];
+    const uint64_t n = block_bytes(task.cell);
+#if defined(__CUDA_ARCH__)
+    uint64_t* to = reinterpret_cast<uint64_t*>(raw + task.raw_byte);
+    const uint64_t* from = reinterpret_cast<const uint64_t*>(bytes + task.src_byte);
+    for (uint64_t i = 0; i < n / 8; ++i) to[i] = from[i];
+#else
+    for (uint64_t i = 0; i < n; ++i) raw[task.raw_byte + i] = bytes[task.src_byte + i];
+#endif
 }
 
 // out[t] = *value (one digest), for t < count: a new page's level, or a dense upper level at

@@ -37,9 +37,9 @@ cudaError_t mc_launch_vertical(uint32_t* nodes, const uint32_t* zero,
                                const McVerticalTask* tasks, uint64_t count,
                                cudaStream_t stream);
 
-/* Writes tasks[0..count) into raw memory. */
-cudaError_t mc_launch_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count,
-                              cudaStream_t stream);
+/* Writes tasks[0..count) into raw memory, each block's bytes from `bytes`. */
+cudaError_t mc_launch_scatter(uint8_t* raw, const McWriteTask* tasks, const uint8_t* bytes,
+                              uint64_t count, cudaStream_t stream);
 
 /* out[t] = *value (one digest) for t < count; `value` lies outside out[0..count). */
 cudaError_t mc_launch_fill_digests(uint32_t* out, const uint32_t* value, uint64_t count,

@@ -13,12 +13,13 @@
  * base level are zero hashes. */
 #define MC_ABSENT_PAGE UINT64_MAX
 
-/* Write one block's 8 cells into raw memory (update scatter). 48 bytes. */
+/* Write one block into raw memory (update scatter): its 8, 16 or 32 bytes, little-endian as
+ * raw memory holds them, lie at `src_byte` of the launch's packed block bytes, so a u8 block
+ * uploads 8 bytes of cells, not 8 words. 16 bytes. */
 typedef struct McWriteTask {
-    uint64_t raw_byte;  /* byte offset of the block */
+    uint64_t raw_byte;  /* byte offset of the block in raw memory (a multiple of 8) */
+    uint32_t src_byte;  /* byte offset of its bytes in the packed block bytes (a multiple of 8) */
     uint32_t cell;      /* cell type code: u8 = 0, u16 = 1, field = 2 */
-    uint32_t pad;
-    uint32_t cells[8];  /* canonical values, checked to fit `cell` */
 } McWriteTask;
 
 /* Recompute one node from raw memory: the subtree of height `levels` over the 2^levels

@@ -184,11 +184,19 @@ pub trait Device: Send + Sync {
     /// See the trait: `count` digests at `out`, one at `value`, outside them.
     unsafe fn fill_digests(&self, out: DevicePtr, value: DevicePtr, count: u64) -> Result<()>;
 
-    /// Writes `count` `WriteTask`s at `tasks` into the raw buffer at `raw`.
+    /// Writes `count` `WriteTask`s at `tasks` into the raw buffer at `raw`, each block's
+    /// bytes from the packed block bytes at `bytes`.
     ///
     /// # Safety
-    /// See the trait; every block written lies in the raw buffer, and no two tasks overlap.
-    unsafe fn scatter(&self, raw: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()>;
+    /// See the trait; every block written lies in the raw buffer, every block read lies in
+    /// `bytes`, and no two tasks overlap.
+    unsafe fn scatter(
+        &self,
+        raw: DevicePtr,
+        tasks: DevicePtr,
+        bytes: DevicePtr,
+        count: u64,
+    ) -> Result<()>;
 
     /// Recomputes `count` `HashTask`s at `tasks` from the raw buffer at `raw` into `nodes`.
     ///

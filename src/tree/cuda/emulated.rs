@@ -354,15 +354,22 @@ impl Device for EmulatedDevice {
         })
     }
 
-    unsafe fn scatter(&self, raw: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
+    unsafe fn scatter(
+        &self,
+        raw: DevicePtr,
+        tasks: DevicePtr,
+        bytes: DevicePtr,
+        count: u64,
+    ) -> Result<()> {
         let order = self.order(count);
-        let lens = [self.reach(raw), self.reach(tasks)];
+        let lens = [self.reach(raw), self.reach(tasks), self.reach(bytes)];
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("scatter", unsafe {
             ffi::mc_emu_scatter(
                 raw.0 as *mut u8,
                 tasks.0 as *const ffi::WriteTask,
+                bytes.0 as *const u8,
                 count,
                 order,
                 lens.as_ptr(),

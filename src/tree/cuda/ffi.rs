@@ -17,14 +17,13 @@ pub const ABSENT_PAGE: u64 = u64::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteTask {
-    /// Byte offset of the block in the raw buffer.
+    /// Byte offset of the block in the raw buffer (a multiple of 8).
     pub raw_byte: u64,
+    /// Byte offset of the block's 8, 16 or 32 bytes (little-endian, as raw memory holds
+    /// them) in the launch's packed block bytes (a multiple of 8).
+    pub src_byte: u32,
     /// Cell type code: u8 = 0, u16 = 1, field = 2.
     pub cell: u32,
-    /// Padding, 0.
-    pub pad: u32,
-    /// Canonical cell values, checked to fit `cell`.
-    pub cells: [u32; 8],
 }
 
 /// Recomputes `out_node` as the height-`levels` subtree over the blocks at `raw_byte`
@@ -149,7 +148,7 @@ pub struct OpenTask {
 }
 
 const _: () = {
-    assert!(size_of::<WriteTask>() == 48);
+    assert!(size_of::<WriteTask>() == 16);
     assert!(size_of::<HashTask>() == 24);
     assert!(size_of::<PairTask>() == 24);
     assert!(size_of::<VerticalTask>() == 32);
@@ -170,6 +169,7 @@ pub unsafe trait Plain: Copy {}
 // equal the sum of their fields, so they hold no padding.
 unsafe impl Plain for u32 {}
 unsafe impl Plain for u64 {}
+unsafe impl Plain for u8 {}
 unsafe impl Plain for WriteTask {}
 unsafe impl Plain for HashTask {}
 unsafe impl Plain for PairTask {}
@@ -229,6 +229,7 @@ extern "C" {
     pub fn mc_emu_scatter(
         raw: *mut u8,
         tasks: *const WriteTask,
+        bytes: *const u8,
         count: u64,
         order: u64,
         lens: *const u64,

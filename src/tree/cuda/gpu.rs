@@ -448,13 +448,20 @@ impl Device for CudaDevice {
         })
     }
 
-    unsafe fn scatter(&self, raw: DevicePtr, tasks: DevicePtr, count: u64) -> Result<()> {
+    unsafe fn scatter(
+        &self,
+        raw: DevicePtr,
+        tasks: DevicePtr,
+        bytes: DevicePtr,
+        count: u64,
+    ) -> Result<()> {
         self.launch("scatter", |s| {
             // SAFETY: as in `vertical`.
             unsafe {
                 lb::mc_launch_scatter(
                     raw.0 as *mut u8,
                     tasks.0 as *const lb::McWriteTask,
+                    bytes.0 as *const u8,
                     count,
                     s,
                 )

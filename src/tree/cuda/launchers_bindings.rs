@@ -143,19 +143,18 @@ unsafe extern "C" {
 #[derive(Debug, Copy, Clone)]
 pub struct McWriteTask {
     pub raw_byte: u64,
+    pub src_byte: u32,
     pub cell: u32,
-    pub pad: u32,
-    pub cells: [u32; 8usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of McWriteTask"][::std::mem::size_of::<McWriteTask>() - 48usize];
+    ["Size of McWriteTask"][::std::mem::size_of::<McWriteTask>() - 16usize];
     ["Alignment of McWriteTask"][::std::mem::align_of::<McWriteTask>() - 8usize];
     ["Offset of field: McWriteTask::raw_byte"]
         [::std::mem::offset_of!(McWriteTask, raw_byte) - 0usize];
-    ["Offset of field: McWriteTask::cell"][::std::mem::offset_of!(McWriteTask, cell) - 8usize];
-    ["Offset of field: McWriteTask::pad"][::std::mem::offset_of!(McWriteTask, pad) - 12usize];
-    ["Offset of field: McWriteTask::cells"][::std::mem::offset_of!(McWriteTask, cells) - 16usize];
+    ["Offset of field: McWriteTask::src_byte"]
+        [::std::mem::offset_of!(McWriteTask, src_byte) - 8usize];
+    ["Offset of field: McWriteTask::cell"][::std::mem::offset_of!(McWriteTask, cell) - 12usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -330,6 +329,7 @@ unsafe extern "C" {
     pub fn mc_launch_scatter(
         raw: *mut u8,
         tasks: *const McWriteTask,
+        bytes: *const u8,
         count: u64,
         stream: cudaStream_t,
     ) -> cudaError_t;

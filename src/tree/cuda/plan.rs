@@ -544,6 +544,8 @@ pub(crate) struct UpdatePlan {
     /// The touched blocks in pages that existed before the batch (new pages are uploaded
     /// whole from the host image, which already holds the batch).
     pub writes: Vec<WriteTask>,
+    /// Their bytes, packed: each block's 8, 16 or 32 bytes at its task's `src_byte`.
+    pub write_bytes: Vec<u8>,
     /// Each distinct stored base-level ancestor of a touched block (`b ≤ q`), once.
     pub hashes: Vec<HashTask>,
     /// The page levels of each touched slot with `b ≤ q`, indexed by `page_nodes[_].slot`.
@@ -579,6 +581,7 @@ impl Resolver<'_> {
         let mut plan = UpdatePlan {
             fills: Vec::new(),
             writes: Vec::with_capacity(blocks.len()),
+            write_bytes: Vec::new(),
             hashes: Vec::new(),
             page_slots: Vec::new(),
             page_nodes: Vec::new(),
@@ -667,12 +670,23 @@ impl Resolver<'_> {
                 continue;
             }
             let local = blk.block & ((1u64 << sg.shape.page_levels) - 1);
+            let src_byte = u32::try_from(plan.write_bytes.len()).map_err(|_| {
+                internal(format!(
+                    "a batch's packed block bytes exceed 4 GiB at {} blocks",
+                    plan.writes.len()
+                ))
+            })?;
             plan.writes.push(WriteTask {
                 raw_byte: place.raw + u64::from(id) * sg.page_bytes + local * sg.block_bytes(),
+                src_byte,
                 cell: super::cell_code(sg.cell),
-                pad: 0,
-                cells: blk.cells,
             });
+            let size = sg.cell.bytes();
+            for &v in &blk.cells {
+                let at = plan.write_bytes.len();
+                plan.write_bytes.resize(at + size, 0);
+                sg.cell.write(v, &mut plan.write_bytes[at..]);
+            }
         }
         plan.rounds = rounds.into_rounds();
         debug_check_rounds("update", &plan.rounds);

@@ -550,8 +550,12 @@ impl<D: Device> CudaTree<D> {
                 )?;
             }
             let s = sections;
-            self.device
-                .scatter(t.raw, t.staging.offset(s.writes.offset), s.writes.count)?;
+            self.device.scatter(
+                t.raw,
+                t.staging.offset(s.writes.offset),
+                t.staging.offset(s.write_bytes.offset),
+                s.writes.count,
+            )?;
             self.device.hash_tasks(
                 t.raw,
                 t.staging.offset(s.hashes.offset),
@@ -672,6 +676,7 @@ fn phase_kind(op: &UpperOp) -> Option<u32> {
 /// Where an update's lists lie in its staging buffer, and how its upper part launches.
 struct UpdateSections {
     writes: Section,
+    write_bytes: Section,
     hashes: Section,
     page_slots: Section,
     page_nodes: Section,
@@ -685,6 +690,7 @@ struct UpdateSections {
 impl UpdateSections {
     fn push(staging: &mut Staging, plan: &UpdatePlan) -> Self {
         let writes = staging.push(&plan.writes);
+        let write_bytes = staging.push(&plan.write_bytes);
         let hashes = staging.push(&plan.hashes);
         let page_slots = staging.push(&plan.page_slots);
         let page_nodes = staging.push(&plan.page_nodes);
@@ -733,6 +739,7 @@ impl UpdateSections {
             .collect();
         UpdateSections {
             writes,
+            write_bytes,
             hashes,
             page_slots,
             page_nodes,
