@@ -96,15 +96,19 @@ impl Device for Flaky {
         self.launch()?;
         unsafe { self.inner.scatter(raw, t, count) }
     }
+    #[allow(clippy::too_many_arguments)]
     unsafe fn hash_tasks(
         &self,
         r: DevicePtr,
+        f: DevicePtr,
+        n: DevicePtr,
         t: DevicePtr,
         count: u64,
-        n: DevicePtr,
+        threads: u64,
+        levels: u32,
     ) -> Result<()> {
         self.launch()?;
-        unsafe { self.inner.hash_tasks(r, t, count, n) }
+        unsafe { self.inner.hash_tasks(r, f, n, t, count, threads, levels) }
     }
     unsafe fn compress_pairs(
         &self,
@@ -118,7 +122,6 @@ impl Device for Flaky {
     }
     unsafe fn openings(
         &self,
-        raw: DevicePtr,
         nodes: DevicePtr,
         fold: DevicePtr,
         zero: DevicePtr,
@@ -133,7 +136,6 @@ impl Device for Flaky {
         self.launch()?;
         unsafe {
             self.inner.openings(
-                raw,
                 nodes,
                 fold,
                 zero,
