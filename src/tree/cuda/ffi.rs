@@ -144,7 +144,7 @@ const _: () = {
 /// Implementors are `#[repr(C)]` or primitive, have no padding bytes, and accept any bit
 /// pattern.
 pub unsafe trait Plain: Copy {}
-// SAFETY: primitives, and repr(C) structs of u64/u32 fields whose sizes (checked above)
+// SAFETY: primitives, and repr(C) structs of u64/u32/u16 fields whose sizes (checked above)
 // equal the sum of their fields, so they hold no padding.
 unsafe impl Plain for u32 {}
 unsafe impl Plain for u64 {}
