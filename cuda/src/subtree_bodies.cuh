@@ -24,12 +24,20 @@ constexpr uint32_t SUBTREE_THREADS = 1u << SUBTREE_LEVELS;
 
 // Shared memory, in 32-bit words: even levels (SUBTREE_THREADS digests), odd levels (half as
 // many), then per thread the levels + 1 of the task whose node it loaded (0: idle thread) and
-// that task's index.
+// that task's index. A level's digests are stored word-major (word w of node i at
+// w * width + i), so a warp's threads touching consecutive nodes hit different banks.
 constexpr uint32_t SH_EVEN = 0;
-constexpr uint32_t SH_ODD = SH_EVEN + SUBTREE_THREADS * DIGEST_WORDS;
-constexpr uint32_t SH_LEVELS = SH_ODD + SUBTREE_THREADS / 2 * DIGEST_WORDS;
+constexpr uint32_t SH_EVEN_WIDTH = SUBTREE_THREADS;
+constexpr uint32_t SH_ODD = SH_EVEN + SH_EVEN_WIDTH * DIGEST_WORDS;
+constexpr uint32_t SH_ODD_WIDTH = SUBTREE_THREADS / 2;
+constexpr uint32_t SH_LEVELS = SH_ODD + SH_ODD_WIDTH * DIGEST_WORDS;
 constexpr uint32_t SH_TASK = SH_LEVELS + SUBTREE_THREADS;
 constexpr uint32_t SUBTREE_SHARED_WORDS = SH_TASK + SUBTREE_THREADS;
+
+// Shared word of word `w` of node `i` of level `level`'s half.
+MC_HD uint32_t sh_digest_word(uint32_t level, uint32_t i, uint32_t w) {
+    return (level & 1) ? SH_ODD + w * SH_ODD_WIDTH + i : SH_EVEN + w * SH_EVEN_WIDTH + i;
+}
 
 // Shared memory as the device sees it: plain loads and stores.
 struct DirectShared {
@@ -115,7 +123,7 @@ MC_HD void subtree_phase(uint32_t phase, uint64_t block, uint32_t i, const Share
             uint32_t* out = job.output(task);
             for (uint32_t w = 0; w < DIGEST_WORDS; ++w) out[w] = d[w];
         } else {
-            for (uint32_t w = 0; w < DIGEST_WORDS; ++w) sh.store(SH_EVEN + DIGEST_WORDS * i + w, d[w]);
+            for (uint32_t w = 0; w < DIGEST_WORDS; ++w) sh.store(sh_digest_word(0, i, w), d[w]);
         }
         return;
     }
@@ -126,19 +134,17 @@ MC_HD void subtree_phase(uint32_t phase, uint64_t block, uint32_t i, const Share
     const uint32_t first = i << phase;
     const uint32_t levels = sh.load(SH_LEVELS + first);
     if (levels < phase + 1) return;
-    const uint32_t below = (phase & 1) ? SH_EVEN : SH_ODD;
-    const uint32_t here = (phase & 1) ? SH_ODD : SH_EVEN;
     uint32_t left[DIGEST_WORDS], right[DIGEST_WORDS];
     for (uint32_t w = 0; w < DIGEST_WORDS; ++w) {
-        left[w] = sh.load(below + DIGEST_WORDS * (2 * i) + w);
-        right[w] = sh.load(below + DIGEST_WORDS * (2 * i + 1) + w);
+        left[w] = sh.load(sh_digest_word(phase - 1, 2 * i, w));
+        right[w] = sh.load(sh_digest_word(phase - 1, 2 * i + 1, w));
     }
     compress(left, right, d);
     if (levels == phase + 1) {
         uint32_t* out = job.output(sh.load(SH_TASK + first));
         for (uint32_t w = 0; w < DIGEST_WORDS; ++w) out[w] = d[w];
     } else {
-        for (uint32_t w = 0; w < DIGEST_WORDS; ++w) sh.store(here + DIGEST_WORDS * i + w, d[w]);
+        for (uint32_t w = 0; w < DIGEST_WORDS; ++w) sh.store(sh_digest_word(phase, i, w), d[w]);
     }
 }
 
