@@ -299,7 +299,8 @@ int32_t mc_emu_scatter(uint8_t* raw, const McWriteTask* tasks, uint64_t count, u
 }
 
 // lens: raw, fold, nodes, tasks. A task list must ascend by first_thread, each task aligned
-// to its 2^levels threads and inside `threads`, with levels <= `levels` (else 1).
+// to its 2^levels threads, with levels <= `levels`, and `threads` must be the last task's end
+// (else 1).
 int32_t mc_emu_hash_tasks(const uint8_t* raw, uint32_t* fold, uint32_t* nodes,
                           const McHashTask* tasks, uint64_t count, uint64_t threads,
                           uint32_t levels, uint64_t order, const uint64_t* lens,
@@ -324,6 +325,7 @@ int32_t mc_emu_hash_tasks(const uint8_t* raw, uint32_t* fold, uint32_t* nodes,
         const bool out_ok = fits((k.flags & MC_HASH_OUT_FOLD) ? lens[1] : lens[2], k.out_node, D);
         if (!in_range || !out_ok) return MC_EMU_OUT_OF_BOUNDS;
     }
+    if (threads != end) return 1;
     const mc::ListJob job{raw, fold, nodes, tasks, count};
     return run_blocks(threads, levels, mc::SUBTREE_SHARED_WORDS, order, fault,
                       [&](uint32_t p, uint64_t block, uint32_t t, const SharedRef& sh) {
