@@ -13,10 +13,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Kernels allowed a stack frame for now: their bodies keep a `pending[21][8]` digest array in
-# local memory (cuda/include/memcommit/leaf.h), 704 bytes. The leaf.h rewrite removes it; then
-# empty this list so that any new stack frame fails.
-STACK_EXEMPT="build_base_kernel hash_tasks_kernel openings_kernel"
+# Kernels allowed a stack frame: none since the block-level subtree kernel replaced leaf.h's
+# per-thread `pending[21][8]` (704 bytes), so any stack frame fails. Names listed here would
+# be exempt.
+STACK_EXEMPT=""
 
 # Kernels that compute no permutation (byte copies and fills): only the spill check applies.
 NON_HASH_KERNELS="scatter_kernel fill_digests_kernel"

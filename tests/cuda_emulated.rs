@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use common::random::{batch_from, layout, paged_batch_from, paged_layout};
 use common::{device_cases, digest, four_spaces, image_with, u32s, vectors};
-use memcommit::hash::{permute, F, P};
+use memcommit::hash::{compress, leaf_hash, permute, Digest, F, P};
 use memcommit::image::MemoryImage;
-use memcommit::layout::{CellType, MemoryLayout};
-use memcommit::tree::cuda::{index, probe, CudaTree, EmulatedDevice, SEED_VAR};
-use memcommit::tree::{self, MemoryTree};
+use memcommit::layout::{AddressSpace, CellType, LayoutSpec, MemoryLayout};
+use memcommit::tree::cuda::{index, probe, CudaTree, Device, DevicePtr, EmulatedDevice, SEED_VAR};
+use memcommit::tree::{self, MemoryTree, TouchedBlock};
 use memcommit::Error;
 use p3_baby_bear::{
     BABYBEAR_POSEIDON2_RC_16_EXTERNAL_FINAL, BABYBEAR_POSEIDON2_RC_16_EXTERNAL_INITIAL,
@@ -255,6 +255,432 @@ fn a_tall_slot_at_k_below_at_and_above_the_page_level_equals_the_cpu_tree() {
     device_cases::tall_slot_at_every_k(emulated);
 }
 
+/// The seeds the block-level tests run under: the environment's (or the default) and two
+/// fixed ones.
+fn seeds() -> Vec<EmulatedDevice> {
+    vec![
+        EmulatedDevice::new(),
+        EmulatedDevice::with_seed(1),
+        EmulatedDevice::with_seed(0xdead_beef),
+    ]
+}
+
+#[test]
+fn block_model_catches_a_shared_race_and_an_out_of_range_index() {
+    for device in seeds() {
+        let seed = format!("{SEED_VAR}={}", device.seed());
+        device.run_block_check(0).expect("a sound two-phase block");
+        for mode in [1, 2] {
+            let err = device.run_block_check(mode).expect_err("a racy phase");
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Unavailable(_)), "{msg}");
+            for part in [
+                "launch block_check",
+                "block 0",
+                "phase 0",
+                "shared-memory race",
+                "threads",
+                &seed,
+            ] {
+                assert!(msg.contains(part), "mode {mode}: {msg:?} lacks {part:?}");
+            }
+        }
+        let err = device.run_block_check(3).expect_err("an out-of-range word");
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Unavailable(_)), "{msg}");
+        for part in [
+            "block 0",
+            "phase 0",
+            "thread 7",
+            "shared word 256",
+            "outside",
+            &seed,
+        ] {
+            assert!(msg.contains(part), "{msg:?} lacks {part:?}");
+        }
+    }
+}
+
+/// A subtree launch folds at most 8 levels (MC_SUBTREE_LEVELS) and refuses one more.
+#[test]
+fn a_subtree_launch_folds_at_most_eight_levels() {
+    assert_eq!(most_levels_per_launch(), 8);
+}
+
+fn most_levels_per_launch() -> u32 {
+    let device = EmulatedDevice::new();
+    let raw = device.alloc(8 << 9).expect("raw");
+    let out = device.alloc(32).expect("out");
+    // SAFETY: `raw` holds 2^9 u8 blocks and `out` one digest.
+    let levels = (0..=9u32)
+        .take_while(|&l| unsafe { device.build_base(raw, 0, l, out, 1) }.is_ok())
+        .last()
+        .expect("level 0 works");
+    // SAFETY: allocated above, freed once.
+    unsafe {
+        device.free(raw);
+        device.free(out);
+    }
+    levels
+}
+
+/// `n` u8 blocks of pseudo-random cells, as raw bytes and as leaves.
+fn raw_blocks(n: usize, seed: u64) -> (Vec<u8>, Vec<Digest>) {
+    let mut x = seed;
+    let bytes: Vec<u8> = (0..8 * n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 56) as u8
+        })
+        .collect();
+    let leaves = bytes
+        .chunks_exact(8)
+        .map(|b| leaf_hash(&core::array::from_fn(|i| F::new(u32::from(b[i])))))
+        .collect();
+    (bytes, leaves)
+}
+
+/// The root over `leaves` (a power of two of them).
+fn fold(leaves: &[Digest]) -> Digest {
+    let mut level = leaves.to_vec();
+    while level.len() > 1 {
+        level = level
+            .chunks_exact(2)
+            .map(|p| compress(&p[0], &p[1]))
+            .collect();
+    }
+    level[0]
+}
+
+/// `count` digests from the device at `at`.
+fn read_digests(device: &EmulatedDevice, at: DevicePtr, count: usize) -> Vec<Digest> {
+    let mut bytes = vec![0u8; 32 * count];
+    // SAFETY: the caller's buffer holds `count` digests at `at`.
+    unsafe { device.copy_to_host(&mut bytes, at).expect("copy") };
+    bytes
+        .chunks_exact(32)
+        .map(|d| {
+            probe::digest_from_montgomery(core::array::from_fn(|i| {
+                u32::from_le_bytes(d[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+            }))
+        })
+        .collect()
+}
+
+/// Uniform subtree launches (`build_base`) of 1, 255, 256 and 257 outputs and of subtrees
+/// that do not fill a block, from raw blocks and from digests, equal the CPU's fold.
+#[test]
+fn uniform_subtree_launches_of_every_size_equal_the_cpu_fold() {
+    const N: usize = 1 << 11;
+    let (bytes, leaves) = raw_blocks(N, 7);
+    for device in seeds() {
+        let raw = device.alloc(bytes.len() as u64).expect("raw");
+        let digests = device.alloc(32 * N as u64).expect("digests");
+        let out = device.alloc(32 * 512).expect("out");
+        // SAFETY: `raw` holds N blocks, `digests` N digests, `out` 512; every launch below
+        // stays inside them (count << levels <= N, count <= 512).
+        unsafe {
+            device.copy_to_device(raw, &bytes).expect("upload");
+            device
+                .build_base(raw, 0, 0, digests, N as u64)
+                .expect("leaves");
+        }
+        assert_eq!(read_digests(&device, digests, N), leaves, "leaf hashes");
+        for (levels, count) in [
+            (0, 1),
+            (0, 255),
+            (0, 256),
+            (0, 257),
+            (1, 3),
+            (3, 37),
+            (5, 9),
+            (7, 3),
+            (8, 1),
+            (8, 3),
+            (2, 257),
+            (1, 511),
+        ] {
+            let want: Vec<Digest> = leaves
+                .chunks_exact(1 << levels)
+                .take(count)
+                .map(fold)
+                .collect();
+            for (src, cell) in [(raw, 0), (digests, 3)] {
+                let before = EmulatedDevice::permutations_on_this_thread();
+                // SAFETY: as above.
+                unsafe {
+                    device
+                        .build_base(src, cell, levels, out, count as u64)
+                        .expect("launch")
+                };
+                let perms = EmulatedDevice::permutations_on_this_thread() - before;
+                let leaf_perms = if cell == 0 { count << levels } else { 0 };
+                assert_eq!(
+                    perms as usize,
+                    leaf_perms + count * ((1 << levels) - 1),
+                    "levels {levels} count {count} cell {cell}"
+                );
+                assert_eq!(
+                    read_digests(&device, out, count),
+                    want,
+                    "levels {levels} count {count} cell {cell}"
+                );
+            }
+        }
+        // SAFETY: one level more than a launch folds, and a source too short, are refused
+        // before any thread runs.
+        unsafe {
+            assert!(device.build_base(raw, 0, 9, out, 1).is_err());
+            assert!(device.build_base(raw, 0, 8, out, 9).is_err());
+            device.free(raw);
+            device.free(digests);
+            device.free(out);
+        }
+    }
+}
+
+/// A `McHashTask` as its 32 bytes (tasks.h).
+fn hash_task(
+    out: u64,
+    src: u64,
+    first_thread: u64,
+    cell: u32,
+    levels: u16,
+    to_fold: bool,
+) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[0..8].copy_from_slice(&out.to_le_bytes());
+    b[8..16].copy_from_slice(&src.to_le_bytes());
+    b[16..24].copy_from_slice(&first_thread.to_le_bytes());
+    b[24..28].copy_from_slice(&cell.to_le_bytes());
+    b[28..30].copy_from_slice(&levels.to_le_bytes());
+    b[30..32].copy_from_slice(&u16::from(to_fold).to_le_bytes());
+    b
+}
+
+/// Task-list subtree launches (`hash_tasks`) of 1, 255, 256 and 257 tasks of mixed heights,
+/// from raw blocks into the node array and from fold digests into the fold scratch, equal
+/// the CPU's fold; a malformed list is refused.
+#[test]
+fn task_list_subtree_launches_of_every_size_equal_the_cpu_fold() {
+    const N: usize = 1 << 11;
+    let (bytes, leaves) = raw_blocks(N, 11);
+    for device in seeds() {
+        let raw = device.alloc(bytes.len() as u64).expect("raw");
+        let fold_buf = device.alloc(32 * (N as u64 + 300)).expect("fold");
+        let nodes = device.alloc(32 * 300).expect("nodes");
+        let tasks = device.alloc(32 * 300).expect("tasks");
+        // SAFETY: sizes as allocated; leaves go to fold digests 0..N.
+        unsafe {
+            device.copy_to_device(raw, &bytes).expect("upload");
+            device
+                .build_base(raw, 0, 0, fold_buf, N as u64)
+                .expect("leaves");
+        }
+        for (count, salt) in [(1usize, 3u64), (255, 5), (256, 9), (257, 13)] {
+            // Heights 0..=8, tallest first; sources anywhere in the N blocks.
+            let mut heights: Vec<u16> = (0..count as u64)
+                .map(|i| ((i * 7 + salt) % 9) as u16)
+                .collect();
+            if count == 1 {
+                heights = vec![8];
+            }
+            heights.sort_unstable_by(|a, b| b.cmp(a));
+            for from_fold in [false, true] {
+                let mut list = Vec::new();
+                let mut want = Vec::new();
+                let mut at = 0u64;
+                for (i, &h) in heights.iter().enumerate() {
+                    let first_leaf = ((i as u64 * 97 + salt) % (N as u64 >> h)) << h;
+                    want.push(fold(&leaves[first_leaf as usize..][..1 << h]));
+                    let (src, cell) = if from_fold {
+                        (first_leaf, 3)
+                    } else {
+                        (8 * first_leaf, 0)
+                    };
+                    let out = if from_fold {
+                        N as u64 + i as u64
+                    } else {
+                        i as u64
+                    };
+                    list.extend(hash_task(out, src, at, cell, h, from_fold));
+                    at += 1 << h;
+                }
+                // SAFETY: every task's source and output lie in the buffers above.
+                let got = unsafe {
+                    device.copy_to_device(tasks, &list).expect("tasks");
+                    device
+                        .hash_tasks(
+                            raw,
+                            fold_buf,
+                            nodes,
+                            tasks,
+                            count as u64,
+                            at,
+                            u32::from(heights[0]),
+                        )
+                        .expect("launch");
+                    if from_fold {
+                        read_digests(&device, fold_buf.digest(N as u64), count)
+                    } else {
+                        read_digests(&device, nodes, count)
+                    }
+                };
+                assert_eq!(got, want, "{count} tasks, from fold {from_fold}");
+            }
+        }
+        // A task not aligned to its width, and one starting inside the previous one.
+        for bad in [
+            [
+                hash_task(0, 0, 1, 0, 1, false),
+                hash_task(1, 0, 4, 0, 0, false),
+            ],
+            [
+                hash_task(0, 0, 0, 0, 2, false),
+                hash_task(1, 0, 3, 0, 0, false),
+            ],
+        ] {
+            let list: Vec<u8> = bad.concat();
+            // SAFETY: the list is checked before any thread runs.
+            unsafe {
+                device.copy_to_device(tasks, &list).expect("tasks");
+                assert!(device
+                    .hash_tasks(raw, fold_buf, nodes, tasks, 2, 8, 2)
+                    .is_err());
+            }
+        }
+        // SAFETY: allocated above, freed once.
+        unsafe {
+            for b in [raw, fold_buf, nodes, tasks] {
+                device.free(b);
+            }
+        }
+    }
+}
+
+/// A slot of 2^23 u8 blocks (sparse upper levels), one of 2^12 u16 blocks and a one-block
+/// field slot, for omitted levels above the page level.
+fn large_k_layout() -> MemoryLayout {
+    MemoryLayout::new(LayoutSpec {
+        address_spaces: vec![
+            AddressSpace {
+                cell: CellType::U8,
+                num_cells: 1 << 26,
+            },
+            AddressSpace {
+                cell: CellType::U16,
+                num_cells: 1 << 15,
+            },
+            AddressSpace {
+                cell: CellType::Field,
+                num_cells: 8,
+            },
+        ],
+        address_space_height: None,
+        address_height: None,
+    })
+    .expect("layout")
+}
+
+/// k = 13..=20: build, a one-block update, a batch creating pages, and openings (present and
+/// absent pages) against the reference tree, with the permutation counts of
+/// `memcommit::bench::count`.
+#[test]
+fn large_k_builds_updates_and_openings_equal_the_reference() {
+    let layout = large_k_layout();
+    let block = |slot, block, v| TouchedBlock {
+        slot,
+        block,
+        cells: [v; 8],
+    };
+    let image = vec![
+        block(0, 3, 1),
+        block(0, 5 * 512 + 1, 2),
+        block(0, (1 << 20) + 77, 3),
+        block(0, (1 << 23) - 1, 4),
+        block(1, 700, 5),
+    ];
+    let batches = vec![
+        (
+            vec![block(0, 3, 9)],
+            None,
+            vec![(0, 4), (0, 5 * 512), (1, 0)],
+        ),
+        (
+            vec![
+                block(0, 9 * 512, 6),
+                block(0, (1 << 21) + 1, 7),
+                block(1, 4095, 8),
+                block(2, 0, 9),
+            ],
+            None,
+            vec![(0, (1 << 20) + 76), (0, 1 << 22), (1, 1), (2, 0)],
+        ),
+        (vec![block(0, 5 * 512 + 1, 10)], Some(3), vec![(0, 5 * 512)]),
+    ];
+    for k in 13..=20 {
+        device_cases::check_against_reference(
+            emulated,
+            &EMULATED,
+            &layout,
+            k,
+            &image,
+            batches.clone(),
+        )
+        .unwrap_or_else(|e| panic!("k = {k}: {e}"));
+    }
+}
+
+/// Launch calls per build, update and openings on the large-k layout at several k: the
+/// same under every thread order (the plan does not depend on it). Prints the figures.
+#[test]
+fn launch_calls_per_call_do_not_depend_on_the_thread_order() {
+    let layout = large_k_layout();
+    let block = |slot, block, v| TouchedBlock {
+        slot,
+        block,
+        cells: [v; 8],
+    };
+    let image = image_with(
+        &layout,
+        &[block(0, 3, 1), block(0, 5 * 512 + 1, 2), block(1, 700, 5)],
+    );
+    let batch = vec![
+        block(0, 3, 9),
+        block(0, 9 * 512, 6),
+        block(1, 4095, 8),
+        block(2, 0, 9),
+    ];
+    let positions = [(0, 4), (0, 9 * 512 + 3), (1, 1), (2, 0)];
+    for k in [0, 8, 9, 10, 13, 20] {
+        let counts: Vec<[u64; 4]> = seeds()
+            .into_iter()
+            .map(|device| {
+                let mut t =
+                    CudaTree::build(device, layout.clone(), image.clone(), k).expect("build");
+                let build = t.device().launch_calls();
+                t.update(&batch).expect("update");
+                let update = t.device().launch_calls() - build;
+                t.update(&batch[..1]).expect("update");
+                let one = t.device().launch_calls() - build - update;
+                t.openings(&positions).expect("openings");
+                let open = t.device().launch_calls() - build - update - one;
+                [build, update, one, open]
+            })
+            .collect();
+        println!(
+            "k = {k}: launch calls [build, 4-block update, 1-block update, 4 openings] = {:?}",
+            counts[0]
+        );
+        assert!(
+            counts.iter().all(|c| *c == counts[0]),
+            "k = {k}: {counts:?}"
+        );
+    }
+}
+
 /// The emulator's counters for the shared cases: it allocates 16-byte words and counts
 /// host waits.
 const EMULATED: device_cases::Extras<EmulatedDevice> = device_cases::Extras {
@@ -302,14 +728,14 @@ proptest! {
 
 proptest! {
     // Slots of up to 2^12 blocks (8 pages) and of 2^21..2^23 blocks (sparse upper levels),
-    // with few pages present; k below, at and above the page level (9) and above the
-    // height. About 4 s in release on the 2-core machine.
+    // with few pages present; k below, at and above the page level (9), up to the maximum
+    // (20) and above the height. About 4 s in release on the 2-core machine.
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn emulated_cuda_tree_over_pages_equals_reference(
         layout in paged_layout(),
-        k in prop_oneof![0u32..=8, 9u32..=12],
+        k in prop_oneof![0u32..=8, 9u32..=12, 13u32..=20],
         image_seeds in prop::collection::vec(any::<u64>(), 0..16),
         batches in prop::collection::vec(
             (prop::collection::vec(any::<u64>(), 0..24), any::<u8>(), any::<u8>()), 1..4),

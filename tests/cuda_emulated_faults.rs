@@ -102,15 +102,19 @@ impl Device for Flaky {
         self.launch()?;
         unsafe { self.inner.scatter(raw, t, bytes, count) }
     }
+    #[allow(clippy::too_many_arguments)]
     unsafe fn hash_tasks(
         &self,
         r: DevicePtr,
+        f: DevicePtr,
+        n: DevicePtr,
         t: DevicePtr,
         count: u64,
-        n: DevicePtr,
+        threads: u64,
+        levels: u32,
     ) -> Result<()> {
         self.launch()?;
-        unsafe { self.inner.hash_tasks(r, t, count, n) }
+        unsafe { self.inner.hash_tasks(r, f, n, t, count, threads, levels) }
     }
     unsafe fn fused(&self, a: &memcommit::tree::cuda::FusedArgs) -> Result<()> {
         self.launch()?;
@@ -139,7 +143,6 @@ impl Device for Flaky {
     }
     unsafe fn openings(
         &self,
-        raw: DevicePtr,
         nodes: DevicePtr,
         fold: DevicePtr,
         zero: DevicePtr,
@@ -154,7 +157,6 @@ impl Device for Flaky {
         self.launch()?;
         unsafe {
             self.inner.openings(
-                raw,
                 nodes,
                 fold,
                 zero,

@@ -1,11 +1,13 @@
 // Kernel bodies for building the tree: one call computes what one CUDA thread computes, for
 // thread index `t` (64-bit: a 2^32-block slot has 2^32 leaves). The __global__ wrappers in
 // kernels.cu and the host emulator in host_emulator.cpp both call these, so the emulator
-// tests run exactly the device's per-thread code.
+// tests run exactly the device's per-thread code. Subtrees from raw memory (the stored base
+// level, page roots) are folded by the block-level kernel of subtree_bodies.cuh.
 #pragma once
 
 #include "memcommit/leaf.h"
 #include "memcommit/tasks.h"
+#include "subtree_bodies.cuh"
 
 namespace mc {
 
@@ -18,15 +20,6 @@ MC_HD void zero_hashes_body(uint64_t t, uint32_t* zero, uint32_t count) {
     for (uint32_t h = 1; h < count; ++h) {
         compress(zero + DIGEST_WORDS * (h - 1), zero + DIGEST_WORDS * (h - 1), zero + DIGEST_WORDS * h);
     }
-}
-
-// Fused build from raw memory to the stored base level: thread t turns blocks
-// t * 2^levels .. (t + 1) * 2^levels of the slot at `raw` into out[t], one node of level
-// `levels`, for t < count.
-MC_HD void build_base_body(uint64_t t, const uint8_t* raw, uint32_t cell, uint32_t levels,
-                           uint32_t* out, uint64_t count) {
-    if (t >= count) return;
-    subtree_from_raw(raw, cell, t << levels, levels, out + DIGEST_WORDS * t);
 }
 
 // Dense level compress: parents[t] = compress(children[2t], children[2t + 1]), t < count.

@@ -9,17 +9,34 @@
 //
 // Launch twins also take `lens`: the bytes each pointer argument may reach (to the end of its
 // allocation), in argument order. They check every thread's accesses against them before
-// running any thread. Returns: 0; 1 for build_base's `levels` above MAX_RAW_SUBTREE_LEVELS;
-// MC_EMU_OUT_OF_BOUNDS (2) when some thread would touch memory outside its buffers (nothing
-// ran). Pointers follow launchers.h.
+// running any thread. Returns: 0; 1 for bad arguments (a subtree launch's levels above
+// MC_SUBTREE_LEVELS, a malformed task list); MC_EMU_OUT_OF_BOUNDS (2) when some thread would
+// touch memory outside its buffers (nothing ran); for the subtree kernels, which run block by
+// block and phase by phase (see run_blocks), MC_EMU_SHARED_RACE (3) or
+// MC_EMU_SHARED_OUT_OF_RANGE (4), with the details in `*fault` (the launch stopped there,
+// part of its writes done). Pointers follow launchers.h.
 #include <stddef.h>
+
+#include <vector>
 
 #include "build_bodies.cuh"
 #include "memcommit/tree_index.h"
 #include "opening_bodies.cuh"
 #include "fused_bodies.cuh"
 #include "page_round_bodies.cuh"
+#include "subtree_bodies.cuh"
 #include "update_bodies.cuh"
+
+// Where a block-level launch broke the shared-memory rules (mirrored by ffi::EmuFault).
+// 32 bytes.
+struct McEmuFault {
+    uint64_t block;  // block index in the launch
+    uint64_t word;   // shared word index
+    uint32_t phase;  // phase (between two barriers) of the access
+    uint32_t thread; // the thread whose access failed
+    uint32_t other;  // the other thread of a race (UINT32_MAX: none)
+    uint32_t pad;
+};
 
 namespace {
 
@@ -122,6 +139,132 @@ bool page_round_ok(const McPageSlot* slots, const McPageNode* list, uint64_t t, 
     return fits(lens_nodes, children + 2 * (u128)c, D, 2) && fits(lens_nodes, parents + c, D);
 }
 
+// The block model (subtree kernels): a launch's blocks run one after another, in an order
+// keyed by the launch; within a block, phase p (what the device runs between two
+// __syncthreads) runs for every thread, in an order keyed by (launch, block, p), before
+// phase p + 1. Shared memory is a per-block host array reached through SharedRef, which
+// bounds-checks every word and records, per phase, the word's writer and readers: a word
+// written by one thread and read or written by another in the same phase is a race (on a
+// GPU its value would depend on the threads' timing).
+constexpr int32_t MC_EMU_SHARED_RACE = 3;
+constexpr int32_t MC_EMU_SHARED_OUT_OF_RANGE = 4;
+constexpr uint32_t NO_THREAD = UINT32_MAX;
+
+class SharedState {
+  public:
+    explicit SharedState(uint32_t words) : words_(words), marks_(words) {}
+
+    // A fresh block: every word poisoned (a read of a word no thread wrote gives a wrong
+    // digest, not a stale one) and no accesses recorded.
+    void begin_block(uint64_t block) {
+        for (auto& w : words_) w = 0xdeadbeefu;
+        block_ = block;
+        ++epoch_;
+    }
+    void begin_phase(uint32_t phase) {
+        phase_ = phase;
+        ++epoch_;
+    }
+    void set_thread(uint32_t thread) { thread_ = thread; }
+    int32_t code() const { return code_; }
+    const McEmuFault& fault() const { return fault_; }
+
+    uint32_t load(uint32_t i) {
+        Mark* m = mark(i);
+        if (m == nullptr) return 0;
+        if (m->writer != NO_THREAD && m->writer != thread_) fail(MC_EMU_SHARED_RACE, i, m->writer);
+        if (m->reader == NO_THREAD || m->reader == thread_) {
+            m->reader = thread_;
+        } else {
+            m->other_reader = thread_;
+        }
+        return words_[i];
+    }
+    void store(uint32_t i, uint32_t v) {
+        Mark* m = mark(i);
+        if (m == nullptr) return;
+        if (m->writer != NO_THREAD && m->writer != thread_) fail(MC_EMU_SHARED_RACE, i, m->writer);
+        if (m->reader != NO_THREAD && m->reader != thread_) fail(MC_EMU_SHARED_RACE, i, m->reader);
+        if (m->other_reader != NO_THREAD && m->other_reader != thread_) {
+            fail(MC_EMU_SHARED_RACE, i, m->other_reader);
+        }
+        m->writer = thread_;
+        words_[i] = v;
+    }
+
+  private:
+    struct Mark {
+        uint64_t epoch = 0;
+        uint32_t writer = NO_THREAD;
+        uint32_t reader = NO_THREAD;
+        uint32_t other_reader = NO_THREAD;  // some reader other than `reader`
+    };
+
+    // The word's record for this phase, or nullptr (and a fault) outside the array.
+    Mark* mark(uint32_t i) {
+        if (i >= words_.size()) {
+            fail(MC_EMU_SHARED_OUT_OF_RANGE, i, NO_THREAD);
+            return nullptr;
+        }
+        Mark* m = &marks_[i];
+        if (m->epoch != epoch_) *m = Mark{epoch_, NO_THREAD, NO_THREAD, NO_THREAD};
+        return m;
+    }
+    void fail(int32_t code, uint32_t word, uint32_t other) {
+        if (code_ != 0) return;
+        code_ = code;
+        fault_ = McEmuFault{block_, word, phase_, thread_, other, 0};
+    }
+
+    std::vector<uint32_t> words_;
+    std::vector<Mark> marks_;
+    uint64_t epoch_ = 0;
+    uint64_t block_ = 0;
+    uint32_t phase_ = 0;
+    uint32_t thread_ = 0;
+    int32_t code_ = 0;
+    McEmuFault fault_{};
+};
+
+// What a phase body sees of shared memory on the host (DirectShared on the device).
+struct SharedRef {
+    SharedState* state;
+    uint32_t load(uint32_t i) const { return state->load(i); }
+    void store(uint32_t i, uint32_t v) const { state->store(i, v); }
+};
+
+// Runs phases 0..=last of `threads` threads in blocks of SUBTREE_THREADS (see above):
+// phase(p, block, thread, shared) for each. Returns 0, or a shared-memory fault's code with
+// the fault in `*fault` (the launch stops at the faulting access's thread).
+template <class Phase>
+int32_t run_blocks(uint64_t threads, uint32_t last, uint32_t shared_words, uint64_t order,
+                   McEmuFault* fault, Phase phase) {
+    const uint64_t blocks = (threads + mc::SUBTREE_THREADS - 1) / mc::SUBTREE_THREADS;
+    SharedState state(shared_words);
+    const SharedRef sh{&state};
+    const ThreadOrder block_order(blocks, order);
+    for (uint64_t bi = 0; bi < blocks; ++bi) {
+        const uint64_t block = block_order.at(bi);
+        state.begin_block(block);
+        for (uint32_t p = 0; p <= last; ++p) {
+            state.begin_phase(p);
+            const uint64_t key = order ^ (block + 1) * 0x9e3779b97f4a7c15ull ^
+                                 (uint64_t{p} + 1) * 0xc2b2ae3d27d4eb4full;
+            const ThreadOrder thread_order(mc::SUBTREE_THREADS, key);
+            for (uint32_t j = 0; j < mc::SUBTREE_THREADS; ++j) {
+                const uint32_t t = (uint32_t)thread_order.at(j);
+                state.set_thread(t);
+                phase(p, block, t, sh);
+                if (state.code() != 0) {
+                    *fault = state.fault();
+                    return state.code();
+                }
+            }
+        }
+    }
+    return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -132,16 +275,23 @@ int32_t mc_emu_zero_hashes(uint32_t* zero, uint32_t count, const uint64_t* lens)
     return 0;
 }
 
-// lens: raw, out.
-int32_t mc_emu_build_base(const uint8_t* raw, uint32_t cell, uint32_t levels, uint32_t* out,
-                          uint64_t count, uint64_t order, const uint64_t* lens) {
-    if (levels > mc::MAX_RAW_SUBTREE_LEVELS) return 1;
-    if (!cell_ok(cell)) return MC_EMU_OUT_OF_BOUNDS;
-    const uint64_t span = mc::block_bytes(cell) << levels;
-    return checked_launch(
-        count, order,
-        [&](uint64_t t) { return fits(lens[0], t, span) && fits(lens[1], t, D); },
-        [&](uint64_t t) { mc::build_base_body(t, raw, cell, levels, out, count); });
+// lens: src, out.
+int32_t mc_emu_build_base(const uint8_t* src, uint32_t cell, uint32_t levels, uint32_t* out,
+                          uint64_t count, uint64_t order, const uint64_t* lens,
+                          McEmuFault* fault) {
+    if (levels > mc::SUBTREE_LEVELS || cell > mc::CELL_DIGEST || count > (uint64_t{1} << 32)) {
+        return 1;
+    }
+    const u128 nodes = (u128)count << levels;
+    const uint64_t node_bytes = cell == mc::CELL_DIGEST ? D : mc::block_bytes(cell);
+    if (!fits(lens[0], 0, node_bytes, nodes) || !fits(lens[1], 0, D, count)) {
+        return MC_EMU_OUT_OF_BOUNDS;
+    }
+    const mc::UniformJob job{src, cell, levels, out, count};
+    return run_blocks((uint64_t)nodes, levels, mc::SUBTREE_SHARED_WORDS, order, fault,
+                      [&](uint32_t p, uint64_t block, uint32_t t, const SharedRef& sh) {
+                          mc::subtree_phase(p, block, t, sh, job);
+                      });
 }
 
 // lens: children, parents.
@@ -180,19 +330,59 @@ int32_t mc_emu_scatter(uint8_t* raw, const McWriteTask* tasks, const uint8_t* by
         [&](uint64_t t) { mc::scatter_body(t, raw, tasks, bytes, count); });
 }
 
-// lens: raw, tasks, nodes.
-int32_t mc_emu_hash_tasks(const uint8_t* raw, const McHashTask* tasks, uint64_t count,
-                          uint32_t* nodes, uint64_t order, const uint64_t* lens) {
-    return checked_launch(
-        count, order,
-        [&](uint64_t t) {
-            if (!fits(lens[1], t, sizeof(McHashTask))) return false;
-            const McHashTask& k = tasks[t];
-            return cell_ok(k.cell) && k.levels <= mc::MAX_RAW_SUBTREE_LEVELS &&
-                   fits(lens[0], k.raw_byte, 1, mc::block_bytes(k.cell) << k.levels) &&
-                   fits(lens[2], k.out_node, D);
-        },
-        [&](uint64_t t) { mc::hash_tasks_body(t, raw, tasks, count, nodes); });
+// lens: raw, fold, nodes, tasks. A task list must ascend by first_thread, each task aligned
+// to its 2^levels threads, with levels <= `levels`, and `threads` must be the last task's end
+// (else 1).
+int32_t mc_emu_hash_tasks(const uint8_t* raw, uint32_t* fold, uint32_t* nodes,
+                          const McHashTask* tasks, uint64_t count, uint64_t threads,
+                          uint32_t levels, uint64_t order, const uint64_t* lens,
+                          McEmuFault* fault) {
+    if (count == 0) return 0;
+    if (levels > mc::SUBTREE_LEVELS || count > 0xffffffffull) return 1;
+    if (!fits(lens[3], 0, sizeof(McHashTask), count)) return MC_EMU_OUT_OF_BOUNDS;
+    uint64_t end = 0;
+    for (uint64_t i = 0; i < count; ++i) {
+        const McHashTask& k = tasks[i];
+        const uint64_t width = uint64_t{1} << (k.levels > 63 ? 63 : k.levels);
+        if (k.levels > levels || k.first_thread % width != 0 || k.first_thread < end ||
+            k.first_thread + width > threads || k.cell > mc::CELL_DIGEST ||
+            (k.flags & ~MC_HASH_OUT_FOLD) != 0) {
+            return 1;
+        }
+        end = k.first_thread + width;
+        const bool from_fold = k.cell == mc::CELL_DIGEST;
+        const bool in_range =
+            from_fold ? fits(lens[1], k.src, D, width)
+                      : fits(lens[0], k.src, 1, (u128)mc::block_bytes(k.cell) * width);
+        const bool out_ok = fits((k.flags & MC_HASH_OUT_FOLD) ? lens[1] : lens[2], k.out_node, D);
+        if (!in_range || !out_ok) return MC_EMU_OUT_OF_BOUNDS;
+    }
+    if (threads != end) return 1;
+    const mc::ListJob job{raw, fold, nodes, tasks, count};
+    return run_blocks(threads, levels, mc::SUBTREE_SHARED_WORDS, order, fault,
+                      [&](uint32_t p, uint64_t block, uint32_t t, const SharedRef& sh) {
+                          mc::subtree_phase(p, block, t, sh, job);
+                      });
+}
+
+// A test-only block kernel (one block, phases 0 and 1, 256 words of shared memory) for the
+// block model's checks: mode 0 is sound (each thread writes its word in phase 0 and reads its
+// neighbour's in phase 1); mode 1 reads the neighbour's word in the phase that writes it
+// (a race); mode 2 has every thread write word 0 (a race); mode 3 has thread 7 write one word
+// past the array. Returns as the subtree twins do.
+int32_t mc_emu_block_check(uint32_t mode, uint64_t order, McEmuFault* fault) {
+    constexpr uint32_t WORDS = mc::SUBTREE_THREADS;
+    return run_blocks(mc::SUBTREE_THREADS, 1, WORDS, order, fault,
+                      [&](uint32_t p, uint64_t, uint32_t t, const SharedRef& sh) {
+                          const uint32_t next = (t + 1) % mc::SUBTREE_THREADS;
+                          if (p == 0) {
+                              sh.store(mode == 2 ? 0 : t, t);
+                              if (mode == 1) sh.load(next);
+                              if (mode == 3 && t == 7) sh.store(WORDS, t);
+                          } else {
+                              sh.load(next);
+                          }
+                      });
 }
 
 // lens: out, value.
@@ -215,9 +405,8 @@ int32_t mc_emu_compress_pairs(const uint32_t* children, uint32_t* parents,
         [&](uint64_t t) { mc::compress_pairs_body(t, children, parents, tasks, count); });
 }
 
-// lens: raw, nodes, fold, zero, tasks, listed, out. Mirrors openings_body's reads level by
-// level.
-int32_t mc_emu_openings(const uint8_t* raw, const uint32_t* nodes, const uint32_t* fold,
+// lens: nodes, fold, zero, tasks, listed, out. Mirrors openings_body's reads level by level.
+int32_t mc_emu_openings(const uint32_t* nodes, const uint32_t* fold,
                         const uint32_t* zero, const McOpenTask* tasks, const uint64_t* listed,
                         uint64_t count, uint64_t top_offset, uint32_t address_height,
                         uint32_t address_space_height, uint32_t* out, uint64_t order,
@@ -225,39 +414,25 @@ int32_t mc_emu_openings(const uint8_t* raw, const uint32_t* nodes, const uint32_
     const uint32_t ah = address_height, ash = address_space_height;
     if (ash >= 63) return MC_EMU_OUT_OF_BOUNDS;
     auto check = [&](uint64_t t) {
-        if (!fits(lens[4], t, sizeof(McOpenTask))) return false;
+        if (!fits(lens[3], t, sizeof(McOpenTask))) return false;
         const McOpenTask& k = tasks[t];
-        if (!fits(lens[6], (u128)(ah + ash) * t, D, ah + ash)) return false;
-        if (!cell_ok(k.cell) || k.raw_levels > mc::MAX_RAW_SUBTREE_LEVELS) return false;
-        if (!(k.raw_levels <= k.listed_from && k.listed_from <= k.height && k.height <= ah)) {
-            return false;
-        }
-        const uint64_t bb = mc::block_bytes(k.cell);
-        for (uint32_t l = 0; l < k.raw_levels; ++l) {
-            if (k.raw_page_byte == MC_ABSENT_PAGE) {
-                if (!fits(lens[3], l, D)) return false;
-            } else {
-                const u128 first = (u128)(((k.block >> l) ^ 1) << l) * bb;
-                if (!fits(lens[0], (u128)k.raw_page_byte + first, 1, (u128)bb << l)) return false;
-            }
-        }
-        if (!fits(lens[5], k.first_listed, sizeof(uint64_t), k.height - k.raw_levels)) {
-            return false;
-        }
+        if (!fits(lens[5], (u128)(ah + ash) * t, D, ah + ash)) return false;
+        if (!(k.listed_from <= k.height && k.height <= ah)) return false;
+        if (!fits(lens[4], k.first_listed, sizeof(uint64_t), k.height)) return false;
         const uint64_t* list = listed + k.first_listed;
-        for (uint32_t l = k.raw_levels; l < k.height; ++l, ++list) {
-            if (!fits(l < k.listed_from ? lens[2] : lens[1], *list, D)) return false;
+        for (uint32_t l = 0; l < k.height; ++l, ++list) {
+            if (!fits(l < k.listed_from ? lens[1] : lens[0], *list, D)) return false;
         }
-        if (!fits(lens[3], k.height, D, ah - k.height)) return false;
+        if (!fits(lens[2], k.height, D, ah - k.height)) return false;
         for (uint32_t l = 0; l < ash; ++l) {
             const u128 index = (u128)top_offset + mc::top_level_offset(ash, l) +
                                (((uint64_t)k.slot >> l) ^ 1);
-            if (!fits(lens[1], index, D)) return false;
+            if (!fits(lens[0], index, D)) return false;
         }
         return true;
     };
     return checked_launch(count, order, check, [&](uint64_t t) {
-        mc::openings_body(t, raw, nodes, fold, zero, tasks, listed, count, top_offset,
+        mc::openings_body(t, nodes, fold, zero, tasks, listed, count, top_offset,
                           address_height, address_space_height, out);
     });
 }

@@ -5,6 +5,7 @@
 #include "fused_bodies.cuh"
 #include "opening_bodies.cuh"
 #include "page_round_bodies.cuh"
+#include "subtree_bodies.cuh"
 #include "update_bodies.cuh"
 
 #ifdef __CUDACC__
@@ -13,8 +14,10 @@
 
 namespace {
 
-// Threads per block: one permutation per thread with the state in registers.
+// Threads per block: one permutation per thread with the state in registers. The subtree
+// kernels' blocks are the same size (mc::SUBTREE_THREADS).
 constexpr uint32_t THREADS = 256;
+static_assert(THREADS == mc::SUBTREE_THREADS, "grid_for sizes the subtree kernels' grids");
 
 __device__ __forceinline__ uint64_t thread_index() {
     return (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -24,9 +27,21 @@ __global__ void zero_hashes_kernel(uint32_t* zero, uint32_t count) {
     mc::zero_hashes_body(thread_index(), zero, count);
 }
 
-__global__ void build_base_kernel(const uint8_t* raw, uint32_t cell, uint32_t levels,
-                                  uint32_t* out, uint64_t count) {
-    mc::build_base_body(thread_index(), raw, cell, levels, out, count);
+// The subtree kernel's phases with a block barrier after each (subtree_bodies.cuh).
+template <class Job>
+__device__ __forceinline__ void run_subtree(const Job& job, uint32_t levels) {
+    __shared__ uint32_t words[mc::SUBTREE_SHARED_WORDS];
+    const mc::DirectShared sh{words};
+    for (uint32_t phase = 0; phase <= levels; ++phase) {
+        mc::subtree_phase(phase, blockIdx.x, threadIdx.x, sh, job);
+        __syncthreads();
+    }
+}
+
+__global__ void __launch_bounds__(mc::SUBTREE_THREADS)
+    build_base_kernel(const uint8_t* src, uint32_t cell, uint32_t levels, uint32_t* out,
+                      uint64_t count) {
+    run_subtree(mc::UniformJob{src, cell, levels, out, count}, levels);
 }
 
 __global__ void compress_level_kernel(const uint32_t* children, uint32_t* parents,
@@ -44,9 +59,10 @@ __global__ void scatter_kernel(uint8_t* raw, const McWriteTask* tasks, const uin
     mc::scatter_body(thread_index(), raw, tasks, bytes, count);
 }
 
-__global__ void hash_tasks_kernel(const uint8_t* raw, const McHashTask* tasks, uint64_t count,
-                                  uint32_t* nodes) {
-    mc::hash_tasks_body(thread_index(), raw, tasks, count, nodes);
+__global__ void __launch_bounds__(mc::SUBTREE_THREADS)
+    hash_tasks_kernel(const uint8_t* raw, uint32_t* fold, uint32_t* nodes,
+                      const McHashTask* tasks, uint64_t count, uint32_t levels) {
+    run_subtree(mc::ListJob{raw, fold, nodes, tasks, count}, levels);
 }
 
 __global__ void fill_digests_kernel(uint32_t* out, const uint32_t* value, uint64_t count) {
@@ -58,12 +74,12 @@ __global__ void compress_pairs_kernel(const uint32_t* children, uint32_t* parent
     mc::compress_pairs_body(thread_index(), children, parents, tasks, count);
 }
 
-__global__ void openings_kernel(const uint8_t* raw, const uint32_t* nodes, const uint32_t* fold,
+__global__ void openings_kernel(const uint32_t* nodes, const uint32_t* fold,
                                 const uint32_t* zero, const McOpenTask* tasks,
                                 const uint64_t* listed, uint64_t count, uint64_t top_offset,
                                 uint32_t address_height, uint32_t address_space_height,
                                 uint32_t* out) {
-    mc::openings_body(thread_index(), raw, nodes, fold, zero, tasks, listed, count, top_offset,
+    mc::openings_body(thread_index(), nodes, fold, zero, tasks, listed, count, top_offset,
                       address_height, address_space_height, out);
 }
 
@@ -115,11 +131,13 @@ extern "C" cudaError_t mc_launch_zero_hashes(uint32_t* zero, uint32_t count,
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t mc_launch_build_base(const uint8_t* raw, uint32_t cell, uint32_t levels,
+extern "C" cudaError_t mc_launch_build_base(const uint8_t* src, uint32_t cell, uint32_t levels,
                                             uint32_t* out, uint64_t count,
                                             cudaStream_t stream) {
-    if (levels > mc::MAX_RAW_SUBTREE_LEVELS) return cudaErrorInvalidValue;
-    MC_LAUNCH(build_base_kernel, count, stream, raw, cell, levels, out, count);
+    if (levels > mc::SUBTREE_LEVELS || cell > mc::CELL_DIGEST || count > (1ull << 32)) {
+        return cudaErrorInvalidValue;
+    }
+    MC_LAUNCH(build_base_kernel, count << levels, stream, src, cell, levels, out, count);
 }
 
 extern "C" cudaError_t mc_launch_compress_level(const uint32_t* children, uint32_t* parents,
@@ -139,10 +157,13 @@ extern "C" cudaError_t mc_launch_scatter(uint8_t* raw, const McWriteTask* tasks,
     MC_LAUNCH(scatter_kernel, count, stream, raw, tasks, bytes, count);
 }
 
-extern "C" cudaError_t mc_launch_hash_tasks(const uint8_t* raw, const McHashTask* tasks,
-                                            uint64_t count, uint32_t* nodes,
+extern "C" cudaError_t mc_launch_hash_tasks(const uint8_t* raw, uint32_t* fold, uint32_t* nodes,
+                                            const McHashTask* tasks, uint64_t count,
+                                            uint64_t threads, uint32_t levels,
                                             cudaStream_t stream) {
-    MC_LAUNCH(hash_tasks_kernel, count, stream, raw, tasks, count, nodes);
+    if (count == 0) return cudaSuccess;
+    if (levels > mc::SUBTREE_LEVELS || count > 0xffffffffull) return cudaErrorInvalidValue;
+    MC_LAUNCH(hash_tasks_kernel, threads, stream, raw, fold, nodes, tasks, count, levels);
 }
 
 extern "C" cudaError_t mc_launch_fill_digests(uint32_t* out, const uint32_t* value,
@@ -156,14 +177,13 @@ extern "C" cudaError_t mc_launch_compress_pairs(const uint32_t* children, uint32
     MC_LAUNCH(compress_pairs_kernel, count, stream, children, parents, tasks, count);
 }
 
-extern "C" cudaError_t mc_launch_openings(const uint8_t* raw, const uint32_t* nodes,
-                                          const uint32_t* fold, const uint32_t* zero,
+extern "C" cudaError_t mc_launch_openings(const uint32_t* nodes, const uint32_t* fold, const uint32_t* zero,
                                           const McOpenTask* tasks, const uint64_t* listed,
                                           uint64_t count, uint64_t top_offset,
                                           uint32_t address_height,
                                           uint32_t address_space_height, uint32_t* out,
                                           cudaStream_t stream) {
-    MC_LAUNCH(openings_kernel, count, stream, raw, nodes, fold, zero, tasks, listed, count,
+    MC_LAUNCH(openings_kernel, count, stream, nodes, fold, zero, tasks, listed, count,
               top_offset, address_height, address_space_height, out);
 }
 

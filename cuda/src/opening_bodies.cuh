@@ -1,8 +1,8 @@
 // Kernel body for openings (docs/design.md Part 1 "Formats", Openings): one thread writes one
 // opening's siblings, address_height digests in the slot (leaf level first) then
-// address_space_height in the top tree. The host resolves every stored sibling to a node index
-// (the page table and the sparse levels' maps live on the host); the device recomputes only
-// what lies below the stored base level inside the block's own page.
+// address_space_height in the top tree. The host resolves every sibling to a node index (the
+// page table and the sparse levels' maps live on the host); siblings below the stored base
+// level are hashed into the fold scratch beforehand by the subtree kernel.
 #pragma once
 
 #include "memcommit/leaf.h"
@@ -16,28 +16,17 @@ MC_HD void copy_digest(const uint32_t* from, uint32_t* to) {
 }
 
 // Siblings for tasks[t], t < count, written to out[t * (ah + ash) digests ...] (see
-// McOpenTask for where each level comes from). A sibling at level l < raw_levels is the
-// subtree of height l next to the block's, hashed from the page: 2^(raw_levels+1) - 2 -
-// raw_levels permutations for a present page, none for an absent one. `fold` is only read
-// when some task has raw_levels < listed_from.
-MC_HD void openings_body(uint64_t t, const uint8_t* raw, const uint32_t* nodes,
-                         const uint32_t* fold, const uint32_t* zero, const McOpenTask* tasks,
-                         const uint64_t* listed, uint64_t count, uint64_t top_offset,
-                         uint32_t address_height, uint32_t address_space_height,
-                         uint32_t* out) {
+// McOpenTask for where each level comes from): copies only. The siblings below the stored
+// base level were hashed into `fold` by subtree-kernel launches before this one.
+MC_HD void openings_body(uint64_t t, const uint32_t* nodes, const uint32_t* fold,
+                         const uint32_t* zero, const McOpenTask* tasks, const uint64_t* listed,
+                         uint64_t count, uint64_t top_offset, uint32_t address_height,
+                         uint32_t address_space_height, uint32_t* out) {
     if (t >= count) return;
     const McOpenTask task = tasks[t];
     uint32_t* o = out + (uint64_t)DIGEST_WORDS * (address_height + address_space_height) * t;
-    uint32_t l = 0;
-    for (; l < task.raw_levels; ++l, o += DIGEST_WORDS) {
-        if (task.raw_page_byte == MC_ABSENT_PAGE) {
-            copy_digest(zero + DIGEST_WORDS * (uint64_t)l, o);
-        } else {
-            subtree_from_raw(raw + task.raw_page_byte, task.cell, ((task.block >> l) ^ 1) << l,
-                             l, o);
-        }
-    }
     const uint64_t* list = listed + task.first_listed;
+    uint32_t l = 0;
     for (; l < task.listed_from; ++l, o += DIGEST_WORDS, ++list) {
         copy_digest(fold + DIGEST_WORDS * *list, o);
     }

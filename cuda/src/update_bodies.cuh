@@ -1,6 +1,7 @@
 // Kernel bodies for an update batch (docs/design.md "The stored tree", Update): scatter the new
 // cells into raw memory, give pages the batch created their zero-hash nodes, recompute the
-// distinct stored base-level nodes from raw memory, then the distinct parents one level per
+// distinct stored base-level nodes from raw memory (subtree-kernel task lists,
+// subtree_bodies.cuh), then the distinct parents one level per
 // launch. The host computes every node list; all launches go on one stream, so each launch sees
 // the previous one's writes.
 #pragma once
@@ -33,15 +34,6 @@ MC_HD void scatter_body(uint64_t t, uint8_t* raw, const McWriteTask* tasks, cons
 MC_HD void fill_digests_body(uint64_t t, uint32_t* out, const uint32_t* value, uint64_t count) {
     if (t >= count) return;
     for (uint32_t i = 0; i < DIGEST_WORDS; ++i) out[DIGEST_WORDS * t + i] = value[i];
-}
-
-// Recomputes one node from raw memory (see McHashTask), for t < count.
-MC_HD void hash_tasks_body(uint64_t t, const uint8_t* raw, const McHashTask* tasks,
-                           uint64_t count, uint32_t* nodes) {
-    if (t >= count) return;
-    const McHashTask task = tasks[t];
-    subtree_from_raw(raw + task.raw_byte, task.cell, 0, task.levels,
-                     nodes + DIGEST_WORDS * task.out_node);
 }
 
 // parents[parent] = compress(children[left], children[right]) (see McPairTask), for

@@ -23,9 +23,11 @@ extern "C" {
 /* zero[0..count) zero hashes (count digests). One thread. */
 cudaError_t mc_launch_zero_hashes(uint32_t* zero, uint32_t count, cudaStream_t stream);
 
-/* out[t] = root of the height-`levels` subtree over blocks t*2^levels.. of the slot whose raw
- * memory starts at `raw`, for t < count. */
-cudaError_t mc_launch_build_base(const uint8_t* raw, uint32_t cell, uint32_t levels,
+/* out[t] = root of the height-`levels` subtree over nodes t*2^levels.. of `src`, for
+ * t < count: the leaf hashes of raw blocks (cell 0..=2; a slot's raw memory) or digests
+ * (cell 3: a previous launch's outputs). One launch of the block-level subtree kernel:
+ * levels <= MC_SUBTREE_LEVELS and count <= 2^32, else cudaErrorInvalidValue. */
+cudaError_t mc_launch_build_base(const uint8_t* src, uint32_t cell, uint32_t levels,
                                  uint32_t* out, uint64_t count, cudaStream_t stream);
 
 /* parents[t] = compress(children[2t], children[2t+1]) for t < count. */
@@ -45,9 +47,12 @@ cudaError_t mc_launch_scatter(uint8_t* raw, const McWriteTask* tasks, const uint
 cudaError_t mc_launch_fill_digests(uint32_t* out, const uint32_t* value, uint64_t count,
                                    cudaStream_t stream);
 
-/* Recomputes tasks[0..count) nodes from raw memory into `nodes`. */
-cudaError_t mc_launch_hash_tasks(const uint8_t* raw, const McHashTask* tasks, uint64_t count,
-                                 uint32_t* nodes, cudaStream_t stream);
+/* Folds the subtrees tasks[0..count) (McHashTask: from raw memory or from `fold`, into
+ * `nodes` or `fold`) with the block-level subtree kernel over `threads` threads (the last
+ * task's first_thread + 2^levels); `levels` is the tallest task's, <= MC_SUBTREE_LEVELS. */
+cudaError_t mc_launch_hash_tasks(const uint8_t* raw, uint32_t* fold, uint32_t* nodes,
+                                 const McHashTask* tasks, uint64_t count, uint64_t threads,
+                                 uint32_t levels, cudaStream_t stream);
 
 /* parents[parent] = compress(children[left], children[right]) for tasks[0..count);
  * `children` and `parents` may be the same array. */
@@ -58,7 +63,7 @@ cudaError_t mc_launch_compress_pairs(const uint32_t* children, uint32_t* parents
 /* Siblings of tasks[0..count): out holds count * (address_height + address_space_height)
  * digests. `listed` holds the node indices the tasks name (into `fold`, then `nodes`); `zero`
  * is zero[0..=address_height] and `top_offset` the top tree's index in `nodes`. */
-cudaError_t mc_launch_openings(const uint8_t* raw, const uint32_t* nodes, const uint32_t* fold,
+cudaError_t mc_launch_openings(const uint32_t* nodes, const uint32_t* fold,
                                const uint32_t* zero, const McOpenTask* tasks,
                                const uint64_t* listed, uint64_t count, uint64_t top_offset,
                                uint32_t address_height, uint32_t address_space_height,

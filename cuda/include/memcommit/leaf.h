@@ -22,8 +22,13 @@ MC_HD uint64_t block_bytes(uint32_t cell) { return (uint64_t)BLOCK_CELLS << cell
 // assembles bytes, which needs no alignment and gives the same value on any host.
 MC_HD void load_words(const uint8_t* p, uint32_t n, uint32_t* w) {
 #if defined(__CUDA_ARCH__)
+    // A fixed trip count with a guard (n <= 8) keeps `w` in registers: a loop bounded by n
+    // would index it at run time and put it in local memory (ptxas: a 32-byte stack frame).
     const uint32_t* q = reinterpret_cast<const uint32_t*>(p);
-    for (uint32_t i = 0; i < n; ++i) w[i] = q[i];
+#pragma unroll
+    for (uint32_t i = 0; i < BLOCK_CELLS; ++i) {
+        if (i < n) w[i] = q[i];
+    }
 #else
     for (uint32_t i = 0; i < n; ++i) {
         const uint8_t* b = p + 4 * i;
@@ -66,27 +71,19 @@ MC_HD void leaf_from_raw(const uint8_t* raw, uint32_t cell, uint64_t block, uint
     leaf_hash(cells, out);
 }
 
-// The largest subtree hashed from raw memory by one thread, in levels (the crate's
-// MAX_OMITTED_LEVELS).
-constexpr uint32_t MAX_RAW_SUBTREE_LEVELS = 20;
+// The source of a subtree launch holds digests (8 Montgomery words each, e.g. the previous
+// stage's outputs), not raw blocks: its "leaves" are copied, not hashed. Used as a cell code.
+constexpr uint32_t CELL_DIGEST = 3;
 
-// Root of the subtree of height `levels` (<= MAX_RAW_SUBTREE_LEVELS) over blocks
-// `first .. first + 2^levels` of the slot at `raw`: 2^levels leaf hashes and 2^levels - 1
-// compressions. Leaves are folded in as they come, so one pending node per level is kept
-// (`levels + 1` digests of thread-local memory) instead of a whole level.
-MC_HD void subtree_from_raw(const uint8_t* raw, uint32_t cell, uint64_t first, uint32_t levels,
-                            uint32_t* out) {
-    uint32_t pending[MAX_RAW_SUBTREE_LEVELS + 1][DIGEST_WORDS];
-    uint64_t n = 1ull << levels;
-    for (uint64_t j = 0; j < n; ++j) {
-        uint32_t node[DIGEST_WORDS];
-        leaf_from_raw(raw, cell, first + j, node);
-        // Each trailing 1 bit of j closes a left sibling waiting one level up.
-        uint32_t l = 0;
-        for (uint64_t m = j; m & 1; m >>= 1, ++l) compress(pending[l], node, node);
-        for (uint32_t i = 0; i < DIGEST_WORDS; ++i) pending[l][i] = node[i];
+// Node `index` of a subtree source at `src`: the leaf hash of block `index` of raw memory
+// (cell 0..=2), or digest `index` of a digest array (CELL_DIGEST, no permutation).
+MC_HD void load_node(const uint8_t* src, uint32_t cell, uint64_t index, uint32_t* out) {
+    if (cell == CELL_DIGEST) {
+        const uint32_t* d = reinterpret_cast<const uint32_t*>(src) + DIGEST_WORDS * index;
+        for (uint32_t i = 0; i < DIGEST_WORDS; ++i) out[i] = d[i];
+    } else {
+        leaf_from_raw(src, cell, index, out);
     }
-    for (uint32_t i = 0; i < DIGEST_WORDS; ++i) out[i] = pending[levels][i];
 }
 
 }  // namespace mc

@@ -9,8 +9,8 @@
 
 #include <stdint.h>
 
-/* McOpenTask.raw_page_byte of a block whose page is absent: its siblings below the stored
- * base level are zero hashes. */
+/* A raw offset that names no page (kept for the probe's C/Rust check; no kernel reads it
+ * since openings take their below-base siblings from the fold scratch). */
 #define MC_ABSENT_PAGE UINT64_MAX
 
 /* Write one block into raw memory (update scatter): its 8, 16 or 32 bytes, little-endian as
@@ -22,14 +22,25 @@ typedef struct McWriteTask {
     uint32_t cell;      /* cell type code: u8 = 0, u16 = 1, field = 2 */
 } McWriteTask;
 
-/* Recompute one node from raw memory: the subtree of height `levels` over the 2^levels
- * blocks starting at `raw_byte` (which lie in one page when levels <= the page levels).
- * 24 bytes. */
+/* Levels the block-level subtree kernel folds per launch: log2 of its 256 threads per block. */
+#define MC_SUBTREE_LEVELS 8
+
+/* McHashTask.flags: the output goes to the fold scratch (`fold`), not the node array. */
+#define MC_HASH_OUT_FOLD 1u
+
+/* One subtree folded by the block-level subtree kernel (cuda/src/subtree_bodies.cuh): the
+ * 2^levels nodes from `src` (levels <= MC_SUBTREE_LEVELS) folded to one digest, written to
+ * `out_node`. Thread first_thread + j loads node j: the leaf hash of the j-th block from
+ * raw byte `src` (cell 0..=2), or fold digest src + j (cell 3, CELL_DIGEST: a previous
+ * launch's outputs). A launch's tasks ascend by first_thread, each a multiple of 2^levels,
+ * so no task straddles a block of threads. 32 bytes. */
 typedef struct McHashTask {
-    uint64_t out_node; /* node index written, from the launch's `nodes` */
-    uint64_t raw_byte; /* byte offset of the subtree's first block */
-    uint32_t cell;
-    uint32_t levels;
+    uint64_t out_node;     /* digest index written, in `nodes` (or `fold`: MC_HASH_OUT_FOLD) */
+    uint64_t src;          /* raw byte offset of the first block, or fold index (cell 3) */
+    uint64_t first_thread; /* the task's first thread in the launch */
+    uint32_t cell;         /* cell code: u8 = 0, u16 = 1, field = 2, digests = 3 */
+    uint16_t levels;       /* levels folded in this launch, <= 8 */
+    uint16_t flags;        /* MC_HASH_OUT_FOLD */
 } McHashTask;
 
 /* parents[parent] = compress(children[left], children[right]). Both children are explicit:
@@ -53,26 +64,21 @@ typedef struct McVerticalTask {
     uint32_t count;
 } McVerticalTask;
 
-/* One opening: the siblings of one block, leaf level first.
- * - levels 0 .. raw_levels: hashed from the block's page (raw_page_byte), or zero hashes
- *   when the page is absent (raw_page_byte == MC_ABSENT_PAGE);
- * - levels raw_levels .. listed_from: read from the fold scratch at the indices
- *   listed[first_listed + j] (siblings above the page but below the stored base level, which
- *   the host had folded from their pages before the launch);
- * - levels listed_from .. height: read from the node array at the indices that follow in
+/* One opening: the siblings of one block, leaf level first, all copied (the openings kernel
+ * hashes nothing):
+ * - levels 0 .. listed_from: from the fold scratch at the indices listed[first_listed + j]
+ *   (siblings below the stored base level, which the subtree kernel hashed from their pages
+ *   before the launch, or zero-table entries of the scratch where nothing is present);
+ * - levels listed_from .. height: from the node array at the indices that follow in
  *   `listed` (stored nodes, or zero-table entries where nothing is present);
  * - levels height .. address_height: zero hashes (the vertical path's siblings);
  * - then the top tree's siblings of `slot`.
- * 48 bytes. */
+ * 24 bytes. */
 typedef struct McOpenTask {
-    uint64_t raw_page_byte; /* byte offset of the block's page, or MC_ABSENT_PAGE */
-    uint64_t first_listed;  /* index in `listed` of this opening's first entry */
-    uint64_t block;         /* block index within its page */
+    uint64_t first_listed; /* index in `listed` of this opening's first entry */
     uint32_t slot;
-    uint32_t cell;
-    uint32_t height;       /* real height h of the slot */
-    uint32_t raw_levels;   /* min(b, q): levels hashed from the page */
-    uint32_t listed_from;  /* b: the first stored level */
+    uint32_t height;      /* real height h of the slot */
+    uint32_t listed_from; /* b: the first stored level */
     uint32_t pad;
 } McOpenTask;
 

@@ -141,14 +141,18 @@ pub trait Device: Send + Sync {
     /// See the trait.
     unsafe fn zero_hashes(&self, zero: DevicePtr, count: u32) -> Result<()>;
 
-    /// `out[t]` = the height-`levels` subtree over blocks `t·2^levels ..` of the raw slot at
-    /// `raw` (`cell` code: u8 = 0, u16 = 1, field = 2), for `t < count`; `levels ≤ 20`.
+    /// `out[t]` = the height-`levels` subtree over nodes `t·2^levels ..` of `src`, for
+    /// `t < count`: the leaf hashes of a raw slot's blocks (`cell` code: u8 = 0, u16 = 1,
+    /// field = 2) or digests ([`super::ffi::CELL_DIGEST`]: a previous launch's outputs). One
+    /// launch of the block-level subtree kernel: `levels ≤` [`super::ffi::SUBTREE_LEVELS`]
+    /// (taller subtrees take further launches over digests), `count ≤ 2^32`.
     ///
     /// # Safety
-    /// See the trait: `raw` holds `count·2^levels` blocks, `out` holds `count` digests.
+    /// See the trait: `src` holds `count·2^levels` blocks (or digests), `out` holds `count`
+    /// digests.
     unsafe fn build_base(
         &self,
-        raw: DevicePtr,
+        src: DevicePtr,
         cell: u32,
         levels: u32,
         out: DevicePtr,
@@ -198,16 +202,24 @@ pub trait Device: Send + Sync {
         count: u64,
     ) -> Result<()>;
 
-    /// Recomputes `count` `HashTask`s at `tasks` from the raw buffer at `raw` into `nodes`.
+    /// Folds the `count` `HashTask` subtrees at `tasks` (from the raw buffer at `raw` or from
+    /// the fold scratch `fold`, into `nodes` or `fold`) with one launch of the block-level
+    /// subtree kernel over `threads` threads (the last task's `first_thread + 2^levels`);
+    /// `levels` is the tallest task's, at most [`super::ffi::SUBTREE_LEVELS`].
     ///
     /// # Safety
-    /// See the trait; outputs are distinct.
+    /// See the trait; tasks ascend by `first_thread`, each aligned to its width; outputs are
+    /// distinct and no task reads a digest another task of the launch writes.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn hash_tasks(
         &self,
         raw: DevicePtr,
+        fold: DevicePtr,
+        nodes: DevicePtr,
         tasks: DevicePtr,
         count: u64,
-        nodes: DevicePtr,
+        threads: u64,
+        levels: u32,
     ) -> Result<()>;
 
     /// Runs `count` `PairTask`s at `tasks`: children read from `children`, parents written to
@@ -252,16 +264,15 @@ pub trait Device: Send + Sync {
 
     /// Siblings of `count` `OpenTask`s at `tasks` into `out`:
     /// `count · (address_height + address_space_height)` digests, leaf level first. `listed`
-    /// holds the `u64` node indices the tasks name, into `fold` (a scratch of folded
-    /// siblings) and then `nodes`; `zero` is `zero[0..=address_height]`; `top_offset` is the
-    /// top tree's index in `nodes`.
+    /// holds the `u64` node indices the tasks name, into `fold` (a scratch of the siblings
+    /// below the stored base level, hashed there by earlier launches) and then `nodes`;
+    /// `zero` is `zero[0..=address_height]`; `top_offset` is the top tree's index in `nodes`.
     ///
     /// # Safety
     /// See the trait.
     #[allow(clippy::too_many_arguments)]
     unsafe fn openings(
         &self,
-        raw: DevicePtr,
         nodes: DevicePtr,
         fold: DevicePtr,
         zero: DevicePtr,

@@ -104,11 +104,7 @@ impl EmulatedDevice {
     /// The next launch's thread-order key; counts a launch of `count > 0` threads (a
     /// launcher queues nothing for 0).
     fn order(&self, count: u64) -> u64 {
-        if count > 0 {
-            self.kernel_launches.fetch_add(1, Ordering::Relaxed);
-        }
-        let n = self.launches.fetch_add(1, Ordering::Relaxed);
-        mix(self.seed ^ mix(n.wrapping_add(1)))
+        self.numbered_order(count).1
     }
 
     fn launched(&self, name: &str, rc: i32) -> Result<()> {
@@ -271,27 +267,30 @@ impl Device for EmulatedDevice {
 
     unsafe fn build_base(
         &self,
-        raw: DevicePtr,
+        src: DevicePtr,
         cell: u32,
         levels: u32,
         out: DevicePtr,
         count: u64,
     ) -> Result<()> {
-        let order = self.order(count);
-        let lens = [self.reach(raw), self.reach(out)];
+        let (n, order) = self.numbered_order(count);
+        let lens = [self.reach(src), self.reach(out)];
+        let mut fault = ffi::EmuFault::default();
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
-        self.launched("build_base", unsafe {
+        let rc = unsafe {
             ffi::mc_emu_build_base(
-                raw.0 as *const u8,
+                src.0 as *const u8,
                 cell,
                 levels,
                 out.0 as *mut u32,
                 count,
                 order,
                 lens.as_ptr(),
+                &mut fault,
             )
-        })
+        };
+        self.block_launched("build_base", n, rc, &fault)
     }
 
     unsafe fn compress_level(
@@ -380,24 +379,38 @@ impl Device for EmulatedDevice {
     unsafe fn hash_tasks(
         &self,
         raw: DevicePtr,
+        fold: DevicePtr,
+        nodes: DevicePtr,
         tasks: DevicePtr,
         count: u64,
-        nodes: DevicePtr,
+        threads: u64,
+        levels: u32,
     ) -> Result<()> {
-        let order = self.order(count);
-        let lens = [self.reach(raw), self.reach(tasks), self.reach(nodes)];
+        let (n, order) = self.numbered_order(count);
+        let lens = [
+            self.reach(raw),
+            self.reach(fold),
+            self.reach(nodes),
+            self.reach(tasks),
+        ];
+        let mut fault = ffi::EmuFault::default();
         let _stream = lock(&self.stream);
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
-        self.launched("hash_tasks", unsafe {
+        let rc = unsafe {
             ffi::mc_emu_hash_tasks(
                 raw.0 as *const u8,
+                fold.0 as *mut u32,
+                nodes.0 as *mut u32,
                 tasks.0 as *const ffi::HashTask,
                 count,
-                nodes.0 as *mut u32,
+                threads,
+                levels,
                 order,
                 lens.as_ptr(),
+                &mut fault,
             )
-        })
+        };
+        self.block_launched("hash_tasks", n, rc, &fault)
     }
 
     unsafe fn page_round(
@@ -479,7 +492,6 @@ impl Device for EmulatedDevice {
 
     unsafe fn openings(
         &self,
-        raw: DevicePtr,
         nodes: DevicePtr,
         fold: DevicePtr,
         zero: DevicePtr,
@@ -493,7 +505,6 @@ impl Device for EmulatedDevice {
     ) -> Result<()> {
         let order = self.order(count);
         let lens = [
-            self.reach(raw),
             self.reach(nodes),
             self.reach(fold),
             self.reach(zero),
@@ -505,7 +516,6 @@ impl Device for EmulatedDevice {
         // SAFETY: `lens` bounds every access (the emulator checks them before any thread runs).
         self.launched("openings", unsafe {
             ffi::mc_emu_openings(
-                raw.0 as *const u8,
                 nodes.0 as *const u32,
                 fold.0 as *const u32,
                 zero.0 as *const u32,
@@ -520,5 +530,61 @@ impl Device for EmulatedDevice {
                 lens.as_ptr(),
             )
         })
+    }
+}
+
+/// The block model of the block-level (subtree) launches: faults, launch numbers and the
+/// model's self-check.
+impl EmulatedDevice {
+    /// Kernel launch calls made so far (every launch method, including calls with nothing to
+    /// run, which a GPU launcher returns from without launching): tests count them per call.
+    pub fn launch_calls(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
+    }
+
+    /// The next launch's number (from 0) and thread-order key (as [`Self::order`]).
+    fn numbered_order(&self, count: u64) -> (u64, u64) {
+        if count > 0 {
+            self.kernel_launches.fetch_add(1, Ordering::Relaxed);
+        }
+        let n = self.launches.fetch_add(1, Ordering::Relaxed);
+        (n, mix(self.seed ^ mix(n.wrapping_add(1))))
+    }
+
+    /// `launched`, plus the shared-memory faults of a block-level launch: a race or an
+    /// out-of-range shared word fails it with [`Error::Unavailable`] naming the launch, block,
+    /// phase, threads, word and seed.
+    fn block_launched(&self, name: &str, n: u64, rc: i32, fault: &ffi::EmuFault) -> Result<()> {
+        let what = match rc {
+            ffi::SHARED_RACE => format!(
+                "shared-memory race on word {}: threads {} and {} in one phase",
+                fault.word, fault.thread, fault.other
+            ),
+            ffi::SHARED_OUT_OF_RANGE => format!(
+                "thread {} reached shared word {}, outside the block's array",
+                fault.thread, fault.word
+            ),
+            _ => return self.launched(name, rc),
+        };
+        Err(Error::Unavailable(format!(
+            "emulated launch {name} (launch {n}) failed in block {}, phase {}: {what} \
+             ({SEED_VAR}={})",
+            fault.block, fault.phase, self.seed
+        )))
+    }
+
+    /// Runs the emulator's test-only block kernel (one 256-thread block, two phases) in
+    /// `mode`: 0 is sound; 1 reads a word another thread writes in the same phase; 2 has
+    /// every thread write one word; 3 writes one word past the block's shared array. The
+    /// block model's own check, for tests.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] as for a failed block-level launch (modes 1 to 3).
+    pub fn run_block_check(&self, mode: u32) -> Result<()> {
+        let (n, order) = self.numbered_order(1);
+        let mut fault = ffi::EmuFault::default();
+        // SAFETY: the body touches only the emulator's own shared array.
+        let rc = unsafe { ffi::mc_emu_block_check(mode, order, &mut fault) };
+        self.block_launched("block_check", n, rc, &fault)
     }
 }

@@ -10,7 +10,8 @@
 /// A launch twin's return code when some thread's access lies outside its buffer's length.
 pub const OUT_OF_BOUNDS: i32 = 2;
 
-/// `McOpenTask::raw_page_byte` of a block in an absent page (C `MC_ABSENT_PAGE`).
+/// A raw offset naming no page (C `MC_ABSENT_PAGE`; no kernel reads it any more, the probe
+/// still checks that C and Rust agree).
 pub const ABSENT_PAGE: u64 = u64::MAX;
 
 /// Writes one block's 8 canonical cells into raw memory at `raw_byte` (C `McWriteTask`).
@@ -26,19 +27,35 @@ pub struct WriteTask {
     pub cell: u32,
 }
 
-/// Recomputes `out_node` as the height-`levels` subtree over the blocks at `raw_byte`
-/// (C `McHashTask`).
+/// Levels the block-level subtree kernel folds per launch (C `MC_SUBTREE_LEVELS`): its blocks
+/// are `2^SUBTREE_LEVELS` = 256 threads, one node each.
+pub const SUBTREE_LEVELS: u32 = 8;
+
+/// The cell code of a subtree source that holds digests (a previous launch's outputs in the
+/// fold scratch), not raw blocks (C `mc::CELL_DIGEST`).
+pub const CELL_DIGEST: u32 = 3;
+
+/// [`HashTask::flags`]: the output goes to the fold scratch, not the node array
+/// (C `MC_HASH_OUT_FOLD`).
+pub const HASH_OUT_FOLD: u16 = 1;
+
+/// One subtree of a `hash_tasks` launch (C `McHashTask`): the `2^levels` nodes from `src`
+/// (leaf hashes of raw blocks, or fold digests for [`CELL_DIGEST`]) folded into `out_node`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HashTask {
-    /// Node index written.
+    /// Digest index written, in the node array (or the fold scratch: [`HASH_OUT_FOLD`]).
     pub out_node: u64,
-    /// Byte offset of the subtree's first block.
-    pub raw_byte: u64,
-    /// Cell type code.
+    /// Byte offset of the first block in the raw array, or fold index of the first digest.
+    pub src: u64,
+    /// The task's first thread in the launch: a multiple of `2^levels`; tasks ascend.
+    pub first_thread: u64,
+    /// Cell type code: u8 = 0, u16 = 1, field = 2, digests = [`CELL_DIGEST`].
     pub cell: u32,
-    /// Subtree height in levels (`stored_base_level`).
-    pub levels: u32,
+    /// Levels folded in this launch, at most [`SUBTREE_LEVELS`].
+    pub levels: u16,
+    /// [`HASH_OUT_FOLD`] or 0.
+    pub flags: u16,
 }
 
 /// `parents[parent] = compress(children[left], children[right])` (C `McPairTask`).
@@ -126,33 +143,50 @@ pub struct VerticalTask {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenTask {
-    /// Byte offset of the block's page in the raw array, or [`ABSENT_PAGE`].
-    pub raw_page_byte: u64,
     /// Index in the `listed` array of this opening's first listed sibling.
     pub first_listed: u64,
-    /// Block index within its page.
-    pub block: u64,
     /// Slot index.
     pub slot: u32,
-    /// Cell type code.
-    pub cell: u32,
     /// Real height `h`.
     pub height: u32,
-    /// Levels hashed from the page: `min(b, q)`.
-    pub raw_levels: u32,
-    /// The stored base level `b`: levels `raw_levels..b` come from the fold scratch, levels
-    /// `b..h` from the node array, both through `listed`.
+    /// The stored base level `b`: levels `0..b` come from the fold scratch, levels `b..h`
+    /// from the node array, both through `listed`.
     pub listed_from: u32,
     /// Padding, 0.
     pub pad: u32,
 }
 
+/// Where an emulated block-level launch broke the shared-memory rules (C `McEmuFault`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmuFault {
+    /// Block index in the launch.
+    pub block: u64,
+    /// Shared-memory word (32-bit) index.
+    pub word: u64,
+    /// The phase (between two barriers) of the access.
+    pub phase: u32,
+    /// The thread whose access failed.
+    pub thread: u32,
+    /// The other thread of a race (`u32::MAX`: none).
+    pub other: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
+/// A launch twin's return code for a shared-memory race (details in an [`EmuFault`]).
+pub const SHARED_RACE: i32 = 3;
+
+/// A launch twin's return code for a shared-memory access outside the block's array.
+pub const SHARED_OUT_OF_RANGE: i32 = 4;
+
 const _: () = {
     assert!(size_of::<WriteTask>() == 16);
-    assert!(size_of::<HashTask>() == 24);
+    assert!(size_of::<HashTask>() == 32);
     assert!(size_of::<PairTask>() == 24);
     assert!(size_of::<VerticalTask>() == 32);
-    assert!(size_of::<OpenTask>() == 48);
+    assert!(size_of::<OpenTask>() == 24);
+    assert!(size_of::<EmuFault>() == 32);
     assert!(size_of::<PageSlot>() == 24);
     assert!(size_of::<PageNode>() == 16);
     assert!(size_of::<Phase>() == 24);
@@ -165,7 +199,7 @@ const _: () = {
 /// Implementors are `#[repr(C)]` or primitive, have no padding bytes, and accept any bit
 /// pattern.
 pub unsafe trait Plain: Copy {}
-// SAFETY: primitives, and repr(C) structs of u64/u32 fields whose sizes (checked above)
+// SAFETY: primitives, and repr(C) structs of u64/u32/u16 fields whose sizes (checked above)
 // equal the sum of their fields, so they hold no padding.
 unsafe impl Plain for u32 {}
 unsafe impl Plain for u64 {}
@@ -198,18 +232,21 @@ pub fn as_bytes_mut<T: Plain>(items: &mut [T]) -> &mut [u8] {
 // The emulator's exports. Launch twins take the launcher's arguments minus the stream, plus
 // (all but `mc_emu_zero_hashes`, a one-thread launch) the key `order` of the shuffled order
 // they run threads in, plus `lens`: per pointer argument, in order, the bytes it may reach.
-// They return 0 on success, [`OUT_OF_BOUNDS`] when a thread would reach outside `lens`
-// (nothing ran); pointers must be valid host memory for at least `lens` bytes.
+// They return 0 on success, 1 for bad arguments, [`OUT_OF_BOUNDS`] when a thread would reach
+// outside `lens` (nothing ran), and for the block-level subtree launches [`SHARED_RACE`] or
+// [`SHARED_OUT_OF_RANGE`] with the details in `*fault`; pointers must be valid host memory for
+// at least `lens` bytes.
 extern "C" {
     pub fn mc_emu_zero_hashes(zero: *mut u32, count: u32, lens: *const u64) -> i32;
     pub fn mc_emu_build_base(
-        raw: *const u8,
+        src: *const u8,
         cell: u32,
         levels: u32,
         out: *mut u32,
         count: u64,
         order: u64,
         lens: *const u64,
+        fault: *mut EmuFault,
     ) -> i32;
     pub fn mc_emu_compress_level(
         children: *const u32,
@@ -234,14 +271,22 @@ extern "C" {
         order: u64,
         lens: *const u64,
     ) -> i32;
+    #[allow(clippy::too_many_arguments)]
     pub fn mc_emu_hash_tasks(
         raw: *const u8,
+        fold: *mut u32,
+        nodes: *mut u32,
         tasks: *const HashTask,
         count: u64,
-        nodes: *mut u32,
+        threads: u64,
+        levels: u32,
         order: u64,
         lens: *const u64,
+        fault: *mut EmuFault,
     ) -> i32;
+    /// The block model's self-check (test-only body): mode 0 sound, 1 and 2 racy, 3 out of
+    /// range.
+    pub fn mc_emu_block_check(mode: u32, order: u64, fault: *mut EmuFault) -> i32;
     pub fn mc_emu_fill_digests(
         out: *mut u32,
         value: *const u32,
@@ -282,7 +327,6 @@ extern "C" {
     ) -> i32;
     #[allow(clippy::too_many_arguments)]
     pub fn mc_emu_openings(
-        raw: *const u8,
         nodes: *const u32,
         fold: *const u32,
         zero: *const u32,

@@ -377,7 +377,7 @@ impl Device for CudaDevice {
 
     unsafe fn build_base(
         &self,
-        raw: DevicePtr,
+        src: DevicePtr,
         cell: u32,
         levels: u32,
         out: DevicePtr,
@@ -387,7 +387,7 @@ impl Device for CudaDevice {
             // SAFETY: shapes guaranteed by the caller (trait contract).
             unsafe {
                 lb::mc_launch_build_base(
-                    raw.0 as *const u8,
+                    src.0 as *const u8,
                     cell,
                     levels,
                     out.0 as *mut u32,
@@ -472,18 +472,24 @@ impl Device for CudaDevice {
     unsafe fn hash_tasks(
         &self,
         raw: DevicePtr,
+        fold: DevicePtr,
+        nodes: DevicePtr,
         tasks: DevicePtr,
         count: u64,
-        nodes: DevicePtr,
+        threads: u64,
+        levels: u32,
     ) -> Result<()> {
         self.launch("hash_tasks", |s| {
             // SAFETY: as in `vertical`.
             unsafe {
                 lb::mc_launch_hash_tasks(
                     raw.0 as *const u8,
+                    fold.0 as *mut u32,
+                    nodes.0 as *mut u32,
                     tasks.0 as *const lb::McHashTask,
                     count,
-                    nodes.0 as *mut u32,
+                    threads,
+                    levels,
                     s,
                 )
             }
@@ -555,7 +561,6 @@ impl Device for CudaDevice {
 
     unsafe fn openings(
         &self,
-        raw: DevicePtr,
         nodes: DevicePtr,
         fold: DevicePtr,
         zero: DevicePtr,
@@ -571,7 +576,6 @@ impl Device for CudaDevice {
             // SAFETY: as in `vertical`.
             unsafe {
                 lb::mc_launch_openings(
-                    raw.0 as *const u8,
                     nodes.0 as *const u32,
                     fold.0 as *const u32,
                     zero.0 as *const u32,

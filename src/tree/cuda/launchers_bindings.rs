@@ -160,20 +160,24 @@ const _: () = {
 #[derive(Debug, Copy, Clone)]
 pub struct McHashTask {
     pub out_node: u64,
-    pub raw_byte: u64,
+    pub src: u64,
+    pub first_thread: u64,
     pub cell: u32,
-    pub levels: u32,
+    pub levels: u16,
+    pub flags: u16,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of McHashTask"][::std::mem::size_of::<McHashTask>() - 24usize];
+    ["Size of McHashTask"][::std::mem::size_of::<McHashTask>() - 32usize];
     ["Alignment of McHashTask"][::std::mem::align_of::<McHashTask>() - 8usize];
     ["Offset of field: McHashTask::out_node"]
         [::std::mem::offset_of!(McHashTask, out_node) - 0usize];
-    ["Offset of field: McHashTask::raw_byte"]
-        [::std::mem::offset_of!(McHashTask, raw_byte) - 8usize];
-    ["Offset of field: McHashTask::cell"][::std::mem::offset_of!(McHashTask, cell) - 16usize];
-    ["Offset of field: McHashTask::levels"][::std::mem::offset_of!(McHashTask, levels) - 20usize];
+    ["Offset of field: McHashTask::src"][::std::mem::offset_of!(McHashTask, src) - 8usize];
+    ["Offset of field: McHashTask::first_thread"]
+        [::std::mem::offset_of!(McHashTask, first_thread) - 16usize];
+    ["Offset of field: McHashTask::cell"][::std::mem::offset_of!(McHashTask, cell) - 24usize];
+    ["Offset of field: McHashTask::levels"][::std::mem::offset_of!(McHashTask, levels) - 28usize];
+    ["Offset of field: McHashTask::flags"][::std::mem::offset_of!(McHashTask, flags) - 30usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -217,33 +221,23 @@ const _: () = {
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct McOpenTask {
-    pub raw_page_byte: u64,
     pub first_listed: u64,
-    pub block: u64,
     pub slot: u32,
-    pub cell: u32,
     pub height: u32,
-    pub raw_levels: u32,
     pub listed_from: u32,
     pub pad: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of McOpenTask"][::std::mem::size_of::<McOpenTask>() - 48usize];
+    ["Size of McOpenTask"][::std::mem::size_of::<McOpenTask>() - 24usize];
     ["Alignment of McOpenTask"][::std::mem::align_of::<McOpenTask>() - 8usize];
-    ["Offset of field: McOpenTask::raw_page_byte"]
-        [::std::mem::offset_of!(McOpenTask, raw_page_byte) - 0usize];
     ["Offset of field: McOpenTask::first_listed"]
-        [::std::mem::offset_of!(McOpenTask, first_listed) - 8usize];
-    ["Offset of field: McOpenTask::block"][::std::mem::offset_of!(McOpenTask, block) - 16usize];
-    ["Offset of field: McOpenTask::slot"][::std::mem::offset_of!(McOpenTask, slot) - 24usize];
-    ["Offset of field: McOpenTask::cell"][::std::mem::offset_of!(McOpenTask, cell) - 28usize];
-    ["Offset of field: McOpenTask::height"][::std::mem::offset_of!(McOpenTask, height) - 32usize];
-    ["Offset of field: McOpenTask::raw_levels"]
-        [::std::mem::offset_of!(McOpenTask, raw_levels) - 36usize];
+        [::std::mem::offset_of!(McOpenTask, first_listed) - 0usize];
+    ["Offset of field: McOpenTask::slot"][::std::mem::offset_of!(McOpenTask, slot) - 8usize];
+    ["Offset of field: McOpenTask::height"][::std::mem::offset_of!(McOpenTask, height) - 12usize];
     ["Offset of field: McOpenTask::listed_from"]
-        [::std::mem::offset_of!(McOpenTask, listed_from) - 40usize];
-    ["Offset of field: McOpenTask::pad"][::std::mem::offset_of!(McOpenTask, pad) - 44usize];
+        [::std::mem::offset_of!(McOpenTask, listed_from) - 16usize];
+    ["Offset of field: McOpenTask::pad"][::std::mem::offset_of!(McOpenTask, pad) - 20usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -300,7 +294,7 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn mc_launch_build_base(
-        raw: *const u8,
+        src: *const u8,
         cell: u32,
         levels: u32,
         out: *mut u32,
@@ -345,9 +339,12 @@ unsafe extern "C" {
 unsafe extern "C" {
     pub fn mc_launch_hash_tasks(
         raw: *const u8,
+        fold: *mut u32,
+        nodes: *mut u32,
         tasks: *const McHashTask,
         count: u64,
-        nodes: *mut u32,
+        threads: u64,
+        levels: u32,
         stream: cudaStream_t,
     ) -> cudaError_t;
 }
@@ -362,7 +359,6 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn mc_launch_openings(
-        raw: *const u8,
         nodes: *const u32,
         fold: *const u32,
         zero: *const u32,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use super::ffi::{
     as_bytes, HashTask, OpenTask, PageNode, PageSlot, PairTask, Plain, VerticalTask, WriteTask,
-    ABSENT_PAGE,
+    CELL_DIGEST, HASH_OUT_FOLD, SUBTREE_LEVELS,
 };
 use super::index::{Geometry, Placement, SlotGeometry, SlotPlace, Upper};
 use crate::error::{Error, Result};
@@ -210,12 +210,15 @@ impl Rounds {
 
 /// A call's fold scratch: `zero[0..=address_height]` (copied from the node array), then page
 /// roots hashed from raw memory and the nodes folded from them, for stored levels above the
-/// pages when `b > q` and for such openings' siblings.
+/// pages when `b > q` and for such openings' siblings; openings' siblings below the page
+/// level; and the outputs of subtree launches below the last (subtrees taller than
+/// [`SUBTREE_LEVELS`]).
 pub(crate) struct Fold {
     /// Digests used so far.
     pub digests: u64,
-    /// Page roots to hash from raw memory into the scratch (`out_node` is a fold index).
-    pub roots: Vec<HashTask>,
+    /// Subtrees to hash from raw memory before the pair rounds (page roots, openings'
+    /// siblings; an update's stored base-level nodes too), staged by [`subtree_launches`].
+    pub roots: Vec<SubtreeJob>,
     /// Whether anything reads the scratch.
     pub used: bool,
 }
@@ -241,6 +244,155 @@ impl Fold {
         self.used = true;
         u64::from(l)
     }
+}
+
+/// One subtree to fold from raw memory: the `2^height` blocks of `cell` at raw byte `raw_byte`
+/// into digest `out` of the node array, or of the fold scratch when `to_fold`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SubtreeJob {
+    pub out: u64,
+    pub to_fold: bool,
+    pub raw_byte: u64,
+    pub cell: u32,
+    pub height: u32,
+}
+
+/// One `hash_tasks` launch of the block-level subtree kernel.
+#[derive(Debug)]
+pub(crate) struct SubtreeLaunch {
+    /// Ascending by `first_thread`, tallest first (so each task is aligned to its width).
+    pub tasks: Vec<HashTask>,
+    /// Threads of the launch: the last task's `first_thread + 2^levels`.
+    pub threads: u64,
+    /// The tallest task's levels.
+    pub levels: u32,
+}
+
+/// Bytes of one block of cell code `cell` (8, 16 or 32).
+fn block_bytes_of(cell: u32) -> u64 {
+    8u64 << cell
+}
+
+/// Stages `jobs` into subtree launches of at most [`SUBTREE_LEVELS`] levels each: a job of
+/// height `H ≤ SUBTREE_LEVELS` is one task of the first launch; a taller one is
+/// `2^(H − SUBTREE_LEVELS)` tasks of `SUBTREE_LEVELS` levels writing into the fold scratch,
+/// and the rest of it, `H − SUBTREE_LEVELS` levels over those digests, goes to the next launch
+/// the same way. So a height-`H` subtree takes `max(1, ⌈H / SUBTREE_LEVELS⌉)` launches and
+/// every thread loads one node and computes at most one compress per level step. Within a
+/// launch tasks are ordered tallest first, so each starts at a multiple of its width and none
+/// straddles a 256-thread block; small subtrees share blocks.
+pub(crate) fn subtree_launches(mut jobs: Vec<SubtreeJob>, fold: &mut Fold) -> Vec<SubtreeLaunch> {
+    let mut launches = Vec::new();
+    // Sources of later launches are fold digests: `raw_byte` then holds a fold index.
+    while !jobs.is_empty() {
+        let mut tasks = Vec::with_capacity(jobs.len());
+        let mut next = Vec::new();
+        for j in jobs {
+            let flags = if j.to_fold { HASH_OUT_FOLD } else { 0 };
+            if j.height <= SUBTREE_LEVELS {
+                tasks.push(HashTask {
+                    out_node: j.out,
+                    src: j.raw_byte,
+                    first_thread: 0,
+                    cell: j.cell,
+                    levels: j.height as u16,
+                    flags,
+                });
+                continue;
+            }
+            let parts = 1u64 << (j.height - SUBTREE_LEVELS);
+            let first = fold.alloc(parts);
+            let step = match j.cell {
+                CELL_DIGEST => 1u64 << SUBTREE_LEVELS,
+                c => block_bytes_of(c) << SUBTREE_LEVELS,
+            };
+            for p in 0..parts {
+                tasks.push(HashTask {
+                    out_node: first + p,
+                    src: j.raw_byte + p * step,
+                    first_thread: 0,
+                    cell: j.cell,
+                    levels: SUBTREE_LEVELS as u16,
+                    flags: HASH_OUT_FOLD,
+                });
+            }
+            next.push(SubtreeJob {
+                raw_byte: first,
+                cell: CELL_DIGEST,
+                height: j.height - SUBTREE_LEVELS,
+                ..j
+            });
+        }
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.levels));
+        let mut at = 0u64;
+        for t in &mut tasks {
+            t.first_thread = at;
+            at += 1u64 << t.levels;
+        }
+        launches.push(SubtreeLaunch {
+            levels: tasks.first().map_or(0, |t| u32::from(t.levels)),
+            threads: at,
+            tasks,
+        });
+        jobs = next;
+    }
+    launches
+}
+
+/// Where a uniform subtree launch (`build_base`) reads its nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Raw blocks of `cell` from byte `offset` of the raw array.
+    Raw { offset: u64, cell: u32 },
+    /// Digests from fold index `at`.
+    Fold { at: u64 },
+}
+
+/// One `build_base` launch: `count` subtrees of `levels` over consecutive nodes of `src`,
+/// written to consecutive digests from `out_at` in `out`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UniformLaunch {
+    pub src: Source,
+    pub levels: u32,
+    pub out: Base,
+    pub out_at: u64,
+    pub count: u64,
+}
+
+/// The launches of `count` height-`height` subtrees over consecutive nodes of `src` into
+/// `out` from `out_at`: below the top [`SUBTREE_LEVELS`]-or-fewer levels, launches of
+/// `SUBTREE_LEVELS` levels into the fold scratch (the same rule as [`subtree_launches`]).
+fn uniform_launches(
+    src: Source,
+    height: u32,
+    out: Base,
+    out_at: u64,
+    count: u64,
+    fold: &mut Fold,
+) -> Vec<UniformLaunch> {
+    let mut launches = Vec::new();
+    let (mut src, mut height) = (src, height);
+    while height > SUBTREE_LEVELS {
+        height -= SUBTREE_LEVELS;
+        let n = count << height;
+        let at = fold.alloc(n);
+        launches.push(UniformLaunch {
+            src,
+            levels: SUBTREE_LEVELS,
+            out: Base::Fold,
+            out_at: at,
+            count: n,
+        });
+        src = Source::Fold { at };
+    }
+    launches.push(UniformLaunch {
+        src,
+        levels: height,
+        out,
+        out_at,
+        count,
+    });
+    launches
 }
 
 /// Sorted distinct parents of sorted distinct indices.
@@ -362,11 +514,12 @@ impl Resolver<'_> {
             .iter()
             .enumerate()
             .map(|(j, &(n, id))| {
-                fold.roots.push(HashTask {
-                    out_node: first + j as u64,
+                fold.roots.push(SubtreeJob {
+                    out: first + j as u64,
+                    to_fold: true,
                     raw_byte: p.raw + u64::from(id) * g.page_bytes,
                     cell: super::cell_code(g.cell),
-                    levels: g.shape.page_levels,
+                    height: g.shape.page_levels,
                 });
                 (n, first + j as u64)
             })
@@ -442,9 +595,9 @@ fn fold_levels(
 pub(crate) struct BuildPlan {
     /// `(first node index, count, level)`: dense upper levels to fill with `zero[level]`.
     pub fills: Vec<(u64, u64, u32)>,
-    /// Per slot with `b > q` and pages: `(slot, fold index of page id 0's root)`, for one
-    /// `build_base` of its pages' roots into the scratch.
-    pub fold_roots: Vec<(u32, u64)>,
+    /// `build_base` launches, per slot with pages: its stored base level from raw memory
+    /// (`b ≤ q`), or its pages' roots into the scratch (`b > q`).
+    pub bases: Vec<UniformLaunch>,
     /// Pair launches: folds, then the upper levels of every slot.
     pub rounds: Vec<Round>,
     /// Every top-tree leaf's vertical task.
@@ -460,7 +613,7 @@ impl Resolver<'_> {
         let mut fold = Fold::new(g.address_height);
         let mut rounds = Rounds::default();
         let mut fills = Vec::new();
-        let mut fold_roots = Vec::new();
+        let mut bases = Vec::new();
         for (slot, sg) in g.slots.iter().enumerate() {
             let Some(sg) = sg else { continue };
             let slot = slot as u32;
@@ -474,13 +627,25 @@ impl Resolver<'_> {
             if pages.is_empty() {
                 continue;
             }
+            let place = self.slot(slot)?.1;
+            let raw = Source::Raw {
+                offset: place.raw,
+                cell: super::cell_code(sg.cell),
+            };
             if s.pages_store_nodes() {
-                // Levels b..=q by whole-level launches; above, the page roots' ancestors.
+                // Level b from raw memory, levels b+1..=q by whole-level launches; above, the
+                // page roots' ancestors.
+                let (first, count) = sg.page_level(place, s.base);
+                let launches = uniform_launches(raw, s.base, Base::Nodes, first, count, &mut fold);
+                bases.extend(launches);
                 let numbers = pages.iter().map(|p| p.0).collect();
                 self.plan_up(slot, s.page_levels, numbers, 0, &mut rounds)?;
             } else {
                 let first = fold.alloc(pages.len() as u64);
-                fold_roots.push((slot, first));
+                let count = pages.len() as u64;
+                let launches =
+                    uniform_launches(raw, s.page_levels, Base::Fold, first, count, &mut fold);
+                bases.extend(launches);
                 let roots = pages
                     .iter()
                     .map(|&(n, id)| (n, first + u64::from(id)))
@@ -507,7 +672,7 @@ impl Resolver<'_> {
         debug_check_rounds("build", &rounds);
         Ok(BuildPlan {
             fills,
-            fold_roots,
+            bases,
             rounds,
             vertical,
             fold,
@@ -546,13 +711,14 @@ pub(crate) struct UpdatePlan {
     pub writes: Vec<WriteTask>,
     /// Their bytes, packed: each block's 8, 16 or 32 bytes at its task's `src_byte`.
     pub write_bytes: Vec<u8>,
-    /// Each distinct stored base-level ancestor of a touched block (`b ≤ q`), once.
-    pub hashes: Vec<HashTask>,
+    /// Subtree launches: each distinct stored base-level ancestor of a touched block
+    /// (`b ≤ q`), once, and the page roots of `b > q` slots (into the scratch).
+    pub subtrees: Vec<SubtreeLaunch>,
     /// The page levels of each touched slot with `b ≤ q`, indexed by `page_nodes[_].slot`.
     pub page_slots: Vec<PageSlot>,
-    /// The nodes of `hashes` as page coordinates, in the same order: the device derives
-    /// their ancestors up to the page level from these (`page_steps` launches), so no pair
-    /// list is made or uploaded for the levels inside the pages.
+    /// The written base-level nodes as page coordinates, sorted by slot and block: the
+    /// device derives their ancestors up to the page level from these (`page_steps`
+    /// launches), so no pair list is made or uploaded for the levels inside the pages.
     pub page_nodes: Vec<PageNode>,
     /// Launches of the page rounds: the most levels `q − b` of a listed slot.
     pub page_steps: u32,
@@ -563,7 +729,7 @@ pub(crate) struct UpdatePlan {
     pub vertical: Vec<VerticalTask>,
     /// `top_rounds[r]`: the distinct top-tree nodes at level `r + 1` above touched slots.
     pub top_rounds: Vec<Vec<PairTask>>,
-    /// Page roots for `b > q` slots, and the scratch's size.
+    /// The scratch's size (its jobs are staged into `subtrees`).
     pub fold: Fold,
 }
 
@@ -582,7 +748,7 @@ impl Resolver<'_> {
             fills: Vec::new(),
             writes: Vec::with_capacity(blocks.len()),
             write_bytes: Vec::new(),
-            hashes: Vec::new(),
+            subtrees: Vec::new(),
             page_slots: Vec::new(),
             page_nodes: Vec::new(),
             page_steps: 0,
@@ -627,11 +793,12 @@ impl Resolver<'_> {
                     })?;
                     let local = i & ((1u64 << (q - b)) - 1);
                     let coord = (u64::from(id) << (q - b)) + local;
-                    plan.hashes.push(HashTask {
-                        out_node: sg.page_node(place, b, 0, 0) + coord,
+                    plan.fold.roots.push(SubtreeJob {
+                        out: sg.page_node(place, b, 0, 0) + coord,
+                        to_fold: false,
                         raw_byte: place.raw + u64::from(id) * sg.page_bytes + (local << b) * bb,
                         cell: super::cell_code(sg.cell),
-                        levels: b,
+                        height: b,
                     });
                     plan.page_nodes.push(PageNode {
                         coord,
@@ -688,6 +855,7 @@ impl Resolver<'_> {
                 sg.cell.write(v, &mut plan.write_bytes[at..]);
             }
         }
+        plan.subtrees = subtree_launches(std::mem::take(&mut plan.fold.roots), &mut plan.fold);
         plan.rounds = rounds.into_rounds();
         debug_check_rounds("update", &plan.rounds);
         let mut dirty = touched_slots;
@@ -711,9 +879,38 @@ impl Resolver<'_> {
     }
 }
 
+/// Debug builds: panics when a subtree launch breaks the planner's rule (see
+/// [`launch_conflict`]): outputs (node array or fold scratch) distinct, and no task reads a
+/// fold digest another task of the launch writes.
+fn debug_check_subtrees(what: &str, launch: &SubtreeLaunch) {
+    if cfg!(debug_assertions) {
+        // Fold indices are tagged with the top bit to keep the two arrays apart.
+        const FOLD: u64 = 1 << 63;
+        let conflict = launch_conflict(
+            launch.tasks.iter().map(|t| {
+                let out = t.out_node
+                    | if t.flags & HASH_OUT_FOLD != 0 {
+                        FOLD
+                    } else {
+                        0
+                    };
+                let reads = match t.cell {
+                    CELL_DIGEST => (t.src..t.src + (1u64 << t.levels))
+                        .map(|i| i | FOLD)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                (vec![out], reads)
+            }),
+            true,
+        );
+        debug_assert!(conflict.is_none(), "planner: {what}: {conflict:?}");
+    }
+}
+
 /// Debug builds: panics when a launch of an update plan other than its pair rounds breaks
-/// the planner's rule (see [`launch_conflict`]): the scatter's blocks, the base hashes, the
-/// fold roots, the vertical paths (writes: vertical nodes and top leaf; reads: slot root and
+/// the planner's rule (see [`launch_conflict`]): the scatter's blocks, the subtree launches
+/// (base hashes and fold roots), the vertical paths (writes: vertical nodes and top leaf; reads: slot root and
 /// zero table, all in the node array) and each top-tree level.
 fn debug_check_update(g: &Geometry, plan: &UpdatePlan) {
     // The page rounds' rule: at every level, the nodes sharing an ancestor are adjacent, so
@@ -741,19 +938,9 @@ fn debug_check_update(g: &Geometry, plan: &UpdatePlan) {
         false,
     );
     debug_assert!(writes.is_none(), "planner: update scatter: {writes:?}");
-    let hashes = launch_conflict(
-        plan.hashes.iter().map(|h| (vec![h.out_node], Vec::new())),
-        false,
-    );
-    debug_assert!(hashes.is_none(), "planner: update hashes: {hashes:?}");
-    let roots = launch_conflict(
-        plan.fold
-            .roots
-            .iter()
-            .map(|h| (vec![h.out_node], Vec::new())),
-        false,
-    );
-    debug_assert!(roots.is_none(), "planner: update fold roots: {roots:?}");
+    for (n, launch) in plan.subtrees.iter().enumerate() {
+        debug_check_subtrees(&format!("update subtree launch {n}"), launch);
+    }
     let vertical = launch_conflict(
         plan.vertical.iter().map(|v| {
             let span = u64::from(v.count);
@@ -777,16 +964,20 @@ pub(crate) struct OpeningPlan {
     pub tasks: Vec<OpenTask>,
     /// The node indices the tasks name (fold, then node array), per task in level order.
     pub listed: Vec<u64>,
+    /// Subtree launches: the siblings below the page level (in the block's own page) and the
+    /// page roots under siblings between the page level and `b`, all into the scratch.
+    pub subtrees: Vec<SubtreeLaunch>,
     /// Fold launches for siblings between the page level and `b` (all in the scratch).
     pub rounds: Vec<Round>,
-    /// Their page roots, and the scratch's size.
+    /// The scratch's size.
     pub fold: Fold,
 }
 
 impl Resolver<'_> {
     /// Plans openings of validated `positions`. Each sibling below the stored base level `b`
-    /// and above the page level is folded from its present pages, per opening (two openings
-    /// under the same sibling fold it twice).
+    /// is hashed into the scratch before the openings launch, per opening (two openings under
+    /// the same sibling hash it twice): below the page level as one subtree of the block's
+    /// page, above it folded from its present pages.
     pub fn plan_openings(&self, positions: &[(u32, u64)]) -> Result<OpeningPlan> {
         let g = self.geometry;
         let mut fold = Fold::new(g.address_height);
@@ -797,8 +988,28 @@ impl Resolver<'_> {
             let (sg, place) = self.slot(slot)?;
             let s = &sg.shape;
             let (b, q, h) = (s.base, s.page_levels, s.height);
-            let local_mask = (1u64 << q) - 1;
+            let local = block & ((1u64 << q) - 1);
             let first_listed = listed.len() as u64;
+            let page = self.image.page_id(slot, block >> q);
+            let bb = sg.block_bytes();
+            for l in 0..q.min(b) {
+                // The sibling subtree inside the block's page, or zero[l] in an absent page.
+                let Some(id) = page else {
+                    listed.push(fold.zero(l));
+                    continue;
+                };
+                let at = fold.alloc(1);
+                fold.roots.push(SubtreeJob {
+                    out: at,
+                    to_fold: true,
+                    raw_byte: place.raw
+                        + u64::from(id) * sg.page_bytes
+                        + (((local >> l) ^ 1) << l) * bb,
+                    cell: super::cell_code(sg.cell),
+                    height: l,
+                });
+                listed.push(at);
+            }
             for l in q.min(b)..b {
                 let sibling = (block >> l) ^ 1;
                 let pages = self.pages_under(slot, q, l, sibling);
@@ -814,25 +1025,23 @@ impl Resolver<'_> {
                 listed.push(self.node(slot, l, (block >> l) ^ 1)?);
             }
             tasks.push(OpenTask {
-                raw_page_byte: self
-                    .image
-                    .page_id(slot, block >> q)
-                    .map_or(ABSENT_PAGE, |id| place.raw + u64::from(id) * sg.page_bytes),
                 first_listed,
-                block: block & local_mask,
                 slot,
-                cell: super::cell_code(sg.cell),
                 height: h,
-                raw_levels: b.min(q),
                 listed_from: b,
                 pad: 0,
             });
+        }
+        let subtrees = subtree_launches(std::mem::take(&mut fold.roots), &mut fold);
+        for (n, launch) in subtrees.iter().enumerate() {
+            debug_check_subtrees(&format!("openings subtree launch {n}"), launch);
         }
         let rounds = rounds.into_rounds();
         debug_check_rounds("openings", &rounds);
         Ok(OpeningPlan {
             tasks,
             listed,
+            subtrees,
             rounds,
             fold,
         })

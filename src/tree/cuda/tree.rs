@@ -20,8 +20,8 @@ use super::ffi::{
 };
 use super::index::{moves, Geometry, Placement};
 use super::plan::{
-    add_sparse_ancestors, Base, BuildPlan, Fold, Resolver, Round, Section, SparseLevel, SparseMaps,
-    Staging, UpdatePlan,
+    add_sparse_ancestors, Base, BuildPlan, Fold, Resolver, Round, Section, Source, SparseLevel,
+    SparseMaps, Staging, SubtreeLaunch, UniformLaunch, UpdatePlan,
 };
 use super::words::digest_from_words;
 use crate::error::{Error, Result};
@@ -341,6 +341,7 @@ impl<D: Device> CudaTree<D> {
             if fold != DevicePtr(0) {
                 self.copy_zeros_to_fold(nodes, fold)?;
             }
+            self.launch_uniform(&plan.bases, raw, nodes, fold)?;
             for (slot, sg) in g.slots.iter().enumerate() {
                 let (Some(sg), Some(place)) = (sg, &self.placement.slots[slot]) else {
                     continue;
@@ -349,16 +350,7 @@ impl<D: Device> CudaTree<D> {
                 if place.pages == 0 || !s.pages_store_nodes() {
                     continue;
                 }
-                let (b, q) = (s.base, s.page_levels);
-                let (first, count) = sg.page_level(place, b);
-                self.device.build_base(
-                    raw.offset(place.raw),
-                    super::cell_code(sg.cell),
-                    b,
-                    nodes.digest(first),
-                    count,
-                )?;
-                for l in b + 1..=q {
+                for l in s.base + 1..=s.page_levels {
                     let (children, _) = sg.page_level(place, l - 1);
                     let (parents, count) = sg.page_level(place, l);
                     self.device.compress_level(
@@ -367,21 +359,6 @@ impl<D: Device> CudaTree<D> {
                         count,
                     )?;
                 }
-            }
-            for &(slot, first) in &plan.fold_roots {
-                let (Some(sg), Some(place)) = (
-                    &g.slots[slot as usize],
-                    &self.placement.slots[slot as usize],
-                ) else {
-                    continue;
-                };
-                self.device.build_base(
-                    raw.offset(place.raw),
-                    super::cell_code(sg.cell),
-                    sg.shape.page_levels,
-                    fold.digest(first),
-                    place.pages,
-                )?;
             }
             self.launch_rounds(rounds, scratch.buffer.ptr, nodes, fold)?;
             self.device
@@ -395,6 +372,62 @@ impl<D: Device> CudaTree<D> {
             }
         }
         self.read_root(nodes)
+    }
+
+    /// Launches the uniform subtree launches `launches` (`build_base`), in order.
+    ///
+    /// # Safety
+    /// Their sources and outputs lie in the arrays at `raw`, `nodes` and `fold`.
+    unsafe fn launch_uniform(
+        &self,
+        launches: &[UniformLaunch],
+        raw: DevicePtr,
+        nodes: DevicePtr,
+        fold: DevicePtr,
+    ) -> Result<()> {
+        for u in launches {
+            let (src, cell) = match u.src {
+                Source::Raw { offset, cell } => (raw.offset(offset), cell),
+                Source::Fold { at } => (fold.digest(at), super::ffi::CELL_DIGEST),
+            };
+            let out = if u.out == Base::Nodes { nodes } else { fold };
+            // SAFETY: as the caller guarantees.
+            unsafe {
+                self.device
+                    .build_base(src, cell, u.levels, out.digest(u.out_at), u.count)?
+            };
+        }
+        Ok(())
+    }
+
+    /// Launches the subtree launches `launches` (their task lists at `sections` of the
+    /// staging buffer at `staging`), in order.
+    ///
+    /// # Safety
+    /// The tasks' sources and outputs lie in the arrays at `raw`, `nodes` and `fold`.
+    unsafe fn launch_subtrees(
+        &self,
+        launches: &[(Section, u64, u32)],
+        staging: DevicePtr,
+        raw: DevicePtr,
+        nodes: DevicePtr,
+        fold: DevicePtr,
+    ) -> Result<()> {
+        for &(section, threads, levels) in launches {
+            // SAFETY: as the caller guarantees.
+            unsafe {
+                self.device.hash_tasks(
+                    raw,
+                    fold,
+                    nodes,
+                    staging.offset(section.offset),
+                    section.count,
+                    threads,
+                    levels,
+                )?
+            };
+        }
+        Ok(())
     }
 
     /// Copies the zero table into the first `address_height + 1` digests of a fold scratch.
@@ -556,18 +589,7 @@ impl<D: Device> CudaTree<D> {
                 t.staging.offset(s.write_bytes.offset),
                 s.writes.count,
             )?;
-            self.device.hash_tasks(
-                t.raw,
-                t.staging.offset(s.hashes.offset),
-                s.hashes.count,
-                t.nodes,
-            )?;
-            self.device.hash_tasks(
-                t.raw,
-                t.staging.offset(s.fold_roots.offset),
-                s.fold_roots.count,
-                t.fold,
-            )?;
+            self.launch_subtrees(&s.subtrees, t.staging, t.raw, t.nodes, t.fold)?;
             for &op in &s.separate {
                 self.run_upper(op, s, t, zero)?;
             }
@@ -677,10 +699,9 @@ fn phase_kind(op: &UpperOp) -> Option<u32> {
 struct UpdateSections {
     writes: Section,
     write_bytes: Section,
-    hashes: Section,
+    subtrees: Vec<(Section, u64, u32)>,
     page_slots: Section,
     page_nodes: Section,
-    fold_roots: Section,
     /// The upper part's wide launches, in order, each on its own.
     separate: Vec<UpperOp>,
     /// The narrow rest, as the phases of one fused launch (none when fewer than two).
@@ -691,10 +712,9 @@ impl UpdateSections {
     fn push(staging: &mut Staging, plan: &UpdatePlan) -> Self {
         let writes = staging.push(&plan.writes);
         let write_bytes = staging.push(&plan.write_bytes);
-        let hashes = staging.push(&plan.hashes);
+        let subtrees = push_subtrees(staging, &plan.subtrees);
         let page_slots = staging.push(&plan.page_slots);
         let page_nodes = staging.push(&plan.page_nodes);
-        let fold_roots = staging.push(&plan.fold.roots);
         // In dependency order: page rounds, pair rounds, vertical paths, top-tree levels.
         let mut ops: Vec<UpperOp> = (0..plan.page_steps).map(UpperOp::PageRound).collect();
         ops.extend(
@@ -740,14 +760,21 @@ impl UpdateSections {
         UpdateSections {
             writes,
             write_bytes,
-            hashes,
+            subtrees,
             page_slots,
             page_nodes,
-            fold_roots,
             separate,
             phases: staging.push(&phases),
         }
     }
+}
+
+/// Stages every subtree launch's tasks; returns each launch's section, threads and levels.
+fn push_subtrees(staging: &mut Staging, launches: &[SubtreeLaunch]) -> Vec<(Section, u64, u32)> {
+    launches
+        .iter()
+        .map(|l| (staging.push(&l.tasks), l.threads, l.levels))
+        .collect()
 }
 
 /// Stages every round's tasks; returns each round's section and bases.
@@ -831,7 +858,7 @@ impl<D: Device> MemoryTree for CudaTree<D> {
             let mut staging = Staging::default();
             let tasks = staging.push(&plan.tasks);
             let listed = staging.push(&plan.listed);
-            let roots = staging.push(&plan.fold.roots);
+            let subtrees = push_subtrees(&mut staging, &plan.subtrees);
             let rounds = push_rounds(&mut staging, &plan.rounds);
             let scratch = Allocation::new(&self.device, staging.bytes().len() as u64)?;
             let fold = fold_scratch(&self.device, &plan.fold)?;
@@ -850,13 +877,11 @@ impl<D: Device> MemoryTree for CudaTree<D> {
                         f => self.copy_zeros_to_fold(nodes, f),
                     })
                     .and_then(|()| {
-                        self.device
-                            .hash_tasks(raw, scratch.at(roots), roots.count, fold_ptr)
+                        self.launch_subtrees(&subtrees, scratch.buffer.ptr, raw, nodes, fold_ptr)
                     })
                     .and_then(|()| self.launch_rounds(&rounds, scratch.buffer.ptr, nodes, fold_ptr))
                     .and_then(|()| {
                         self.device.openings(
-                            raw,
                             nodes,
                             fold_ptr,
                             nodes.digest(g.zero(0)),
