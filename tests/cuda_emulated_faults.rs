@@ -588,9 +588,12 @@ fn with_several_devices_in_flight_every_suspect_is_named() {
     let a = EmulatedDevice::on_context(&context).labelled("tree a");
     let c = EmulatedDevice::on_context(&context).labelled("tree c");
     let (za, zc) = (a.alloc(64).expect("alloc"), c.alloc(64).expect("alloc"));
-    // SAFETY: as above; c's launch runs before a's faults, and neither waits.
+    let staged = [3u8; 32];
+    // SAFETY: as above; c's launch runs before a's faults, and neither waits; c's copy is
+    // still pending at the fault (`staged` outlives it).
     unsafe {
         c.zero_hashes(zc, 2).expect("queued");
+        c.copy_to_device(zc.offset(32), &staged).expect("queued");
         a.inject_sticky_fault(716).expect("sticky");
         a.zero_hashes(za, 2).expect("queued");
     }
@@ -602,7 +605,7 @@ fn with_several_devices_in_flight_every_suspect_is_named() {
             "CUDA_ERROR_MISALIGNED_ADDRESS",
             "2 devices had work in flight",
             "zero_hashes of tree a",
-            "zero_hashes of tree c",
+            "zero_hashes, copy_to_device of tree c",
             "not caused by tree b",
         ],
     );
@@ -610,7 +613,14 @@ fn with_several_devices_in_flight_every_suspect_is_named() {
         let e = unavailable(d.synchronize().expect_err("suspect"));
         assert_names(&e, &[&format!("{} among the suspects", d.label())]);
     }
-    let _ = (b, za, zc);
+    // A dead stream drops its pending copies: freeing their target is no violation.
+    assert_eq!(c.pending_copies(), 0);
+    // SAFETY: allocated above, not used again.
+    unsafe {
+        a.free(za);
+        c.free(zc);
+    }
+    assert!(c.staging_violations().is_empty());
 }
 
 #[test]

@@ -975,14 +975,19 @@ impl MemCommit for MemCommitService {
             .sum();
         // The GPU when the cuda backend is usable here (free memory read now); after a
         // device fault "unusable: <the fault and the tree that caused it>"; else "none".
-        let (device, free, total) = match tree::cuda::probe_device() {
+        let probe = tree::cuda::probe_device();
+        // What `auto` gives now, without logging the fallback on every poll.
+        let backend = match (self.default_backend, &probe) {
+            (Backend::Cuda, Err(_)) => Backend::Cpu,
+            (b, _) => b,
+        };
+        let (device, free, total) = match probe {
             Ok(d) => (d.name, d.free_bytes, d.total_bytes),
             Err(why) if tree::cuda::context_health().fault().is_some() => {
                 (format!("unusable: {why}"), 0, 0)
             }
             Err(_) => ("none".into(), 0, 0),
         };
-        let backend = self.auto_backend();
         let memory_budget_bytes = match self.memory_budget {
             Some(b) => b,
             None => tree::default_memory_budget(backend).unwrap_or(0),

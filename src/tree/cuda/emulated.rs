@@ -241,6 +241,8 @@ impl EmulatedDevice {
     fn enter(&self, op: Option<&'static str>) -> Result<()> {
         let code = self.context.inner.raised.load(Ordering::SeqCst);
         if code != 0 {
+            // The stream is dead: its pending copies will never run, and read nothing.
+            lock(&self.pending).clear();
             let name = sticky_fault(code).unwrap_or("sticky CUDA error");
             return Err(self
                 .member
