@@ -76,6 +76,12 @@ mod device {
             "{info:?}"
         );
         assert!(info.compute_capability.0 >= 8, "{info:?}");
+        // The probe ran the zero-hash kernel and compared it with the CPU's digests.
+        assert!(
+            info.kernel_check
+                .contains("zero_hashes kernel ran: 33 digests"),
+            "{info:?}"
+        );
         assert!(device.describe().contains(&info.name));
         let (free, total) = device.memory_info().expect("mem_get_info");
         assert_eq!(total, info.total_bytes);

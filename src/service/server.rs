@@ -52,6 +52,15 @@ impl MemCommitService {
         }
     }
 
+    /// What `auto` stands for now: the startup choice, except that a CUDA device that has
+    /// become unusable since (a device fault) gives the CPU, with the reason logged.
+    fn auto_backend(&self) -> Backend {
+        match self.default_backend {
+            Backend::Cuda => Backend::Auto.resolve().unwrap_or(Backend::Cpu),
+            b => b,
+        }
+    }
+
     /// Sets the server's budget for `auto_omitted_levels`, in bytes.
     pub fn with_memory_budget(mut self, budget: Option<u64>) -> Self {
         self.memory_budget = budget;
@@ -616,7 +625,7 @@ impl MemCommit for MemCommitService {
         let req = req.into_inner();
         let layout = codec::layout_from_proto(req.layout.as_ref(), "layout")?;
         let backend = match Backend::parse(&req.backend)? {
-            Backend::Auto => self.default_backend,
+            Backend::Auto => self.auto_backend(),
             b => b.resolve()?,
         };
         let image = crate::image::MemoryImage::zeroed(&layout)?;
@@ -726,7 +735,14 @@ impl MemCommit for MemCommitService {
             registry.resize(t, need, &format!("the build at omitted_levels {k}"))?;
             let started = Instant::now();
             tracing::info!(tree_id = %t.id, backend = t.backend.name(), "tree build started");
-            let built = match tree::build(t.backend, t.layout.clone(), Arc::clone(&image), k) {
+            let label = format!("tree {}", t.id);
+            let built = match tree::build_labelled(
+                t.backend,
+                t.layout.clone(),
+                Arc::clone(&image),
+                k,
+                Some(&label),
+            ) {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = registry.resize(t, before, "a failed build");
@@ -957,17 +973,27 @@ impl MemCommit for MemCommitService {
             .iter()
             .map(|t| t.device_node_bytes + t.device_raw_bytes)
             .sum();
-        // The GPU when the cuda backend is usable here (free memory read now), else "none".
-        let (device, free, total) = match tree::cuda::probe_device() {
+        // The GPU when the cuda backend is usable here (free memory read now); after a
+        // device fault "unusable: <the fault and the tree that caused it>"; else "none".
+        let probe = tree::cuda::probe_device();
+        // What `auto` gives now, without logging the fallback on every poll.
+        let backend = match (self.default_backend, &probe) {
+            (Backend::Cuda, Err(_)) => Backend::Cpu,
+            (b, _) => b,
+        };
+        let (device, free, total) = match probe {
             Ok(d) => (d.name, d.free_bytes, d.total_bytes),
+            Err(why) if tree::cuda::context_health().fault().is_some() => {
+                (format!("unusable: {why}"), 0, 0)
+            }
             Err(_) => ("none".into(), 0, 0),
         };
         let memory_budget_bytes = match self.memory_budget {
             Some(b) => b,
-            None => tree::default_memory_budget(self.default_backend).unwrap_or(0),
+            None => tree::default_memory_budget(backend).unwrap_or(0),
         };
         Ok(Response::new(proto::GetServerInfoResponse {
-            backend: self.default_backend.name().into(),
+            backend: backend.name().into(),
             device,
             device_memory_free_bytes: free,
             device_memory_total_bytes: total,

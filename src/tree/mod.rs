@@ -413,7 +413,9 @@ impl Backend {
     }
 
     /// The concrete backend `self` stands for on this machine: `auto` becomes `cuda` when
-    /// [`cuda::probe_device`] finds a usable GPU, else `cpu` (the reason is logged).
+    /// [`cuda::probe_device`] finds a usable GPU (its kernel check passed and the context
+    /// has not faulted), else `cpu` (the reason is logged: a warning when the device
+    /// faulted). The probe's answer is cached, so this is cheap to call per tree.
     ///
     /// # Errors
     /// [`Error::Unavailable`] for `cuda` when no usable device backend is compiled in or no
@@ -422,11 +424,15 @@ impl Backend {
         match self {
             Backend::Auto => match cuda::probe_device() {
                 Ok(info) => {
-                    tracing::info!("backend auto: using cuda ({})", info.name);
+                    tracing::debug!("backend auto: using cuda ({})", info.name);
                     Ok(Backend::Cuda)
                 }
                 Err(why) => {
-                    tracing::info!("backend auto: using cpu ({why})");
+                    if cuda::context_health().fault().is_some() {
+                        tracing::warn!("backend auto: using cpu ({why})");
+                    } else {
+                        tracing::info!("backend auto: using cpu ({why})");
+                    }
                     Ok(Backend::Cpu)
                 }
             },
@@ -493,8 +499,26 @@ pub fn build(
     image: Arc<MemoryImage>,
     omitted_levels: u32,
 ) -> Result<Box<dyn MemoryTree>> {
+    build_labelled(backend, layout, image, omitted_levels, None)
+}
+
+/// [`build`], with the device tree's fault reports naming it `label` (the server passes
+/// `tree <id>`): a device fault is attributed to the tree whose work caused it, and every
+/// other device tree says which tree that was. `None` gives the device a generated name.
+///
+/// # Errors
+/// As [`build`].
+pub fn build_labelled(
+    backend: Backend,
+    layout: MemoryLayout,
+    image: Arc<MemoryImage>,
+    omitted_levels: u32,
+    label: Option<&str>,
+) -> Result<Box<dyn MemoryTree>> {
     check_omitted_levels(omitted_levels)?;
     check_image(&layout, &image)?;
+    #[cfg(not(feature = "cuda"))]
+    let _ = label;
     Ok(match backend.resolve()? {
         Backend::Cpu => Box::new(cpu::CpuTree::build(layout, image, omitted_levels)?),
         Backend::Reference => Box::new(reference::ReferenceTree::build(
@@ -504,7 +528,10 @@ pub fn build(
         )),
         #[cfg(feature = "cuda")]
         Backend::Cuda => Box::new(cuda::CudaTree::build(
-            cuda::CudaDevice::new()?,
+            match label {
+                Some(label) => cuda::CudaDevice::labelled(label)?,
+                None => cuda::CudaDevice::new()?,
+            },
             layout,
             image,
             omitted_levels,

@@ -3,14 +3,86 @@
 //! seeded shuffled order (a GPU promises no order, so a launch whose tasks depend on each
 //! other fails here rather than passing by luck). A test vehicle: it runs the device's
 //! arithmetic and index logic on any machine, not fast.
+//!
+//! Two more GPU behaviours are modelled so tests can reach them:
+//! - **Deferred copies.** A copy to the device only records its host source (address,
+//!   length, checksum); the bytes move when the stream reaches it: at the next launch,
+//!   device-to-device copy, copy to the host or synchronisation. A source that changed by
+//!   then fails that call, and freeing an allocation a pending copy targets is recorded as a
+//!   violation ([`EmulatedDevice::staging_violations`]); a call that returns with copies
+//!   still pending shows in [`EmulatedDevice::pending_copies`]. So a host staging buffer
+//!   freed or reused under a pending copy is caught here, not only on a GPU.
+//! - **Sticky faults on a shared context.** Devices made with
+//!   [`EmulatedDevice::on_context`] share one [`EmulatedContext`] and its
+//!   [`DeviceHealth`]; a fault injected into one device's next launch
+//!   ([`EmulatedDevice::inject_sticky_fault`]) returns success, as an asynchronous kernel
+//!   fault does, and from then on every call on every device of the context fails, with
+//!   the fault attributed as on a GPU (see [`super::health`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::device::{Device, DevicePtr, FusedArgs};
 use super::ffi;
+use super::health::{sticky_fault, DeviceHealth, HealthMember};
 use crate::error::{Error, Result};
+
+/// An emulated device context: the health and the raised sticky error that devices made
+/// with [`EmulatedDevice::on_context`] share, as the streams of one CUDA context do.
+/// Cloning gives another handle to the same context.
+#[derive(Clone, Debug, Default)]
+pub struct EmulatedContext {
+    inner: Arc<ContextState>,
+}
+
+#[derive(Debug, Default)]
+struct ContextState {
+    health: Arc<DeviceHealth>,
+    /// The sticky error code a faulting launch raised (0: none); every later call on the
+    /// context returns it.
+    raised: AtomicU32,
+    /// Devices made on the context so far, to label them.
+    devices: AtomicU64,
+}
+
+impl EmulatedContext {
+    /// A healthy context with no devices.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The context's health: its recorded fault, if any.
+    pub fn health(&self) -> &Arc<DeviceHealth> {
+        &self.inner.health
+    }
+}
+
+/// A copy to the device the stream has not reached yet.
+struct PendingCopy {
+    dst: u64,
+    /// The host source's address and length (the caller keeps it alive and unchanged).
+    src: usize,
+    len: usize,
+    checksum: u64,
+}
+
+/// A 64-bit checksum of `bytes` (word-wise multiply-xor; detects changed staging bytes).
+fn checksum(bytes: &[u8]) -> u64 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = (h ^ u64::from_le_bytes(a))
+            .wrapping_mul(0x0100_0000_01b3)
+            .rotate_left(29);
+    }
+    for &b in words.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h)
+}
 
 /// The emulated device. Allocations are 16-byte aligned host buffers keyed by address;
 /// copies, and every access a launch's threads make, are bounds-checked against them (a
@@ -33,6 +105,14 @@ pub struct EmulatedDevice {
     kernel_launches: AtomicU64,
     /// Bytes copied from the host so far.
     uploaded: AtomicU64,
+    context: EmulatedContext,
+    member: HealthMember,
+    /// A sticky error code the next launch raises instead of running (0: none).
+    armed: AtomicU32,
+    /// Copies to the device queued and not yet performed, in order.
+    pending: Mutex<Vec<PendingCopy>>,
+    /// Host-staging contract violations seen so far.
+    violations: Mutex<Vec<String>>,
 }
 
 /// The environment variable that sets [`EmulatedDevice::new`]'s seed.
@@ -82,8 +162,21 @@ impl EmulatedDevice {
         Self::with_seed(seed)
     }
 
-    /// A device with no allocations whose launches' thread orders derive from `seed`.
+    /// A device with no allocations whose launches' thread orders derive from `seed`, on a
+    /// context of its own.
     pub fn with_seed(seed: u64) -> Self {
+        Self::on(&EmulatedContext::new(), seed)
+    }
+
+    /// A device (a stream of its own) on the shared `context`, its seed as in
+    /// [`EmulatedDevice::new`]: a sticky fault on any device of the context reaches it.
+    pub fn on_context(context: &EmulatedContext) -> Self {
+        let seed = std::env::var(SEED_VAR).map_or(DEFAULT_SEED, |v| parse_seed(&v));
+        Self::on(context, seed)
+    }
+
+    fn on(context: &EmulatedContext, seed: u64) -> Self {
+        let n = context.inner.devices.fetch_add(1, Ordering::Relaxed);
         EmulatedDevice {
             allocations: Mutex::default(),
             stream: Mutex::default(),
@@ -92,7 +185,131 @@ impl EmulatedDevice {
             launches: AtomicU64::new(0),
             kernel_launches: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
+            context: context.clone(),
+            member: context.health().member(format!("emulated device #{n}")),
+            armed: AtomicU32::new(0),
+            pending: Mutex::default(),
+            violations: Mutex::default(),
         }
+    }
+
+    /// This device labelled `label` in fault reports (the server labels a tree's device
+    /// `tree <id>`).
+    pub fn labelled(mut self, label: impl Into<String>) -> Self {
+        self.member = self.context.health().member(label);
+        self
+    }
+
+    /// The label fault reports name this device by.
+    pub fn label(&self) -> &str {
+        self.member.label()
+    }
+
+    /// The context this device runs on.
+    pub fn context(&self) -> &EmulatedContext {
+        &self.context
+    }
+
+    /// Test hook: the next launch on this device raises the sticky CUDA error `code` (e.g.
+    /// 700, `CUDA_ERROR_ILLEGAL_ADDRESS`) on its context instead of running, and returns
+    /// success, as an asynchronous kernel fault does; the fault surfaces at the next call on
+    /// any device of the context.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `code` if it is not a sticky error
+    /// ([`sticky_fault`]).
+    #[doc(hidden)]
+    pub fn inject_sticky_fault(&self, code: u32) -> Result<()> {
+        if sticky_fault(code).is_none() {
+            return Err(Error::invalid(
+                "code",
+                format!("{code} is not a sticky CUDA error"),
+            ));
+        }
+        self.armed.store(code, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Copies to the device queued and not yet performed: 0 whenever a caller has waited
+    /// for its work, as every `CudaTree` call does before returning.
+    pub fn pending_copies(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
+    /// Host-staging contract violations seen so far: a copy's host source that changed
+    /// before the stream reached the copy, or an allocation freed under a pending copy.
+    pub fn staging_violations(&self) -> Vec<String> {
+        lock(&self.violations).clone()
+    }
+
+    /// Starts a call: fails with the context's sticky error if one was raised (recording
+    /// the fault on first sight), else marks `op`, when it queues work, in flight.
+    fn enter(&self, op: Option<&'static str>) -> Result<()> {
+        let code = self.context.inner.raised.load(Ordering::SeqCst);
+        if code != 0 {
+            // The stream is dead: its pending copies will never run, and read nothing.
+            lock(&self.pending).clear();
+            let name = sticky_fault(code).unwrap_or("sticky CUDA error");
+            return Err(self
+                .member
+                .observe(format!("{name} ({code}, injected in the emulator)"), None));
+        }
+        match op {
+            Some(op) => self.member.begin(op),
+            None => self.member.check(),
+        }
+    }
+
+    /// Starts launch `name`: [`EmulatedDevice::enter`], then the pending copies. `Ok(false)`
+    /// when an injected fault takes the launch's place (raised on the context, nothing run).
+    fn start_launch(&self, name: &'static str) -> Result<bool> {
+        self.enter(Some(name))?;
+        self.flush()?;
+        let code = self.armed.swap(0, Ordering::SeqCst);
+        if code != 0 {
+            self.context.inner.raised.store(code, Ordering::SeqCst);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Records a staging violation and returns it as an error.
+    fn violation(&self, what: String) -> Error {
+        lock(&self.violations).push(what.clone());
+        Error::Unavailable(format!("emulated stream: {what}"))
+    }
+
+    /// Performs the pending copies, in order, as the stream reaches them.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] (also recorded as a violation) if a copy's host source changed
+    /// since it was queued; the copies after it are dropped.
+    fn flush(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for c in pending {
+            // SAFETY: the `copy_to_device` contract keeps the source alive and unchanged
+            // until the next synchronisation, which is no earlier than now; a caller that
+            // breaks it is what this check exists to catch.
+            let src = unsafe { std::slice::from_raw_parts(c.src as *const u8, c.len) };
+            if checksum(src) != c.checksum {
+                return Err(self.violation(format!(
+                    "the host source of a queued copy to the device ({} bytes at {:#x})                      changed before the stream reached the copy",
+                    c.len, c.src
+                )));
+            }
+            self.check_range(DevicePtr(c.dst), c.len, "copy to device")?;
+            let _stream = lock(&self.stream);
+            // SAFETY: the destination lies in a live allocation (checked), which the host
+            // source (caller memory) cannot overlap.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), c.dst as *mut u8, c.len) };
+        }
+        Ok(())
+    }
+
+    /// Ends a wait for the stream: nothing of this device is in flight.
+    fn waited(&self) {
+        self.member.settled();
+        self.syncs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The seed of the launches' thread orders: rerun a failing test with
@@ -187,13 +404,15 @@ impl EmulatedDevice {
 impl Device for EmulatedDevice {
     fn describe(&self) -> String {
         format!(
-            "emulated device (host memory, kernel bodies run one thread at a time in a shuffled \
-             order, {SEED_VAR}={})",
+            "emulated device {:?} (host memory, kernel bodies run one thread at a time in a \
+             shuffled order, {SEED_VAR}={})",
+            self.member.label(),
             self.seed
         )
     }
 
     fn alloc(&self, bytes: u64) -> Result<DevicePtr> {
+        self.enter(None)?;
         let oom =
             || Error::ResourceExhausted(format!("emulated device: cannot allocate {bytes} bytes"));
         let words = usize::try_from(bytes.div_ceil(16).max(1)).map_err(|_| oom())?;
@@ -207,16 +426,38 @@ impl Device for EmulatedDevice {
     }
 
     unsafe fn free(&self, ptr: DevicePtr) {
-        lock(&self.allocations).remove(&ptr.0);
+        let mut allocations = lock(&self.allocations);
+        let Some(a) = allocations.remove(&ptr.0) else {
+            return;
+        };
+        // A stream-ordered free would still run the copy first, reading a host source the
+        // caller may have released by now: the call should have waited.
+        let end = ptr.0 + (a.len() * 16) as u64;
+        let mut pending = lock(&self.pending);
+        let before = pending.len();
+        pending.retain(|c| !(ptr.0..end).contains(&c.dst));
+        let dropped = before - pending.len();
+        drop(pending);
+        if dropped > 0 {
+            let _ = self.violation(format!(
+                "the allocation at {:#x} was freed with {dropped} copies into it still pending \
+                 (the call did not wait for its stream)",
+                ptr.0
+            ));
+        }
     }
 
     unsafe fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.enter(Some("copy_to_device"))?;
         self.check_range(dst, src.len(), "copy to device")?;
         self.uploaded.fetch_add(src.len() as u64, Ordering::Relaxed);
-        let _stream = lock(&self.stream);
-        // SAFETY: the range was checked to lie in a live allocation, which `src` (a Rust
-        // slice) cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0 as *mut u8, src.len()) };
+        // Deferred to the stream's next point of execution (module docs).
+        lock(&self.pending).push(PendingCopy {
+            dst: dst.0,
+            src: src.as_ptr() as usize,
+            len: src.len(),
+            checksum: checksum(src),
+        });
         Ok(())
     }
 
@@ -228,6 +469,8 @@ impl Device for EmulatedDevice {
     ) -> Result<()> {
         let len = usize::try_from(bytes)
             .map_err(|_| Error::Unavailable(format!("emulated device copy of {bytes} bytes")))?;
+        self.enter(Some("copy_device_to_device"))?;
+        self.flush()?;
         self.check_range(src, len, "device-to-device copy (source)")?;
         self.check_range(dst, len, "device-to-device copy (destination)")?;
         let _stream = lock(&self.stream);
@@ -238,21 +481,29 @@ impl Device for EmulatedDevice {
     }
 
     unsafe fn copy_to_host(&self, dst: &mut [u8], src: DevicePtr) -> Result<()> {
+        self.enter(None)?;
+        self.flush()?;
         self.check_range(src, dst.len(), "copy to host")?;
         let _stream = lock(&self.stream);
-        // SAFETY: as in `copy_to_device`.
+        // SAFETY: the range lies in a live allocation (checked), which `dst` (a Rust slice)
+        // cannot overlap.
         unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.as_mut_ptr(), dst.len()) };
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.waited();
         Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
-        // Every call already ran to completion; count the wait a GPU would do.
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.enter(None)?;
+        // Launches already ran to completion; the deferred copies run now.
+        self.flush()?;
+        self.waited();
         Ok(())
     }
 
     unsafe fn zero_hashes(&self, zero: DevicePtr, count: u32) -> Result<()> {
+        if !self.start_launch("zero_hashes")? {
+            return Ok(());
+        }
         if count > 0 {
             // One thread; no order to draw.
             self.kernel_launches.fetch_add(1, Ordering::Relaxed);
@@ -273,6 +524,9 @@ impl Device for EmulatedDevice {
         out: DevicePtr,
         count: u64,
     ) -> Result<()> {
+        if !self.start_launch("build_base")? {
+            return Ok(());
+        }
         let (n, order) = self.numbered_order(count);
         let lens = [self.reach(src), self.reach(out)];
         let mut fault = ffi::EmuFault::default();
@@ -299,6 +553,9 @@ impl Device for EmulatedDevice {
         parents: DevicePtr,
         count: u64,
     ) -> Result<()> {
+        if !self.start_launch("compress_level")? {
+            return Ok(());
+        }
         let order = self.order(count);
         let lens = [self.reach(children), self.reach(parents)];
         let _stream = lock(&self.stream);
@@ -321,6 +578,9 @@ impl Device for EmulatedDevice {
         tasks: DevicePtr,
         count: u64,
     ) -> Result<()> {
+        if !self.start_launch("vertical")? {
+            return Ok(());
+        }
         let order = self.order(count);
         let lens = [self.reach(nodes), self.reach(zero), self.reach(tasks)];
         let _stream = lock(&self.stream);
@@ -338,6 +598,9 @@ impl Device for EmulatedDevice {
     }
 
     unsafe fn fill_digests(&self, out: DevicePtr, value: DevicePtr, count: u64) -> Result<()> {
+        if !self.start_launch("fill_digests")? {
+            return Ok(());
+        }
         let order = self.order(count);
         let lens = [self.reach(out), self.reach(value)];
         let _stream = lock(&self.stream);
@@ -360,6 +623,9 @@ impl Device for EmulatedDevice {
         bytes: DevicePtr,
         count: u64,
     ) -> Result<()> {
+        if !self.start_launch("scatter")? {
+            return Ok(());
+        }
         let order = self.order(count);
         let lens = [self.reach(raw), self.reach(tasks), self.reach(bytes)];
         let _stream = lock(&self.stream);
@@ -386,6 +652,9 @@ impl Device for EmulatedDevice {
         threads: u64,
         levels: u32,
     ) -> Result<()> {
+        if !self.start_launch("hash_tasks")? {
+            return Ok(());
+        }
         let (n, order) = self.numbered_order(count);
         let lens = [
             self.reach(raw),
@@ -421,6 +690,9 @@ impl Device for EmulatedDevice {
         count: u64,
         step: u32,
     ) -> Result<()> {
+        if !self.start_launch("page_round")? {
+            return Ok(());
+        }
         let order = self.order(count);
         let lens = [self.reach(nodes), self.reach(slots), self.reach(list)];
         let _stream = lock(&self.stream);
@@ -439,6 +711,9 @@ impl Device for EmulatedDevice {
     }
 
     unsafe fn fused(&self, a: &FusedArgs) -> Result<()> {
+        if !self.start_launch("fused")? {
+            return Ok(());
+        }
         let order = self.order(u64::from(a.phase_count));
         let lens = [
             self.reach(a.phases),
@@ -474,6 +749,9 @@ impl Device for EmulatedDevice {
         tasks: DevicePtr,
         count: u64,
     ) -> Result<()> {
+        if !self.start_launch("compress_pairs")? {
+            return Ok(());
+        }
         let order = self.order(count);
         let lens = [self.reach(children), self.reach(parents), self.reach(tasks)];
         let _stream = lock(&self.stream);
@@ -503,6 +781,9 @@ impl Device for EmulatedDevice {
         address_space_height: u32,
         out: DevicePtr,
     ) -> Result<()> {
+        if !self.start_launch("openings")? {
+            return Ok(());
+        }
         let order = self.order(count);
         let lens = [
             self.reach(nodes),

@@ -15,18 +15,28 @@
 //!   `cuMemAlloc` where pools are unsupported); never managed memory.
 //! - **Errors:** an allocation that runs out of memory is [`Error::ResourceExhausted`]; every
 //!   other driver or launch failure is [`Error::Unavailable`] with the CUDA error name.
+//! - **Faults:** every device is a member of the context's [`DeviceHealth`]
+//!   ([`super::context_health`]): it marks each queued operation in flight before the driver
+//!   call and settles at each successful synchronisation, and a sticky error
+//!   ([`super::sticky_fault`]) is recorded there on first sight with the devices that had
+//!   work in flight. After that every call of every device fails before reaching the
+//!   driver, naming the fault, and [`probe`] reports the device unusable.
+//! - **Probe:** [`probe`] launches the zero-hash kernel once per process and compares its
+//!   digests with the CPU's, so `auto` picks the GPU only after a real launch worked.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr as _, DriverError};
 
 use super::device::{Device, DevicePtr, FusedArgs};
 use super::ffi;
+use super::health::{sticky_fault, HealthMember};
 use super::launchers_bindings as lb;
 use super::staging::StagingPool;
-use super::DeviceInfo;
+use super::{context_health, DeviceInfo};
 use crate::error::{Error, Result};
 
 // The tree builds task arrays with the hand-written `ffi` structs and the launchers read them
@@ -131,15 +141,20 @@ fn request_blocking_sync() {
 }
 
 /// Probes for a usable GPU: the driver library, then the device count, then device 0's
-/// compute capability. Never panics.
+/// compute capability, then the [kernel check](kernel_check) (once per process), and the
+/// context's health. Never panics.
 ///
 /// Returns the device's name and memory (bytes, from `cuMemGetInfo`).
 ///
 /// # Errors
 /// The reason no device is usable, e.g. `libcuda.so not found: no NVIDIA driver is
-/// installed`.
+/// installed`, a failed kernel check, or the fault since which the device is unusable.
 pub fn probe() -> std::result::Result<DeviceInfo, String> {
     let ctx = context()?;
+    let kernel_check = kernel_check()?.to_string();
+    if let Some(why) = context_health().unusable_reason() {
+        return Err(why);
+    }
     let name = ctx.name().map_err(|e| driver_message(&e))?;
     let (major, minor) = ctx.compute_capability().map_err(|e| driver_message(&e))?;
     let (free, total) = ctx.mem_get_info().map_err(|e| driver_message(&e))?;
@@ -149,8 +164,91 @@ pub fn probe() -> std::result::Result<DeviceInfo, String> {
         compute_capability: (major as u32, minor as u32),
         free_bytes: free as u64,
         total_bytes: total as u64,
+        kernel_check,
     })
 }
+
+/// Zero hashes the kernel check compares: `zero[0..=32]`, every height a slot can have.
+const CHECKED_ZERO_HASHES: u32 = 33;
+
+/// The probe's kernel check, run once per process: the zero-hash kernel (one thread) writes
+/// `zero[0..33)` on the device and the digests read back must equal
+/// [`crate::hash::zero_hashes`]. A launch that cannot run (no code for this GPU's
+/// architecture in the fatbin, a driver older than the toolkit) or computes differently
+/// fails it, with the reason logged once.
+///
+/// # Errors
+/// Why the check failed, e.g. `CUDA kernel check failed: CUDA launch zero_hashes failed:
+/// cudaErrorNoKernelImageForDevice (209) — …`.
+fn kernel_check() -> std::result::Result<&'static str, String> {
+    static CHECK: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    CHECK
+        .get_or_init(|| {
+            let r = run_kernel_check().map_err(|why| format!("CUDA kernel check failed: {why}"));
+            match &r {
+                Ok(what) => tracing::info!("CUDA probe: {what}"),
+                Err(why) => tracing::warn!("CUDA probe: {why}"),
+            }
+            r
+        })
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
+fn run_kernel_check() -> std::result::Result<String, String> {
+    let device = CudaDevice::open("the CUDA probe".into()).map_err(|e| e.to_string())?;
+    let count = CHECKED_ZERO_HASHES;
+    let zero = device
+        .alloc(u64::from(count) * crate::hash::DIGEST_BYTES)
+        .map_err(|e| e.to_string())?;
+    let mut words = vec![0u32; count as usize * 8];
+    // SAFETY: `zero` holds `count` digests; it is freed once, after the copy back (which
+    // synchronises) or after the failure (which `copy_to_host` or the sync below waited
+    // out where anything was queued).
+    let run = unsafe {
+        device
+            .zero_hashes(zero, count)
+            .and_then(|()| device.copy_to_host(ffi::as_bytes_mut(&mut words), zero))
+    };
+    if run.is_err() {
+        let _ = device.synchronize();
+    }
+    // SAFETY: allocated above and not used again.
+    unsafe { device.free(zero) };
+    run.map_err(|e| e.to_string())?;
+    let expected = crate::hash::zero_hashes();
+    for (h, got) in words.chunks_exact(8).enumerate() {
+        let got = super::words::digest_from_words(got);
+        if got != expected[h] {
+            return Err(format!(
+                "the zero-hash kernel's zero[{h}] is {got:?}, the CPU's {:?}",
+                expected[h]
+            ));
+        }
+    }
+    Ok(format!(
+        "zero_hashes kernel ran: {count} digests equal the CPU's"
+    ))
+}
+
+/// What a launch failure `rc` usually means, for the probe's reason.
+fn launch_hint(rc: lb::cudaError_t) -> &'static str {
+    match rc {
+        lb::cudaErrorNoKernelImageForDevice => {
+            " — the kernels were not built for this GPU's architecture (build.rs's targets)"
+        }
+        lb::cudaErrorInsufficientDriver => {
+            " — the NVIDIA driver is older than the CUDA toolkit the kernels were built with"
+        }
+        lb::cudaErrorUnsupportedPtxVersion => {
+            " — the driver cannot compile the kernels' PTX (driver older than the toolkit)"
+        }
+        _ => "",
+    }
+}
+
+/// Labels of devices made without one: `CUDA stream #n`.
+static UNLABELLED: AtomicU64 = AtomicU64::new(0);
 
 /// A GPU as a [`Device`]: the shared context and a stream of its own (one per tree).
 /// Allocations are kept by address until freed; dropping the device frees what is left,
@@ -164,6 +262,8 @@ pub struct CudaDevice {
     /// Live allocations by device address.
     allocations: Mutex<HashMap<u64, CudaSlice<u8>>>,
     describe: String,
+    /// This device's registration with the context's health.
+    member: HealthMember,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -172,16 +272,42 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CudaDevice {
-    /// A new stream on the shared context of device 0.
+    /// A new stream on the shared context of device 0, labelled `CUDA stream #n` in fault
+    /// reports.
+    ///
+    /// # Errors
+    /// As [`CudaDevice::labelled`].
+    pub fn new() -> Result<Self> {
+        let n = UNLABELLED.fetch_add(1, Ordering::Relaxed);
+        Self::labelled(format!("CUDA stream #{n}"))
+    }
+
+    /// A new stream on the shared context of device 0, named `label` in fault reports (the
+    /// server passes `tree <id>`).
     ///
     /// # Errors
     /// [`Error::Unavailable`] with the [`super::probe_device`] reason when no device is
-    /// usable, or when the stream cannot be created.
-    pub fn new() -> Result<Self> {
+    /// usable (no driver or device, a failed kernel check, an earlier fault on the context),
+    /// or when the stream cannot be created.
+    pub fn labelled(label: impl Into<String>) -> Result<Self> {
+        let unusable = |why: String| Error::Unavailable(format!("no usable CUDA device: {why}"));
+        context().map_err(unusable)?;
+        kernel_check().map_err(unusable)?;
+        Self::open(label.into())
+    }
+
+    /// A new stream without the kernel check (the check itself runs on one).
+    fn open(label: String) -> Result<Self> {
         let ctx = context().map_err(|why| Error::Unavailable(format!("no CUDA device: {why}")))?;
-        let stream = ctx
-            .new_stream()
-            .map_err(|e| unavailable("stream creation", &e))?;
+        let member = context_health().member(label);
+        member.check()?;
+        let stream = ctx.new_stream().map_err(|e| {
+            let code = e.0 as u32;
+            match sticky_fault(code) {
+                Some(_) => member.observe(driver_message(&e), None),
+                None => unavailable("stream creation", &e),
+            }
+        })?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let capability = ctx
             .compute_capability()
@@ -192,10 +318,45 @@ impl CudaDevice {
             stream,
             allocations: Mutex::new(HashMap::new()),
             describe: format!(
-                "{name} (CUDA device {}, {capability}, {total:.1} GiB)",
-                ctx.ordinal()
+                "{name} (CUDA device {}, {capability}, {total:.1} GiB; {})",
+                ctx.ordinal(),
+                member.label()
             ),
+            member,
         })
+    }
+
+    /// The label fault reports name this device by.
+    pub fn label(&self) -> &str {
+        self.member.label()
+    }
+
+    /// A driver failure during `what` (operation `op`, whose driver call then queued
+    /// nothing): a sticky error is recorded in the context's health and answered as its
+    /// fault; any other is [`Error::Unavailable`] with the CUDA error name.
+    fn failed(&self, what: &str, e: &DriverError, op: Option<&'static str>) -> Error {
+        match sticky_fault(e.0 as u32) {
+            Some(_) => self.member.observe(driver_message(e), op),
+            None => unavailable(what, e),
+        }
+    }
+
+    /// Test hook: launches `fill_digests` with its output and value at an unmapped device
+    /// address, which faults the context (`CUDA_ERROR_ILLEGAL_ADDRESS`) asynchronously,
+    /// then waits for it; the fault is recorded with this device as the suspect. Returns
+    /// the synchronisation's error.
+    ///
+    /// # Safety
+    /// Poisons the process's CUDA context for good: every device in the process fails from
+    /// then on. Only for a test binary of its own.
+    #[doc(hidden)]
+    pub unsafe fn poison_context_for_tests(&self) -> Result<()> {
+        // Beyond every virtual address the GPU (or, with HMM, the host) can map.
+        let bad = DevicePtr(0xffff_ffff_ffff_0000);
+        // SAFETY: deliberately not: the launch reads and writes unmapped device memory,
+        // which the GPU reports as a fault instead of touching host memory.
+        unsafe { self.fill_digests(bad, bad, 1)? };
+        self.synchronize()
     }
 
     /// Free and total device memory in bytes (`cuMemGetInfo`; all processes count).
@@ -225,7 +386,7 @@ impl CudaDevice {
         self.stream
             .context()
             .bind_to_thread()
-            .map_err(|e| unavailable("binding the context to this thread", &e))
+            .map_err(|e| self.failed("binding the context to this thread", &e, None))
     }
 
     /// The stream as the runtime API's `cudaStream_t` (the same handle).
@@ -236,9 +397,10 @@ impl CudaDevice {
     /// Binds the context and runs one launcher, mapping its `cudaError_t`.
     fn launch(
         &self,
-        name: &str,
+        name: &'static str,
         run: impl FnOnce(lb::cudaStream_t) -> lb::cudaError_t,
     ) -> Result<()> {
+        self.member.begin(name)?;
         self.bind()?;
         let rc = run(self.cuda_stream());
         if rc == lb::cudaSuccess {
@@ -247,9 +409,13 @@ impl CudaDevice {
         // SAFETY: cudaGetErrorName returns a pointer to a static NUL-terminated string (or
         // "unrecognized error code"), never null.
         let error = unsafe { CStr::from_ptr(lb::cudaGetErrorName(rc)) };
+        let error = format!("{} ({rc})", error.to_string_lossy());
+        if sticky_fault(rc).is_some() {
+            return Err(self.member.observe(error, Some(name)));
+        }
         Err(Error::Unavailable(format!(
-            "CUDA launch {name} failed: {} ({rc})",
-            error.to_string_lossy()
+            "CUDA launch {name} failed: {error}{}",
+            launch_hint(rc)
         )))
     }
 }
@@ -260,6 +426,7 @@ impl Device for CudaDevice {
     }
 
     fn alloc(&self, bytes: u64) -> Result<DevicePtr> {
+        self.member.check()?;
         let len = usize::try_from(bytes.max(1))
             .map_err(|_| Error::ResourceExhausted(format!("device allocation of {bytes} bytes")))?;
         // SAFETY: the memory is uninitialised, which the trait allows ("contents undefined");
@@ -271,7 +438,7 @@ impl Device for CudaDevice {
                     self.describe
                 ))
             } else {
-                unavailable("allocation", &e)
+                self.failed("allocation", &e, None)
             }
         })?;
         // With event tracking off, the guard records nothing.
@@ -290,11 +457,12 @@ impl Device for CudaDevice {
         if src.is_empty() {
             return Ok(());
         }
+        self.member.begin("copy_to_device")?;
         self.bind()?;
         // SAFETY: the caller guarantees `dst .. dst + src.len()` is allocated and that `src`
         // outlives the copy (trait contract).
         unsafe { cudarc::driver::result::memcpy_htod_async(dst.0, src, self.stream.cu_stream()) }
-            .map_err(|e| unavailable("host-to-device copy", &e))
+            .map_err(|e| self.failed("host-to-device copy", &e, Some("copy_to_device")))
     }
 
     /// Through the device's pinned staging pool on its copy stream (`super::staging`).
@@ -308,11 +476,17 @@ impl Device for CudaDevice {
         if src.is_empty() {
             return Ok(());
         }
+        self.member.begin("upload_chunked")?;
         self.bind()?;
         let mut pool = lock(&self.staging);
         if pool.is_none() {
-            let made = StagingPool::new(self.stream.context())
-                .map_err(|e| unavailable("creating the pinned staging pool", &e))?;
+            let made = StagingPool::new(self.stream.context()).map_err(|e| {
+                self.failed(
+                    "creating the pinned staging pool",
+                    &e,
+                    Some("upload_chunked"),
+                )
+            })?;
             *pool = Some(made);
         }
         let Some(pool) = pool.as_mut() else {
@@ -323,7 +497,7 @@ impl Device for CudaDevice {
         // whose allocations and writes are ordered on `self.stream`.
         unsafe {
             pool.upload(&self.stream, dst.0, src, chunk, then, |what, e| {
-                unavailable(what, &e)
+                self.failed(what, &e, Some("upload_chunked"))
             })
         }
     }
@@ -339,6 +513,7 @@ impl Device for CudaDevice {
         }
         let len = usize::try_from(bytes)
             .map_err(|_| Error::Unavailable(format!("device-to-device copy of {bytes} bytes")))?;
+        self.member.begin("copy_device_to_device")?;
         self.bind()?;
         // SAFETY: the caller guarantees both ranges are allocated and disjoint (trait
         // contract); the copy is queued on this tree's stream, after the work that wrote
@@ -346,10 +521,11 @@ impl Device for CudaDevice {
         unsafe {
             cudarc::driver::result::memcpy_dtod_async(dst.0, src.0, len, self.stream.cu_stream())
         }
-        .map_err(|e| unavailable("device-to-device copy", &e))
+        .map_err(|e| self.failed("device-to-device copy", &e, Some("copy_device_to_device")))
     }
 
     unsafe fn copy_to_host(&self, dst: &mut [u8], src: DevicePtr) -> Result<()> {
+        self.member.begin("copy_to_host")?;
         self.bind()?;
         if !dst.is_empty() {
             // SAFETY: the caller guarantees `src .. src + dst.len()` is allocated; `dst` is
@@ -357,15 +533,18 @@ impl Device for CudaDevice {
             unsafe {
                 cudarc::driver::result::memcpy_dtoh_async(dst, src.0, self.stream.cu_stream())
             }
-            .map_err(|e| unavailable("device-to-host copy", &e))?;
+            .map_err(|e| self.failed("device-to-host copy", &e, Some("copy_to_host")))?;
         }
         self.synchronize()
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.member.check()?;
         self.stream
             .synchronize()
-            .map_err(|e| unavailable("stream synchronisation", &e))
+            .map_err(|e| self.failed("stream synchronisation", &e, None))?;
+        self.member.settled();
+        Ok(())
     }
 
     unsafe fn zero_hashes(&self, zero: DevicePtr, count: u32) -> Result<()> {

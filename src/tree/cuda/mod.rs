@@ -14,6 +14,7 @@ mod emulated;
 mod ffi;
 #[cfg(feature = "cuda")]
 mod gpu;
+mod health;
 pub mod index;
 #[cfg(feature = "cuda")]
 #[allow(
@@ -32,10 +33,20 @@ mod tree;
 mod words;
 
 pub use device::{Device, DevicePtr, FusedArgs};
-pub use emulated::{EmulatedDevice, DEFAULT_SEED, SEED_VAR};
+pub use emulated::{EmulatedContext, EmulatedDevice, DEFAULT_SEED, SEED_VAR};
 #[cfg(feature = "cuda")]
 pub use gpu::CudaDevice;
+pub use health::{sticky_fault, DeviceHealth, Fault, HealthMember, Suspect};
 pub use tree::CudaTree;
+
+/// The health of this process's CUDA context (device 0's primary context), shared by every
+/// `CudaDevice` and by [`probe_device`]. It exists without feature `cuda` too (and then
+/// never faults by itself), so the server's handling of a faulted device can be tested on
+/// any machine: register a member and make it [observe](HealthMember::observe) a fault.
+pub fn context_health() -> &'static std::sync::Arc<DeviceHealth> {
+    static HEALTH: std::sync::OnceLock<std::sync::Arc<DeviceHealth>> = std::sync::OnceLock::new();
+    HEALTH.get_or_init(DeviceHealth::new)
+}
 
 /// A usable GPU as [`probe_device`] found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,16 +61,27 @@ pub struct DeviceInfo {
     pub free_bytes: u64,
     /// Total device memory in bytes.
     pub total_bytes: u64,
+    /// What the probe's kernel check ran and found, e.g. `zero_hashes kernel: 32 digests
+    /// equal the CPU's` (run once per process, on the first probe).
+    pub kernel_check: String,
 }
 
-/// Probes for a usable CUDA device: the driver library (`libcuda.so`, loaded at run time),
-/// then the device count, then device 0's compute capability (8.0 or newer). The context is
-/// opened once and kept; the memory figures are read on every call. Never panics.
+/// Probes for a usable CUDA device: the context's [health](context_health) first (a device
+/// that faulted is never usable again in this process), then the driver library
+/// (`libcuda.so`, loaded at run time), the device count, device 0's compute capability (8.0
+/// or newer), and a kernel check: the zero-hash kernel runs on the device and its digests
+/// must equal the CPU's (this catches a driver older than the toolkit and a fatbin without
+/// code for the device). The context and the kernel check's answer are kept for the
+/// process; the memory figures are read on every call. Never panics.
 ///
 /// # Errors
-/// Why no device is usable, e.g. `libcuda.so not found: no NVIDIA driver is installed`, or
-/// `this build has no CUDA backend (build with --features cuda)`.
+/// Why no device is usable, e.g. `libcuda.so not found: no NVIDIA driver is installed`,
+/// `this build has no CUDA backend (build with --features cuda)`, a failed kernel check, or
+/// `the CUDA device is unusable since CUDA_ERROR_ILLEGAL_ADDRESS … during … of tree …`.
 pub fn probe_device() -> Result<DeviceInfo, String> {
+    if let Some(why) = context_health().unusable_reason() {
+        return Err(why);
+    }
     #[cfg(feature = "cuda")]
     {
         gpu::probe()

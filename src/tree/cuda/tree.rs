@@ -114,6 +114,9 @@ struct Targets {
 ///
 /// Ownership: the tree keeps raw memory (and every host buffer it copies from) alive until
 /// its stream has synchronised, which every call does before returning, on errors too.
+/// Every device allocation a call needs (outputs included) is made before its first upload,
+/// so no early return can leave a copy queued from a host buffer about to be dropped (the
+/// emulator's deferred copies check this in `tests/cuda_emulated_faults.rs`).
 ///
 /// A failed batch leaves the tree, its image and its pages unchanged when validation, the
 /// host page allocation or a device allocation fails (nothing was queued); a device failure
