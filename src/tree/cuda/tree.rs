@@ -70,6 +70,14 @@ impl<'d, D: Device> Allocation<'d, D> {
     }
 }
 
+/// Bytes of one chunk of a slot's page upload at build: about an eighth of the slot's pages
+/// (so copies and hashing overlap even for small images), at most 8 MiB (one pinned staging
+/// buffer of `CudaDevice`), always whole pages.
+fn build_chunk_bytes(total: u64, page_bytes: u64) -> u64 {
+    let target = (total / 8).clamp(page_bytes, 8 << 20);
+    (target / page_bytes).max(1) * page_bytes
+}
+
 /// The fold scratch `fold` asks for (`fold.digests` digests), when the plan uses one.
 fn fold_scratch<'d, D: Device>(device: &'d D, fold: &Fold) -> Result<Option<Allocation<'d, D>>> {
     fold.used
@@ -316,26 +324,13 @@ impl<D: Device> CudaTree<D> {
         let g = &self.geometry;
         let (nodes, raw) = (self.nodes_ptr(), self.raw_ptr());
         let zero = nodes.digest(g.zero(0));
-        // Every host-to-device copy is queued before the first launch: a copy from pageable
-        // memory may wait for the stream, which would add a host sync after the launches.
         // SAFETY: the scratch holds the staging bytes, which (like `self.image`) outlive the
-        // sync in `read_root` (or in `settle`, on an error); each slot's page buffer fits its
-        // raw region (the placement sizes it).
+        // sync in `read_root` (or in `settle`, on an error); every index and count below comes
+        // from the geometry and placement that sized the node and raw arrays, each slot's page
+        // buffer fits its raw region, and the fold scratch holds `plan.fold.digests`.
         unsafe {
             self.device
                 .copy_to_device(scratch.buffer.ptr, staging.bytes())?;
-            for (slot, place) in self.placement.slots.iter().enumerate() {
-                if let Some(place) = place {
-                    let pages = self.image.page_buffer(slot as u32);
-                    if !pages.is_empty() {
-                        self.device.copy_to_device(raw.offset(place.raw), pages)?;
-                    }
-                }
-            }
-        }
-        // SAFETY: every index and count below comes from the geometry and placement that
-        // sized the node and raw arrays; the fold scratch holds `plan.fold.digests`.
-        unsafe {
             self.device.zero_hashes(zero, g.address_height + 1)?;
             for &(first, count, l) in &plan.fills {
                 self.device
@@ -344,7 +339,53 @@ impl<D: Device> CudaTree<D> {
             if fold != DevicePtr(0) {
                 self.copy_zeros_to_fold(nodes, fold)?;
             }
-            self.launch_uniform(&plan.bases, raw, nodes, fold)?;
+            // Each slot's pages go up in chunks of whole pages, and the launches that hash
+            // from raw memory are queued per chunk right after its copy, so hashing overlaps
+            // the rest of the upload; the launches over their outputs follow.
+            for (slot, place) in self.placement.slots.iter().enumerate() {
+                let (Some(place), Some(sg)) = (place, &g.slots[slot]) else {
+                    continue;
+                };
+                let pages = self.image.page_buffer(slot as u32);
+                if pages.is_empty() {
+                    continue;
+                }
+                let from_raw: Vec<&UniformLaunch> = plan
+                    .bases
+                    .iter()
+                    .filter(|u| matches!(u.src, Source::Raw { offset, .. } if offset == place.raw))
+                    .collect();
+                let (q, page_bytes) = (sg.shape.page_levels, sg.page_bytes);
+                let chunk = build_chunk_bytes(pages.len() as u64, page_bytes);
+                let mut per_chunk = |offset: u64, len: u64| -> Result<()> {
+                    let (first, count) = (offset / page_bytes, len / page_bytes);
+                    for u in &from_raw {
+                        // Subtrees of `u.levels ≤ q` levels tile each page.
+                        let per_page = 1u64 << (q - u.levels);
+                        let out = if u.out == Base::Nodes { nodes } else { fold };
+                        let Source::Raw { cell, .. } = u.src else {
+                            continue;
+                        };
+                        self.device.build_base(
+                            raw.offset(place.raw + offset),
+                            cell,
+                            u.levels,
+                            out.digest(u.out_at + first * per_page),
+                            count * per_page,
+                        )?;
+                    }
+                    Ok(())
+                };
+                self.device
+                    .upload_chunked(raw.offset(place.raw), pages, chunk, &mut per_chunk)?;
+            }
+            let rest: Vec<UniformLaunch> = plan
+                .bases
+                .iter()
+                .filter(|u| matches!(u.src, Source::Fold { .. }))
+                .copied()
+                .collect();
+            self.launch_uniform(&rest, raw, nodes, fold)?;
             for (slot, sg) in g.slots.iter().enumerate() {
                 let (Some(sg), Some(place)) = (sg, &self.placement.slots[slot]) else {
                     continue;
