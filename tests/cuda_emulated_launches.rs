@@ -46,19 +46,8 @@ fn k_20_build_and_one_block_update_equal_the_cpu_tree() {
 fn launches_and_upload_bytes_per_update_on_the_openvm_layout() {
     use memcommit::tree::cpu::CpuTree;
     use memcommit::tree::{MemoryTree, TouchedBlock};
-    let layout: MemoryLayout = serde_json::from_value(serde_json::json!({
-        "address_spaces": [
-            {"cell": "u8", "num_cells": 128},
-            {"cell": "u8", "num_cells": 1u64 << 29},
-            {"cell": "u8", "num_cells": 32},
-            {"cell": "field", "num_cells": 1 << 14},
-            {"cell": "field", "num_cells": 0},
-            {"cell": "field", "num_cells": 0},
-            {"cell": "field", "num_cells": 0},
-            {"cell": "field", "num_cells": 0}
-        ]
-    }))
-    .expect("layout");
+    // OpenVM's default layout (openvm-circuit 2.0.2 MemoryConfig::default()).
+    let layout = memcommit::trace::lackey::openvm_layout().expect("OpenVM's layout");
     let k = 3;
     let mut state = 0x5DEE_CE66_D1CE_4E5Bu64;
     let mut next = move || {
