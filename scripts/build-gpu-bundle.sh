@@ -7,14 +7,15 @@
 #
 # With the device tool: run(command=".gpu/run-all.sh", carry=[".gpu"]).
 #
-# .gpu/ holds bin.tar.gz (the stripped release test executables of
+# .gpu/ holds bin.tar.xz (the stripped release test executables of
 # `cargo test --release --features cuda`, named after their targets, and the release
 # `memcommit` binary built with `--features cuda`), a copy of tests/data, sanitizer.tar.gz
 # (compute-sanitizer, when this machine has Debian's) and run-all.sh.
-# The executables are packed because, unpacked, they come to about 56 MB, too close to the
-# device tool's 64 MiB carry limit (packed: about 21 MB). They have this checkout's absolute
-# paths compiled in (CARGO_MANIFEST_DIR for tests/data, CARGO_BIN_EXE_memcommit); run-all.sh
-# recreates those as links on the GPU machine when they are missing there.
+# The executables are packed because, unpacked, they come to about 190 MB, far over the
+# device tool's 64 MiB carry limit (xz -9e: about 15 MB; gzip gave 76 MB). They have this
+# checkout's absolute paths compiled in (CARGO_MANIFEST_DIR for tests/data,
+# CARGO_BIN_EXE_memcommit); run-all.sh recreates those as links on the GPU machine when they
+# are missing there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -51,7 +52,9 @@ rm .gpu/cargo-test.json
 
 cp target/release/memcommit .gpu/memcommit
 strip .gpu/memcommit .gpu/tests/*
-tar czf .gpu/bin.tar.gz -C .gpu tests memcommit
+# xz with its largest preset: the executables share most of their code, which a long
+# dictionary finds across files (gzip's 32 KiB window does not).
+tar cf - -C .gpu tests memcommit | xz -9e -T2 >.gpu/bin.tar.xz
 rm -r .gpu/tests .gpu/memcommit
 cp -r tests/data .gpu/data
 # CUDA 11.8's compute-sanitizer (Debian's nvidia-cuda-toolkit), in NVIDIA's one-folder layout,
@@ -89,7 +92,10 @@ out="${OUT:-$gpu/logs}"
 budget="${MEMCOMMIT_GPU_BUDGET_S:-540}"
 # Unpack outside the carried folder, which may be read-only.
 bin="$(mktemp -d)"
-tar xzf "$gpu/bin.tar.gz" -C "$bin" || exit 1
+# GNU tar calls xz; without it, Python's tarfile reads xz itself.
+tar xJf "$gpu/bin.tar.xz" -C "$bin" 2>/dev/null ||
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+    "$gpu/bin.tar.xz" "$bin" || { echo "cannot unpack bin.tar.xz (no xz, no python3)"; exit 1; }
 # assert_cmd's cargo_bin reads this at run time (cargo test sets it).
 export CARGO_BIN_EXE_memcommit="$bin/memcommit"
 mkdir -p "$out"
@@ -106,10 +112,17 @@ if [ ! -e "$built/tests/data" ]; then
   ln -sf "$bin/memcommit" "$built/target/release/memcommit"
 fi
 
-# compute-sanitizer: the machine's own, else the bundled copy (CUDA 11.8's, built here).
-sanitizer="$(command -v compute-sanitizer || true)"
-[ -z "$sanitizer" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] &&
-  sanitizer=/usr/local/cuda/bin/compute-sanitizer
+# compute-sanitizer: the machine's own, else the bundled copy (CUDA 11.8's, built here). One
+# counts only with its injection library beside the resolved binary (NVIDIA's layout);
+# Debian's /usr/bin copy, for one, cannot find its libraries.
+sanitizer=
+for c in /usr/local/cuda/bin/compute-sanitizer "$(command -v compute-sanitizer || true)"; do
+  [ -n "$c" ] && [ -x "$c" ] || continue
+  if [ -f "$(dirname "$(readlink -f "$c")")/libsanitizer-collection.so" ]; then
+    sanitizer="$c"
+    break
+  fi
+done
 if [ -z "$sanitizer" ] && [ -f "$gpu/sanitizer.tar.gz" ]; then
   tar xzf "$gpu/sanitizer.tar.gz" -C "$bin" && sanitizer="$bin/sanitizer/compute-sanitizer"
 fi
@@ -187,4 +200,9 @@ RUN
 chmod +x .gpu/run-all.sh
 
 du -sh .gpu
+bytes=$(du -sb .gpu | cut -f1)
+if [ "$bytes" -gt $((64 << 20)) ]; then
+  echo "bundle is $bytes bytes, over the device tool's 64 MiB carry limit" >&2
+  exit 1
+fi
 echo "bundle ready: run .gpu/run-all.sh on the GPU machine (carry .gpu)"
