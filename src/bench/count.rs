@@ -146,8 +146,8 @@ fn touched_slots<'a>(
 /// only the siblings below a slot's stored base level `b` are hashed, from raw memory, and
 /// nothing in an absent page. Below the page level, with `m = min(b, q)`: the CPU tree
 /// hashes the `2^m` blocks under the block's level-`m` ancestor and folds them
-/// (`2^(m+1) − 1`, so 1 at `m = 0`); a CUDA thread hashes each sibling subtree of height
-/// `l < m` alone (`Σ 2^(l+1) − 1 = 2^(m+1) − 2 − m`). When `b > q` both also compute each
+/// (`2^(m+1) − 1`, so 1 at `m = 0`); the CUDA tree hashes each sibling subtree of height
+/// `l < m` as its own subtree task (`Σ 2^(l+1) − 1 = 2^(m+1) − 2 − m`). When `b > q` both also compute each
 /// sibling at levels `q..b` from its present pages (their roots, then one compression per
 /// distinct ancestor), per opening. The reference tree stores every node (0).
 pub fn opening_permutations(
@@ -335,7 +335,7 @@ mod tests {
             opening_permutations(Backend::Cpu, &l11, &img11, 10, &two),
             2 * 2046
         );
-        // A CUDA thread hashes the sibling subtrees of heights 0..9 inside the page
+        // The CUDA tree hashes the sibling subtrees of heights 0..9 inside the page
         // (2^10 − 2 − 9 = 1013), then folds the sibling page like the CPU (1023).
         assert_eq!(
             opening_permutations(Backend::Cuda, &l11, &img11, 10, &two),
