@@ -595,8 +595,11 @@ fn fold_levels(
 pub(crate) struct BuildPlan {
     /// `(first node index, count, level)`: dense upper levels to fill with `zero[level]`.
     pub fills: Vec<(u64, u64, u32)>,
-    /// `build_base` launches, per slot with pages: its stored base level from raw memory
-    /// (`b ≤ q`), or its pages' roots into the scratch (`b > q`).
+    /// Per slot, the `build_base` launch that hashes from its raw pages (`None` without
+    /// pages): the first stage of its stored base level (`b ≤ q`) or of its pages' roots
+    /// into the scratch (`b > q`). The build queues it per uploaded chunk of pages.
+    pub from_raw: Vec<Option<UniformLaunch>>,
+    /// The later stages, over the first stages' digests in the scratch, in order.
     pub bases: Vec<UniformLaunch>,
     /// Pair launches: folds, then the upper levels of every slot.
     pub rounds: Vec<Round>,
@@ -614,6 +617,7 @@ impl Resolver<'_> {
         let mut rounds = Rounds::default();
         let mut fills = Vec::new();
         let mut bases = Vec::new();
+        let mut from_raw = vec![None; g.slots.len()];
         for (slot, sg) in g.slots.iter().enumerate() {
             let Some(sg) = sg else { continue };
             let slot = slot as u32;
@@ -637,7 +641,9 @@ impl Resolver<'_> {
                 // page roots' ancestors.
                 let (first, count) = sg.page_level(place, s.base);
                 let launches = uniform_launches(raw, s.base, Base::Nodes, first, count, &mut fold);
-                bases.extend(launches);
+                let mut stages = launches.into_iter();
+                from_raw[slot as usize] = stages.next();
+                bases.extend(stages);
                 let numbers = pages.iter().map(|p| p.0).collect();
                 self.plan_up(slot, s.page_levels, numbers, 0, &mut rounds)?;
             } else {
@@ -645,7 +651,9 @@ impl Resolver<'_> {
                 let count = pages.len() as u64;
                 let launches =
                     uniform_launches(raw, s.page_levels, Base::Fold, first, count, &mut fold);
-                bases.extend(launches);
+                let mut stages = launches.into_iter();
+                from_raw[slot as usize] = stages.next();
+                bases.extend(stages);
                 let roots = pages
                     .iter()
                     .map(|&(n, id)| (n, first + u64::from(id)))
@@ -672,6 +680,7 @@ impl Resolver<'_> {
         debug_check_rounds("build", &rounds);
         Ok(BuildPlan {
             fills,
+            from_raw,
             bases,
             rounds,
             vertical,
@@ -779,8 +788,9 @@ impl Resolver<'_> {
             if s.pages_store_nodes() {
                 let bb = sg.block_bytes();
                 let table = plan.page_slots.len() as u32;
+                let level_b = sg.page_node(place, b, 0, 0);
                 plan.page_slots.push(PageSlot {
-                    page_nodes: sg.page_node(place, b, 0, 0),
+                    page_nodes: level_b,
                     pages: place.pages,
                     base: b,
                     top: q,
@@ -794,7 +804,7 @@ impl Resolver<'_> {
                     let local = i & ((1u64 << (q - b)) - 1);
                     let coord = (u64::from(id) << (q - b)) + local;
                     plan.fold.roots.push(SubtreeJob {
-                        out: sg.page_node(place, b, 0, 0) + coord,
+                        out: level_b + coord,
                         to_fold: false,
                         raw_byte: place.raw + u64::from(id) * sg.page_bytes + (local << b) * bb,
                         cell: super::cell_code(sg.cell),

@@ -350,42 +350,36 @@ impl<D: Device> CudaTree<D> {
                 if pages.is_empty() {
                     continue;
                 }
-                let from_raw: Vec<&UniformLaunch> = plan
-                    .bases
-                    .iter()
-                    .filter(|u| matches!(u.src, Source::Raw { offset, .. } if offset == place.raw))
-                    .collect();
                 let (q, page_bytes) = (sg.shape.page_levels, sg.page_bytes);
                 let chunk = build_chunk_bytes(pages.len() as u64, page_bytes);
+                let from_raw = plan.from_raw.get(slot).copied().flatten();
                 let mut per_chunk = |offset: u64, len: u64| -> Result<()> {
+                    let Some(UniformLaunch {
+                        src: Source::Raw { cell, .. },
+                        levels,
+                        out,
+                        out_at,
+                        ..
+                    }) = from_raw
+                    else {
+                        return Ok(());
+                    };
+                    // Subtrees of `levels ≤ q` levels tile each page.
+                    let per_page = 1u64 << (q - levels);
                     let (first, count) = (offset / page_bytes, len / page_bytes);
-                    for u in &from_raw {
-                        // Subtrees of `u.levels ≤ q` levels tile each page.
-                        let per_page = 1u64 << (q - u.levels);
-                        let out = if u.out == Base::Nodes { nodes } else { fold };
-                        let Source::Raw { cell, .. } = u.src else {
-                            continue;
-                        };
-                        self.device.build_base(
-                            raw.offset(place.raw + offset),
-                            cell,
-                            u.levels,
-                            out.digest(u.out_at + first * per_page),
-                            count * per_page,
-                        )?;
-                    }
-                    Ok(())
+                    let out = if out == Base::Nodes { nodes } else { fold };
+                    self.device.build_base(
+                        raw.offset(place.raw + offset),
+                        cell,
+                        levels,
+                        out.digest(out_at + first * per_page),
+                        count * per_page,
+                    )
                 };
                 self.device
                     .upload_chunked(raw.offset(place.raw), pages, chunk, &mut per_chunk)?;
             }
-            let rest: Vec<UniformLaunch> = plan
-                .bases
-                .iter()
-                .filter(|u| matches!(u.src, Source::Fold { .. }))
-                .copied()
-                .collect();
-            self.launch_uniform(&rest, raw, nodes, fold)?;
+            self.launch_uniform(&plan.bases, raw, nodes, fold)?;
             for (slot, sg) in g.slots.iter().enumerate() {
                 let (Some(sg), Some(place)) = (sg, &self.placement.slots[slot]) else {
                     continue;
@@ -665,7 +659,6 @@ impl<D: Device> CudaTree<D> {
         t: Targets,
         zero: DevicePtr,
     ) -> Result<()> {
-        let base = |b: Base| if b == Base::Nodes { t.nodes } else { t.fold };
         // SAFETY: as the caller guarantees.
         unsafe {
             match op {
@@ -676,12 +669,9 @@ impl<D: Device> CudaTree<D> {
                     s.page_nodes.count,
                     step,
                 ),
-                UpperOp::Pairs(section, children, parents) => self.device.compress_pairs(
-                    base(children),
-                    base(parents),
-                    t.staging.offset(section.offset),
-                    section.count,
-                ),
+                UpperOp::Pairs(section, children, parents) => {
+                    self.launch_rounds(&[(section, children, parents)], t.staging, t.nodes, t.fold)
+                }
                 UpperOp::Vertical(section) => self.device.vertical(
                     t.nodes,
                     zero,
